@@ -1,0 +1,2 @@
+//! clipflow-actors: the actors of a clipflow pipeline and the bounded-channel
+//! dataflow runtime they share. Built on clipflow-core; knows nothing of the CLI.

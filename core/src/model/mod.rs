@@ -1,0 +1,14 @@
+//! Models whose module tree and parameter names mirror OpenCLIP's state_dict,
+//! so a VarStore's variable names are OpenCLIP's keys
+//! (`visual.transformer.resblocks.0.attn.in_proj_weight`, `logit_scale`, ...).
+
+pub mod clip;
+pub mod config;
+pub mod load;
+pub mod text_transformer;
+pub mod transformer;
+pub mod vision_transformer;
+pub mod visual;
+
+pub use clip::{Clip, ClipOutput};
+pub use config::{ImageSize, ModelConfig, ModelOverrides};

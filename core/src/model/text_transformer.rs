@@ -1,0 +1,166 @@
+//! `TextTransformer`, the causal text tower: `token_embedding`,
+//! `positional_embedding`, `transformer`, `ln_final`, `text_projection`.
+//! In a plain CLIP these sit at the root of the state_dict; in a
+//! CustomTextCLIP they sit under `text.` — the caller picks the path.
+
+use anyhow::{bail, Result};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::config::ModelConfig;
+use super::transformer::{layer_norm, linear, Activation, Transformer, TransformerConfig};
+
+/// Which token's features represent the caption (`pool_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextPool {
+    /// The end-of-text token: the highest id in each row.
+    Argmax,
+    First,
+    Last,
+    /// The first occurrence of `eos_id`.
+    Eos(i64),
+    None,
+}
+
+/// `text_projection`: a bare matrix, or an `nn.Linear` when the config sets proj_bias.
+#[derive(Debug)]
+enum TextProjection {
+    Matrix(Tensor),
+    Linear(nn::Linear),
+}
+
+#[derive(Debug)]
+pub struct TextTransformer {
+    token_embedding: nn::Embedding,
+    positional_embedding: Tensor,
+    transformer: Transformer,
+    ln_final: nn::LayerNorm,
+    text_projection: Option<TextProjection>,
+    /// Additive causal mask [L, L] (OpenCLIP's non-persistent `attn_mask` buffer).
+    attn_mask: Option<Tensor>,
+    pool: TextPool,
+}
+
+impl TextTransformer {
+    pub fn new(p: nn::Path, config: &ModelConfig) -> Result<Self> {
+        let t = &config.text_cfg;
+        if t.embed_cls {
+            bail!("text towers with a class embedding (CoCa) are not supported yet");
+        }
+        let pool = match t.pool_type.as_str() {
+            "argmax" => TextPool::Argmax,
+            "first" => TextPool::First,
+            "last" => TextPool::Last,
+            "eos" => TextPool::Eos(t.eos_id),
+            "none" => TextPool::None,
+            other => bail!("unknown text pool_type `{other}`"),
+        };
+        let width = t.width;
+        let transformer_cfg = TransformerConfig {
+            width,
+            layers: t.layers,
+            heads: t.heads,
+            mlp_ratio: t.mlp_ratio,
+            ls_init_value: t.ls_init_value,
+            act: Activation::from_config(config.quick_gelu, t.act_kwargs.as_ref()),
+            norm: t.norm_kwargs.clone(),
+        };
+        let token_embedding = nn::embedding(
+            &p / "token_embedding",
+            t.vocab_size,
+            width,
+            nn::EmbeddingConfig {
+                ws_init: nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
+                ..Default::default()
+            },
+        );
+        let positional_embedding = p.var(
+            "positional_embedding",
+            &[t.context_length, width],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.01,
+            },
+        );
+        let transformer = Transformer::new(&p / "transformer", &transformer_cfg);
+        transformer.init_like_open_clip_text_tower(width);
+        let ln_final = layer_norm(&p / "ln_final", width, t.norm_kwargs.as_ref());
+        let output_dim = config.embed_dim;
+        let text_projection = if t.proj_type == "none" || output_dim == 0 {
+            None
+        } else if t.proj_bias {
+            let proj = linear(&p / "text_projection", width, output_dim);
+            tch::no_grad(|| {
+                let _ = proj
+                    .ws
+                    .shallow_clone()
+                    .normal_(0.0, (width as f64).powf(-0.5));
+                let _ = proj.bs.as_ref().map(|b| b.shallow_clone().zero_());
+            });
+            Some(TextProjection::Linear(proj))
+        } else {
+            Some(TextProjection::Matrix(p.var(
+                "text_projection",
+                &[width, output_dim],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: (width as f64).powf(-0.5),
+                },
+            )))
+        };
+        let attn_mask = (!t.no_causal_mask).then(|| {
+            Tensor::full(
+                [t.context_length, t.context_length],
+                f64::NEG_INFINITY,
+                (Kind::Float, p.device()),
+            )
+            .triu(1)
+        });
+        Ok(TextTransformer {
+            token_embedding,
+            positional_embedding,
+            transformer,
+            ln_final,
+            text_projection,
+            attn_mask,
+            pool,
+        })
+    }
+
+    fn pool(&self, x: &Tensor, text: &Tensor) -> Tensor {
+        let rows = || Tensor::arange(x.size()[0], (Kind::Int64, x.device()));
+        match self.pool {
+            TextPool::Argmax => x.index(&[Some(rows()), Some(text.argmax(-1, false))]),
+            TextPool::First => x.select(1, 0),
+            TextPool::Last => x.select(1, -1),
+            TextPool::Eos(eos) => {
+                let first_eos = text.eq(eos).to_kind(Kind::Int).argmax(-1, false);
+                x.index(&[Some(rows()), Some(first_eos)])
+            }
+            TextPool::None => x.shallow_clone(),
+        }
+    }
+
+    /// Token ids [N, L] to features [N, embed_dim] (not normalised).
+    pub fn forward(&self, text: &Tensor) -> Tensor {
+        let seq_len = text.size()[1];
+        let x =
+            self.token_embedding.forward(text) + self.positional_embedding.narrow(0, 0, seq_len);
+        let mask = self.attn_mask.as_ref().map(|m| {
+            m.narrow(0, 0, seq_len)
+                .narrow(1, 0, seq_len)
+                .to_device(x.device())
+        });
+        let x = self.transformer.forward(&x, mask.as_ref());
+        let x = self.ln_final.forward(&x);
+        let pooled = self.pool(&x, text);
+        match &self.text_projection {
+            Some(TextProjection::Matrix(m)) => pooled.matmul(m),
+            Some(TextProjection::Linear(l)) => l.forward(&pooled),
+            None => pooled,
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! The transformer blocks shared by the image and text towers, mirroring
+//! OpenCLIP's `transformer.py`: `Transformer` (`resblocks.N`),
+//! `ResidualAttentionBlock` (`ln_1`, `attn`, `ls_1`, `ln_2`, `mlp.c_fc`,
+//! `mlp.c_proj`, `ls_2`), multi-head attention with PyTorch's
+//! `nn.MultiheadAttention` parameter names (`in_proj_weight`, `out_proj`), and
+//! the attentional pooler.
+
+use tch::nn::{self, Init, Module};
+use tch::Tensor;
+
+use super::config::{ActKwargs, NormKwargs};
+
+/// The MLP activation: `nn.GELU` (exact or tanh-approximated) or OpenAI's QuickGELU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Gelu,
+    GeluTanh,
+    QuickGelu,
+}
+
+impl Activation {
+    pub fn from_config(quick_gelu: bool, act_kwargs: Option<&ActKwargs>) -> Self {
+        let tanh = act_kwargs.and_then(|a| a.approximate.as_deref()) == Some("tanh");
+        match (quick_gelu, tanh) {
+            (true, _) => Activation::QuickGelu,
+            (false, true) => Activation::GeluTanh,
+            (false, false) => Activation::Gelu,
+        }
+    }
+
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Gelu => x.gelu("none"),
+            Activation::GeluTanh => x.gelu("tanh"),
+            Activation::QuickGelu => x * (x * 1.702).sigmoid(),
+        }
+    }
+}
+
+/// LayerNorm with OpenCLIP's eps (1e-5 unless the config's norm_kwargs say otherwise).
+pub fn layer_norm(p: nn::Path, dim: i64, norm_kwargs: Option<&NormKwargs>) -> nn::LayerNorm {
+    let eps = norm_kwargs.and_then(|n| n.eps).unwrap_or(1e-5);
+    nn::layer_norm(
+        p,
+        vec![dim],
+        nn::LayerNormConfig {
+            eps,
+            ..Default::default()
+        },
+    )
+}
+
+/// A linear layer initialised like `torch.nn.Linear` (kaiming-uniform weight,
+/// uniform bias in ±1/sqrt(fan_in)).
+pub fn linear(p: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
+    let bound = 1.0 / (in_dim as f64).sqrt();
+    nn::linear(
+        p,
+        in_dim,
+        out_dim,
+        nn::LinearConfig {
+            ws_init: Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+            bs_init: Some(Init::Uniform {
+                lo: -bound,
+                up: bound,
+            }),
+            bias: true,
+        },
+    )
+}
+
+/// Splits [N, L, heads*head_dim] into [N, heads, L, head_dim].
+fn split_heads(x: &Tensor, heads: i64) -> Tensor {
+    let (n, l, c) = x
+        .size3()
+        .expect("attention input is [batch, tokens, width]");
+    x.reshape([n, l, heads, c / heads]).transpose(1, 2)
+}
+
+/// Merges [N, heads, L, head_dim] back into [N, L, heads*head_dim].
+fn merge_heads(x: &Tensor) -> Tensor {
+    let (n, h, l, d) = x
+        .size4()
+        .expect("attention output is [batch, heads, tokens, dim]");
+    x.transpose(1, 2).reshape([n, l, h * d])
+}
+
+/// `torch.nn.MultiheadAttention` (batch first, self-attention): packed
+/// `in_proj_weight` / `in_proj_bias` and `out_proj`.
+#[derive(Debug)]
+pub struct MultiheadAttention {
+    in_proj_weight: Tensor,
+    in_proj_bias: Tensor,
+    out_proj: nn::Linear,
+    heads: i64,
+}
+
+impl MultiheadAttention {
+    pub fn new(p: nn::Path, dim: i64, heads: i64) -> Self {
+        // xavier-uniform over the packed [3*dim, dim] matrix, as PyTorch does.
+        let bound = (6.0 / (dim + 3 * dim) as f64).sqrt();
+        let in_proj_weight = p.var(
+            "in_proj_weight",
+            &[3 * dim, dim],
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        );
+        let in_proj_bias = p.zeros("in_proj_bias", &[3 * dim]);
+        let out_proj = linear(&p / "out_proj", dim, dim);
+        tch::no_grad(|| {
+            let _ = out_proj.bs.as_ref().map(|b| b.shallow_clone().zero_());
+        });
+        MultiheadAttention {
+            in_proj_weight,
+            in_proj_bias,
+            out_proj,
+            heads,
+        }
+    }
+
+    /// Self-attention over `x` [N, L, C] with an optional additive mask [L, L].
+    pub fn forward(&self, x: &Tensor, attn_mask: Option<&Tensor>) -> Tensor {
+        let qkv = x.linear(&self.in_proj_weight, Some(&self.in_proj_bias));
+        let chunks = qkv.chunk(3, -1);
+        let (q, k, v) = (
+            split_heads(&chunks[0], self.heads),
+            split_heads(&chunks[1], self.heads),
+            split_heads(&chunks[2], self.heads),
+        );
+        let out = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            attn_mask.map(|m| m.to_kind(q.kind())),
+            0.0,
+            false,
+            None::<f64>,
+            false,
+        );
+        self.out_proj.forward(&merge_heads(&out))
+    }
+}
+
+/// `LayerScale`: a learned per-channel scale `gamma` (present when the config
+/// sets ls_init_value).
+#[derive(Debug)]
+pub struct LayerScale {
+    gamma: Tensor,
+}
+
+impl LayerScale {
+    pub fn new(p: nn::Path, dim: i64, init_value: f64) -> Self {
+        LayerScale {
+            gamma: p.var("gamma", &[dim], Init::Const(init_value)),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x * &self.gamma
+    }
+}
+
+/// The block's MLP: `c_fc`, activation, `c_proj`.
+#[derive(Debug)]
+pub struct Mlp {
+    c_fc: nn::Linear,
+    c_proj: nn::Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    pub fn new(p: nn::Path, dim: i64, hidden: i64, act: Activation) -> Self {
+        Mlp {
+            c_fc: linear(&p / "c_fc", dim, hidden),
+            c_proj: linear(&p / "c_proj", hidden, dim),
+            act,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.c_proj.forward(&self.act.apply(&self.c_fc.forward(x)))
+    }
+}
+
+/// Shape and numerics of a stack of residual attention blocks.
+#[derive(Debug, Clone)]
+pub struct TransformerConfig {
+    pub width: i64,
+    pub layers: i64,
+    pub heads: i64,
+    pub mlp_ratio: f64,
+    pub ls_init_value: Option<f64>,
+    pub act: Activation,
+    pub norm: Option<NormKwargs>,
+}
+
+/// `ResidualAttentionBlock`: pre-norm attention and MLP, each with an optional LayerScale.
+#[derive(Debug)]
+pub struct ResidualAttentionBlock {
+    ln_1: nn::LayerNorm,
+    attn: MultiheadAttention,
+    ls_1: Option<LayerScale>,
+    ln_2: nn::LayerNorm,
+    mlp: Mlp,
+    ls_2: Option<LayerScale>,
+}
+
+impl ResidualAttentionBlock {
+    pub fn new(p: nn::Path, cfg: &TransformerConfig) -> Self {
+        let mlp_width = (cfg.width as f64 * cfg.mlp_ratio) as i64;
+        let ls = |name: &str| {
+            cfg.ls_init_value
+                .map(|v| LayerScale::new(&p / name, cfg.width, v))
+        };
+        ResidualAttentionBlock {
+            ln_1: layer_norm(&p / "ln_1", cfg.width, cfg.norm.as_ref()),
+            attn: MultiheadAttention::new(&p / "attn", cfg.width, cfg.heads),
+            ls_1: ls("ls_1"),
+            ln_2: layer_norm(&p / "ln_2", cfg.width, cfg.norm.as_ref()),
+            mlp: Mlp::new(&p / "mlp", cfg.width, mlp_width, cfg.act),
+            ls_2: ls("ls_2"),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, attn_mask: Option<&Tensor>) -> Tensor {
+        let scale = |ls: &Option<LayerScale>, y: Tensor| match ls {
+            Some(ls) => ls.forward(&y),
+            None => y,
+        };
+        let attended = self.attn.forward(&self.ln_1.forward(x), attn_mask);
+        let x = x + scale(&self.ls_1, attended);
+        let mlp_out = self.mlp.forward(&self.ln_2.forward(&x));
+        &x + scale(&self.ls_2, mlp_out)
+    }
+}
+
+/// `Transformer`: `resblocks.0 .. resblocks.{layers-1}`, batch first.
+#[derive(Debug)]
+pub struct Transformer {
+    resblocks: Vec<ResidualAttentionBlock>,
+}
+
+impl Transformer {
+    pub fn new(p: nn::Path, cfg: &TransformerConfig) -> Self {
+        let blocks = &p / "resblocks";
+        Transformer {
+            resblocks: (0..cfg.layers)
+                .map(|i| ResidualAttentionBlock::new(&blocks / i, cfg))
+                .collect(),
+        }
+    }
+
+    /// Re-initialises the block weights the way OpenCLIP's
+    /// `TextTransformer.init_parameters` does (normal, with width- and
+    /// depth-dependent standard deviations).
+    pub fn init_like_open_clip_text_tower(&self, width: i64) {
+        let layers = self.resblocks.len() as f64;
+        let width = width as f64;
+        let attn_std = width.powf(-0.5);
+        let proj_std = attn_std * (2.0 * layers).powf(-0.5);
+        let fc_std = (2.0 * width).powf(-0.5);
+        tch::no_grad(|| {
+            for block in &self.resblocks {
+                let _ = block
+                    .attn
+                    .in_proj_weight
+                    .shallow_clone()
+                    .normal_(0.0, attn_std);
+                let _ = block
+                    .attn
+                    .out_proj
+                    .ws
+                    .shallow_clone()
+                    .normal_(0.0, proj_std);
+                let _ = block.mlp.c_fc.ws.shallow_clone().normal_(0.0, fc_std);
+                let _ = block.mlp.c_proj.ws.shallow_clone().normal_(0.0, proj_std);
+            }
+        });
+    }
+
+    pub fn forward(&self, x: &Tensor, attn_mask: Option<&Tensor>) -> Tensor {
+        let mut x = x.shallow_clone();
+        for block in &self.resblocks {
+            x = block.forward(&x, attn_mask);
+        }
+        x
+    }
+}
+
+/// `AttentionalPooler`: learned queries (`query`) cross-attending to the
+/// tokens through an `nn.MultiheadAttention` whose key/value width differs
+/// from the query width (separate `q_proj_weight`, `k_proj_weight`,
+/// `v_proj_weight`), with `ln_q` / `ln_k`.
+#[derive(Debug)]
+pub struct AttentionalPooler {
+    query: Tensor,
+    q_proj_weight: Tensor,
+    k_proj_weight: Tensor,
+    v_proj_weight: Tensor,
+    in_proj_bias: Tensor,
+    out_proj: nn::Linear,
+    ln_q: nn::LayerNorm,
+    ln_k: nn::LayerNorm,
+    heads: i64,
+}
+
+impl AttentionalPooler {
+    pub fn new(p: nn::Path, d_model: i64, context_dim: i64, heads: i64, queries: i64) -> Self {
+        let attn = &p / "attn";
+        let xavier = |fan_in: i64, fan_out: i64| {
+            let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            }
+        };
+        AttentionalPooler {
+            query: p.randn_standard("query", &[queries, d_model]),
+            q_proj_weight: attn.var(
+                "q_proj_weight",
+                &[d_model, d_model],
+                xavier(d_model, d_model),
+            ),
+            k_proj_weight: attn.var(
+                "k_proj_weight",
+                &[d_model, context_dim],
+                xavier(context_dim, d_model),
+            ),
+            v_proj_weight: attn.var(
+                "v_proj_weight",
+                &[d_model, context_dim],
+                xavier(context_dim, d_model),
+            ),
+            in_proj_bias: attn.zeros("in_proj_bias", &[3 * d_model]),
+            out_proj: linear(&attn / "out_proj", d_model, d_model),
+            ln_q: layer_norm(&p / "ln_q", d_model, None),
+            ln_k: layer_norm(&p / "ln_k", context_dim, None),
+            heads,
+        }
+    }
+
+    /// [N, L, context_dim] tokens to [N, queries, d_model].
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let n = x.size()[0];
+        let x = self.ln_k.forward(x);
+        let q = self
+            .ln_q
+            .forward(&self.query)
+            .unsqueeze(0)
+            .expand([n, -1, -1], false);
+        let biases = self.in_proj_bias.chunk(3, 0);
+        let q = split_heads(&q.linear(&self.q_proj_weight, Some(&biases[0])), self.heads);
+        let k = split_heads(&x.linear(&self.k_proj_weight, Some(&biases[1])), self.heads);
+        let v = split_heads(&x.linear(&self.v_proj_weight, Some(&biases[2])), self.heads);
+        let out = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            false,
+            None::<f64>,
+            false,
+        );
+        self.out_proj.forward(&merge_heads(&out))
+    }
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One-time setup shared by every clone: a Python environment holding the
+# libtorch that tch links against (PyPI's torch wheel) and OpenCLIP, the
+# oracle the tests compare with. It lives in a versioned cache outside the
+# work tree, so clones and CI reuse it; running it again is a no-op.
+#
+# Prints shell `export` lines for the build environment on stdout when called
+# with --print-env; everything else goes to stderr.
+set -euo pipefail
+
+TORCH_VERSION=2.11.0
+OPENCLIP_VERSION=3.3.0
+CACHE="${CLIPFLOW_CACHE:-$HOME/.cache/clipflow}"
+VENV="$CACHE/py311-torch${TORCH_VERSION}-openclip${OPENCLIP_VERSION}"
+STAMP="$VENV/.clipflow-ready"
+
+log() { echo "[setup] $*" >&2; }
+
+if [ ! -f "$STAMP" ]; then
+    log "creating $VENV (torch==$TORCH_VERSION, open_clip_torch==$OPENCLIP_VERSION)"
+    mkdir -p "$CACHE"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >&2
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+        "torch==$TORCH_VERSION" "open_clip_torch==$OPENCLIP_VERSION" safetensors pillow >&2
+    touch "$STAMP"
+else
+    log "python environment ready: $VENV"
+fi
+
+if [ "${1:-}" = "--print-env" ]; then
+    TORCH_LIB="$("$VENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+    echo "export CLIPFLOW_VENV='$VENV'"
+    echo "export PATH='$VENV/bin':\"\$PATH\""
+    echo "export LIBTORCH_USE_PYTORCH=1"
+    echo "export CLIPFLOW_TORCH_LIB='$TORCH_LIB'"
+    echo "export CARGO_TARGET_DIR=\"\${CARGO_TARGET_DIR:-$CACHE/target}\""
+fi

@@ -1,0 +1,4 @@
+//! The clipflow command line as a library: flag definitions and the
+//! subcommands behind `clipflow train`, `embed`, `tokenize`, `convert`, `models`.
+
+pub mod train_args;
