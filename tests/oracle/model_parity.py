@@ -6,27 +6,35 @@ Builds an OpenCLIP model with random weights and writes, into OUT_DIR:
   outputs.safetensors   encode_image / encode_text, the CLIP loss, and the
                         loss's gradient w.r.t. every parameter ("grad.NAME")
 
-usage: model_parity.py MODEL OUT_DIR [CONFIG_JSON]
-A CONFIG_JSON registers MODEL from that file first (for tiny test configs).
+usage: model_parity.py MODEL OUT_DIR [--config FILE] [--kwargs JSON]
+--config registers MODEL from that file first (for tiny test configs);
+--kwargs are passed to open_clip.create_model (e.g. {"force_custom_text": true}).
 """
+import argparse
 import json
-import sys
 
 import open_clip
 import torch
 from open_clip.loss import ClipLoss
 from safetensors.torch import save_file
 
-model_name, out_dir = sys.argv[1], sys.argv[2]
-if len(sys.argv) > 3:
-    open_clip.add_model_config(sys.argv[3])
+parser = argparse.ArgumentParser()
+parser.add_argument("model")
+parser.add_argument("out_dir")
+parser.add_argument("--config")
+parser.add_argument("--kwargs", default="{}")
+args = parser.parse_args()
+model_name, out_dir = args.model, args.out_dir
+if args.config:
+    open_clip.add_model_config(args.config)
 
 torch.manual_seed(0)
-model = open_clip.create_model(model_name)
+model = open_clip.create_model(model_name, **json.loads(args.kwargs))
 model.eval()
-tokenizer = open_clip.get_tokenizer(model_name)
+tokenizer = open_clip.get_tokenizer(model_name, context_length=model.context_length)
 
-height, width = model.visual.image_size if isinstance(model.visual.image_size, tuple) else (model.visual.image_size,) * 2
+size = model.visual.image_size
+height, width = (size, size) if isinstance(size, int) else tuple(size)
 images = torch.randn(2, 3, height, width)
 text = tokenizer(["a photo of a cat", "two dogs playing in the snow at night"])
 
@@ -47,6 +55,8 @@ outputs = {
     "loss": loss.detach(),
 }
 for name, param in model.named_parameters():
-    outputs[f"grad.{name}"] = param.grad.contiguous()
+    # parameters the CLIP loss does not reach (logit_bias) have zero gradient
+    grad = param.grad if param.grad is not None else torch.zeros_like(param)
+    outputs[f"grad.{name}"] = grad.contiguous()
 save_file(outputs, f"{out_dir}/outputs.safetensors")
 print(json.dumps({"params": sum(1 for _ in model.parameters())}))
