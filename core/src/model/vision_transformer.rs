@@ -194,3 +194,35 @@ impl VisionTransformer {
         pooled.matmul(&self.proj)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_dropout_keeps_the_class_token_and_a_subset_of_patches() {
+        let dropout = PatchDropout { prob: 0.5 };
+        // 1 class token + 16 patches, each row filled with its own index.
+        let x = Tensor::arange(17, (Kind::Float, tch::Device::Cpu))
+            .view([1, 17, 1])
+            .expand([2, 17, 3], false)
+            .contiguous();
+        let kept = dropout.forward_t(&x, true);
+        assert_eq!(kept.size(), [2, 1 + 8, 3]);
+        for b in 0..2 {
+            assert_eq!(kept.double_value(&[b, 0, 0]), 0.0, "class token first");
+            let mut rows: Vec<i64> = (1..9)
+                .map(|i| kept.double_value(&[b, i, 0]) as i64)
+                .collect();
+            rows.sort();
+            rows.dedup();
+            assert_eq!(rows.len(), 8, "distinct patches");
+            assert!(rows.iter().all(|r| (1..17).contains(r)));
+        }
+        assert_eq!(
+            dropout.forward_t(&x, false).size(),
+            [2, 17, 3],
+            "identity in eval"
+        );
+    }
+}
