@@ -1,4 +1,5 @@
 //! The clipflow command line as a library: flag definitions and the
 //! subcommands behind `clipflow train`, `embed`, `tokenize`, `convert`, `models`.
 
+pub mod commands;
 pub mod train_args;

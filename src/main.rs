@@ -1,12 +1,9 @@
 //! The `clipflow` command: a drop-in for `python -m open_clip_train.main`
 //! plus tools around it (`embed`, `tokenize`, `convert`, `models`).
 
-use std::io::Write;
-
-use anyhow::Result;
 use clap::{Parser, Subcommand};
-use clipflow_core::model::config::{model_names, unsupported_reason};
-use clipflow_core::model::{ModelConfig, ModelOverrides};
+use clipflow::commands::{convert, models, train};
+use clipflow::train_args::TrainArgs;
 
 #[derive(Parser)]
 #[command(
@@ -21,20 +18,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a model with open_clip_train.main's flags.
+    Train(TrainArgs),
+    /// Rewrite a weights file (.safetensors, OpenCLIP .pt/.bin) as safetensors.
+    Convert(convert::ConvertArgs),
     /// List the model architectures and whether clipflow builds them yet.
     Models,
-}
-
-fn list_models() -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    for name in model_names() {
-        let config = ModelConfig::by_name(name, &ModelOverrides::default())?;
-        match unsupported_reason(&config) {
-            None => writeln!(out, "{name}")?,
-            Some(why) => writeln!(out, "{name}\t(not yet: {why})")?,
-        }
-    }
-    Ok(())
 }
 
 /// True when stdout's reader went away (`clipflow models | head`): not an error.
@@ -44,12 +33,15 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Models => list_models(),
+    let result = match Cli::parse().command {
+        Command::Train(args) => train::run(args),
+        Command::Convert(args) => convert::run(&args),
+        Command::Models => models::run(),
     };
-    if let Err(err) = result.or_else(|e| if is_broken_pipe(&e) { Ok(()) } else { Err(e) }) {
-        eprintln!("error: {err:#}");
-        std::process::exit(2);
+    if let Err(err) = result {
+        if !is_broken_pipe(&err) {
+            eprintln!("error: {err:#}");
+            std::process::exit(1);
+        }
     }
 }

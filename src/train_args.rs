@@ -1,1 +1,1404 @@
-//! `clipflow train` flags: every flag of open_clip_train.main with the same spelling, default and meaning.
+//! `clipflow train` flags: every flag of OpenCLIP 3.3.0's `open_clip_train.main`
+//! with the same spelling, default and meaning.
+//!
+//! This module owns the flag surface only: parsing (`TrainArgs`, a clap
+//! `Args` struct that the CLI flattens into its `train` subcommand), the
+//! defaults OpenCLIP fills in after parsing (`lr`, `beta1`, `beta2` and `eps`
+//! from the model name), value and cross-flag checks with errors that name the
+//! flag, and `to_open_clip_namespace`, the same key/value map as OpenCLIP's
+//! `vars(parse_args(argv))`, which the tests compare with OpenCLIP itself.
+//!
+//! Parsing follows Python's argparse where users would notice: a repeated flag
+//! keeps its last value (`--aug-cfg` and the list flags included), and a long
+//! flag may be shortened to any unambiguous prefix (`--batch 128`).
+
+use clap::builder::PossibleValue;
+use clap::error::ErrorKind;
+use clap::{ArgAction, Args, Command, FromArgMatches, ValueEnum};
+use serde_json::{json, Value};
+
+/// Parses `clipflow train` flags (`argv` without the program name), then fills
+/// in OpenCLIP's model-dependent defaults and runs the cross-flag checks.
+pub fn parse_train_args<I, T>(argv: I) -> Result<TrainArgs, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let command = TrainArgs::augment_args(Command::new("clipflow train").no_binary_name(true));
+    let matches = command.try_get_matches_from(argv)?;
+    TrainArgs::from_arg_matches(&matches)?.resolve_defaults_and_validate()
+}
+
+/// Every flag of `python -m open_clip_train.main`, under OpenCLIP's names.
+#[derive(Args, Debug, Clone, PartialEq)]
+#[command(args_override_self = true, infer_long_args = true)]
+pub struct TrainArgs {
+    // ---------------------------------------------------------------- data
+    /// Training data: a CSV file, or webdataset tar shards written with brace
+    /// patterns (`/data/train-{0000..2175}.tar`); join several sources with `::`.
+    #[arg(long, help_heading = "Data")]
+    pub train_data: Option<String>,
+
+    /// Relative sampling weight of each `::`-joined --train-data source, joined
+    /// the same way (`1::4`); needs --dataset-resampled. Default: uniform.
+    #[arg(long, help_heading = "Data")]
+    pub train_data_upsampling_factors: Option<String>,
+
+    /// Validation data, in the same forms as --train-data.
+    #[arg(long, help_heading = "Data")]
+    pub val_data: Option<String>,
+
+    /// Number of training samples; webdataset needs it unless the shards come
+    /// with a size file.
+    #[arg(long, allow_negative_numbers = true, value_parser = positive_u64, help_heading = "Data")]
+    pub train_num_samples: Option<u64>,
+
+    /// Number of validation samples, when the webdataset shards don't say.
+    #[arg(long, allow_negative_numbers = true, value_parser = positive_u64, help_heading = "Data")]
+    pub val_num_samples: Option<u64>,
+
+    /// Format of the data; `auto` picks webdataset for `.tar` paths and csv for
+    /// `.csv`/`.tsv` files.
+    #[arg(long, value_enum, default_value_t = DatasetType::Auto, help_heading = "Data")]
+    pub dataset_type: DatasetType,
+
+    /// Draw webdataset shards with replacement instead of one pass per epoch.
+    #[arg(long, help_heading = "Data")]
+    pub dataset_resampled: bool,
+
+    /// Column separator of csv data (default: a tab).
+    #[arg(
+        long,
+        default_value = "\t",
+        hide_default_value = true,
+        help_heading = "Data"
+    )]
+    pub csv_separator: String,
+
+    /// Column of csv data that holds the image paths.
+    #[arg(long, default_value = "filepath", help_heading = "Data")]
+    pub csv_img_key: String,
+
+    /// Column of csv data that holds the captions.
+    #[arg(long, default_value = "title", help_heading = "Data")]
+    pub csv_caption_key: String,
+
+    // --------------------------------------------------------------- model
+    /// Model architecture, by OpenCLIP's config name (RN50, ViT-B-32, coca_ViT-L-14, ...).
+    #[arg(long, default_value = "RN50", help_heading = "Model")]
+    pub model: String,
+
+    /// Weights to start from: a pretrained tag (e.g. laion2b_s34b_b79k) or a
+    /// checkpoint file (default: none, random initialisation).
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Model"
+    )]
+    pub pretrained: String,
+
+    /// Start the image tower from ImageNet weights (timm backbones only).
+    #[arg(long, help_heading = "Model")]
+    pub pretrained_image: bool,
+
+    /// Replace the model's input image size: one number for a square, or
+    /// height and width.
+    #[arg(long, num_args = 1.., action = ArgAction::Set, allow_negative_numbers = true, value_parser = positive_usize, help_heading = "Model")]
+    pub force_image_size: Option<Vec<usize>>,
+
+    /// Replace the model's text context length (tokens per caption).
+    #[arg(long, allow_negative_numbers = true, value_parser = positive_usize, help_heading = "Model")]
+    pub force_context_length: Option<usize>,
+
+    /// Replace the fraction of image patches dropped during training (ViT
+    /// towers); 0 turns patch dropout off.
+    #[arg(long, value_parser = unit_fraction, allow_negative_numbers = true, help_heading = "Model")]
+    pub force_patch_dropout: Option<f64>,
+
+    /// Use QuickGELU activations in a model whose config does not.
+    #[arg(long, help_heading = "Model")]
+    pub force_quick_gelu: bool,
+
+    /// Build the model with a separate text tower (CustomTextCLIP layout).
+    #[arg(long, help_heading = "Model")]
+    pub force_custom_text: bool,
+
+    // -------------------------------------------------------- optimisation
+    /// Samples per batch on each device.
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true, value_parser = positive_usize, help_heading = "Optimisation")]
+    pub batch_size: usize,
+
+    /// Number of epochs to train.
+    #[arg(long, default_value_t = 32, allow_negative_numbers = true, value_parser = non_negative_u64, help_heading = "Optimisation")]
+    pub epochs: u64,
+
+    /// Accumulate this many batches before each optimiser step.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = positive_usize, help_heading = "Optimisation")]
+    pub accum_freq: usize,
+
+    /// Peak learning rate (default from the model name: 5e-4).
+    #[arg(long, value_parser = non_negative_float, allow_negative_numbers = true, help_heading = "Optimisation")]
+    pub lr: Option<f64>,
+
+    /// Number of steps of linear learning-rate warmup from 0.
+    #[arg(long, default_value_t = 10000, allow_negative_numbers = true, value_parser = non_negative_u64, help_heading = "Optimisation")]
+    pub warmup: u64,
+
+    /// Learning-rate schedule after warmup.
+    #[arg(long, value_enum, default_value_t = LrScheduler::Cosine, help_heading = "Optimisation")]
+    pub lr_scheduler: LrScheduler,
+
+    /// Length of the cooldown at the end of training, in epochs (const-cooldown schedule).
+    #[arg(long, allow_negative_numbers = true, value_parser = non_negative_u64, help_heading = "Optimisation")]
+    pub epochs_cooldown: Option<u64>,
+
+    /// Learning rate at the end of the cooldown.
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative_float, allow_negative_numbers = true, help_heading = "Optimisation")]
+    pub lr_cooldown_end: f64,
+
+    /// Exponent of the polynomial cooldown; 1 is a straight line.
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative_float, allow_negative_numbers = true, help_heading = "Optimisation")]
+    pub lr_cooldown_power: f64,
+
+    /// Keep the learning rate fixed: no warmup and no decay.
+    #[arg(long, help_heading = "Optimisation")]
+    pub skip_scheduler: bool,
+
+    /// Optimiser: `adamw`, or `timm/<name>` for one of timm's optimisers.
+    #[arg(long, default_value = "adamw", value_parser = optimizer_name, help_heading = "Optimisation")]
+    pub opt: String,
+
+    /// AdamW beta1 (default from the model name: 0.9).
+    #[arg(long, value_parser = beta, allow_negative_numbers = true, help_heading = "Optimisation")]
+    pub beta1: Option<f64>,
+
+    /// AdamW beta2 (default from the model name: 0.98 for ViT models, 0.999 otherwise).
+    #[arg(long, value_parser = beta, allow_negative_numbers = true, help_heading = "Optimisation")]
+    pub beta2: Option<f64>,
+
+    /// AdamW epsilon (default from the model name: 1e-6 for ViT models, 1e-8 otherwise).
+    #[arg(long, value_parser = non_negative_float, allow_negative_numbers = true, help_heading = "Optimisation")]
+    pub eps: Option<f64>,
+
+    /// Weight decay, applied to weight matrices only (not to gains, biases or logit_scale).
+    #[arg(long, default_value_t = 0.2, value_parser = non_negative_float, allow_negative_numbers = true, help_heading = "Optimisation")]
+    pub wd: f64,
+
+    /// Momentum, for timm optimisers that have one.
+    #[arg(long, value_parser = non_negative_float, allow_negative_numbers = true, help_heading = "Optimisation")]
+    pub momentum: Option<f64>,
+
+    /// Clip the global gradient norm to this value.
+    #[arg(long, value_parser = positive_float, allow_negative_numbers = true, help_heading = "Optimisation")]
+    pub grad_clip_norm: Option<f64>,
+
+    /// Seed of every random generator (data order, augmentation, initialisation).
+    #[arg(long, default_value_t = 0, value_parser = python_int, allow_negative_numbers = true, help_heading = "Optimisation")]
+    pub seed: i64,
+
+    // ------------------------------------------------- precision and memory
+    /// Number format of weights and arithmetic.
+    #[arg(long, value_enum, default_value_t = Precision::Amp, help_heading = "Precision and memory")]
+    pub precision: Precision,
+
+    /// Recompute activations in the backward pass instead of storing them.
+    #[arg(long, help_heading = "Precision and memory")]
+    pub grad_checkpointing: bool,
+
+    // ---------------------------------------------------------------- loss
+    /// Compare local features with the gathered global ones instead of
+    /// building the full global similarity matrix on every device.
+    #[arg(long, help_heading = "Loss")]
+    pub local_loss: bool,
+
+    /// Let gradients flow back through the feature all-gather.
+    #[arg(long, help_heading = "Loss")]
+    pub gather_with_grad: bool,
+
+    /// Train with the sigmoid (SigLIP) loss instead of the softmax contrastive loss.
+    #[arg(long, help_heading = "Loss")]
+    pub siglip: bool,
+
+    /// How the SigLIP loss exchanges features between devices (default: bidir).
+    #[arg(long, value_enum, help_heading = "Loss")]
+    pub loss_dist_impl: Option<LossDistImpl>,
+
+    /// Weight of the captioning loss of CoCa models.
+    #[arg(long, default_value_t = 2.0, value_parser = non_negative_float, allow_negative_numbers = true, help_heading = "Loss")]
+    pub coca_caption_loss_weight: f64,
+
+    /// Weight of the contrastive loss of CoCa models.
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative_float, allow_negative_numbers = true, help_heading = "Loss")]
+    pub coca_contrastive_loss_weight: f64,
+
+    /// Teacher architecture to distill from (needs --distill-pretrained).
+    #[arg(long, help_heading = "Loss")]
+    pub distill_model: Option<String>,
+
+    /// Teacher weights to distill from: a pretrained tag or a file (needs --distill-model).
+    #[arg(long, help_heading = "Loss")]
+    pub distill_pretrained: Option<String>,
+
+    // ------------------------------------------ data loading and preprocessing
+    /// Data-loading workers per device.
+    #[arg(long, default_value_t = 4, allow_negative_numbers = true, value_parser = non_negative_usize, help_heading = "Data loading and preprocessing")]
+    pub workers: usize,
+
+    /// Replace the model's per-channel normalisation mean (one value, or R G B).
+    #[arg(long, num_args = 1.., action = ArgAction::Set, value_name = "MEAN", value_parser = finite_float, allow_negative_numbers = true, help_heading = "Data loading and preprocessing")]
+    pub image_mean: Option<Vec<f64>>,
+
+    /// Replace the model's per-channel normalisation standard deviation (one value, or R G B).
+    #[arg(long, num_args = 1.., action = ArgAction::Set, value_name = "STD", value_parser = positive_float, allow_negative_numbers = true, help_heading = "Data loading and preprocessing")]
+    pub image_std: Option<Vec<f64>>,
+
+    /// Replace the model's resize interpolation.
+    #[arg(long, value_enum, help_heading = "Data loading and preprocessing")]
+    pub image_interpolation: Option<ImageInterpolation>,
+
+    /// Replace how evaluation images are resized (and cropped) to the model's size.
+    #[arg(long, value_enum, help_heading = "Data loading and preprocessing")]
+    pub image_resize_mode: Option<ImageResizeMode>,
+
+    /// Training augmentation settings as key=value pairs with Python literal
+    /// values, e.g. `scale=(0.08,1.0) ratio=(0.75,1.33) re_prob=0.25`. Keys:
+    /// scale, ratio, color_jitter, re_prob, re_count, use_timm,
+    /// color_jitter_prob, gray_scale_prob.
+    #[arg(long, num_args = 0.., action = ArgAction::Set, value_name = "KEY=VALUE", value_parser = parse_aug_cfg_entry, help_heading = "Data loading and preprocessing")]
+    pub aug_cfg: Vec<AugCfgEntry>,
+
+    // ------------------------------------------------------------- locking
+    /// Freeze the whole image tower.
+    #[arg(long, help_heading = "Locking (transfer learning)")]
+    pub lock_image: bool,
+
+    /// With --lock-image, keep the last N layer groups of the image tower trainable.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = non_negative_usize, help_heading = "Locking (transfer learning)")]
+    pub lock_image_unlocked_groups: usize,
+
+    /// With --lock-image, also freeze the BatchNorm running statistics of the locked layers.
+    #[arg(long, help_heading = "Locking (transfer learning)")]
+    pub lock_image_freeze_bn_stats: bool,
+
+    /// Freeze the whole text tower.
+    #[arg(long, help_heading = "Locking (transfer learning)")]
+    pub lock_text: bool,
+
+    /// With --lock-text, keep the last N layers of the text tower trainable.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = non_negative_usize, help_heading = "Locking (transfer learning)")]
+    pub lock_text_unlocked_layers: usize,
+
+    /// With --lock-text, also freeze the LayerNorms of the locked layers.
+    #[arg(long, help_heading = "Locking (transfer learning)")]
+    pub lock_text_freeze_layer_norm: bool,
+
+    // ---------------------------------------------------------- checkpoints
+    /// Save a checkpoint every N epochs; 0 saves none.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = non_negative_u64, help_heading = "Checkpoints")]
+    pub save_frequency: u64,
+
+    /// Also keep the newest checkpoint as epoch_latest.pt.
+    #[arg(long, help_heading = "Checkpoints")]
+    pub save_most_recent: bool,
+
+    /// Delete the previous epoch's checkpoint once a new one is saved.
+    #[arg(long, help_heading = "Checkpoints")]
+    pub delete_previous_checkpoint: bool,
+
+    /// Checkpoint to resume from, or `latest` for the newest one of this experiment.
+    #[arg(long, help_heading = "Checkpoints")]
+    pub resume: Option<String>,
+
+    // -------------------------------------------------------------- logging
+    /// Folder for logs and checkpoints; `none` keeps nothing on disk.
+    #[arg(long, default_value = "./logs/", help_heading = "Logging")]
+    pub logs: String,
+
+    /// Experiment name, the sub-folder of --logs (default: built from the date and main flags).
+    #[arg(long, help_heading = "Logging")]
+    pub name: Option<String>,
+
+    /// Write a log file on the first process of every node, not only the first process overall.
+    #[arg(long, help_heading = "Logging")]
+    pub log_local: bool,
+
+    /// Metric sinks, comma-separated: tensorboard, wandb, or all (default: none).
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = report_to_list, help_heading = "Logging")]
+    pub report_to: String,
+
+    /// Log training metrics every N steps.
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = positive_u64, help_heading = "Logging")]
+    pub log_every_n_steps: u64,
+
+    /// Weights & Biases project name.
+    #[arg(long, default_value = "open-clip", help_heading = "Logging")]
+    pub wandb_project_name: String,
+
+    /// Notes attached to the Weights & Biases run.
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Logging"
+    )]
+    pub wandb_notes: String,
+
+    /// Log more detail.
+    #[arg(long, help_heading = "Logging")]
+    pub debug: bool,
+
+    /// Copy the training code into the experiment folder and run from there.
+    #[arg(long, help_heading = "Logging")]
+    pub copy_codebase: bool,
+
+    // ----------------------------------------------------------- evaluation
+    /// ImageNet validation folder for zero-shot evaluation.
+    #[arg(long, help_heading = "Evaluation")]
+    pub imagenet_val: Option<String>,
+
+    /// ImageNet-V2 folder for zero-shot evaluation.
+    #[arg(long, help_heading = "Evaluation")]
+    pub imagenet_v2: Option<String>,
+
+    /// Run zero-shot evaluation every N epochs; 0 never.
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = non_negative_u64, help_heading = "Evaluation")]
+    pub zeroshot_frequency: u64,
+
+    /// Evaluate on --val-data every N epochs; 0 never.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = non_negative_u64, help_heading = "Evaluation")]
+    pub val_frequency: u64,
+
+    // ---------------------------------------------------------- distributed
+    /// Device to train on (cuda, cpu).
+    #[arg(long, default_value = "cuda", help_heading = "Distributed")]
+    pub device: String,
+
+    /// Rendezvous address for distributed training (e.g. tcp://host:port).
+    #[arg(long, help_heading = "Distributed")]
+    pub dist_url: Option<String>,
+
+    /// Collective-communication backend (nccl for GPUs, gloo for CPUs).
+    #[arg(long, help_heading = "Distributed")]
+    pub dist_backend: Option<String>,
+
+    /// Launch through Horovod instead of torchrun-style environment variables.
+    #[arg(long, help_heading = "Distributed")]
+    pub horovod: bool,
+
+    /// Tell DistributedDataParallel the graph is the same every step.
+    #[arg(long, help_heading = "Distributed")]
+    pub ddp_static_graph: bool,
+
+    /// Synchronise BatchNorm statistics across devices.
+    #[arg(long, help_heading = "Distributed")]
+    pub use_bn_sync: bool,
+
+    /// Don't pick the device from the local rank (use when each process sees one device).
+    #[arg(long, help_heading = "Distributed")]
+    pub no_set_device_rank: bool,
+
+    // ---------------------------------------------------------- remote sync
+    /// Remote folder (e.g. s3://bucket/path) that the logs folder is mirrored to.
+    #[arg(long, help_heading = "Remote sync")]
+    pub remote_sync: Option<String>,
+
+    /// Seconds between two mirrorings to --remote-sync.
+    #[arg(long, default_value_t = 300, allow_negative_numbers = true, value_parser = non_negative_u64, help_heading = "Remote sync")]
+    pub remote_sync_frequency: u64,
+
+    /// How --remote-sync copies.
+    #[arg(long, value_enum, default_value_t = RemoteSyncProtocol::S3, help_heading = "Remote sync")]
+    pub remote_sync_protocol: RemoteSyncProtocol,
+
+    // ------------------------------------------------------------- advanced
+    /// Compile the model with TorchScript (torch.jit.script).
+    #[arg(long, help_heading = "Advanced")]
+    pub torchscript: bool,
+
+    /// Compile the model with torch.compile.
+    #[arg(long, help_heading = "Advanced")]
+    pub torchcompile: bool,
+
+    /// Trace the model with torch.jit.trace (evaluation only).
+    #[arg(long, help_heading = "Advanced")]
+    pub trace: bool,
+
+    /// Replace linear layers with this bitsandbytes layer class (int8 training).
+    #[arg(long, help_heading = "Advanced")]
+    pub use_bnb_linear: Option<String>,
+
+    /// Folder for downloaded weights and tokenizer files (default: the system cache).
+    #[arg(long, help_heading = "Advanced")]
+    pub cache_dir: Option<String>,
+}
+
+impl TrainArgs {
+    /// Fills in what OpenCLIP derives after parsing and checks the flags
+    /// against each other. `parse_train_args` calls it; call it yourself after
+    /// a clap derive parse that flattens `TrainArgs` into a bigger command.
+    ///
+    /// Unless the optimiser is a timm one, an absent --lr, --beta1, --beta2 or
+    /// --eps takes the CLIP paper's value for the model family: ViT models
+    /// (name containing "vit", any case) use betas (0.9, 0.98) and eps 1e-6,
+    /// the others (0.9, 0.999) and 1e-8; both use lr 5e-4.
+    pub fn resolve_defaults_and_validate(mut self) -> Result<Self, clap::Error> {
+        if !self.opt.contains("timm") {
+            let is_vit = self.model.to_lowercase().contains("vit");
+            let (beta2, eps) = if is_vit {
+                (0.98, 1.0e-6)
+            } else {
+                (0.999, 1.0e-8)
+            };
+            self.lr.get_or_insert(5.0e-4);
+            self.beta1.get_or_insert(0.9);
+            self.beta2.get_or_insert(beta2);
+            self.eps.get_or_insert(eps);
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Checks that involve more than one flag, or a flag's number of values.
+    fn validate(&self) -> Result<(), clap::Error> {
+        let invalid =
+            |message: String| clap::Error::raw(ErrorKind::ValueValidation, message + "\n");
+        if let Some(size) = &self.force_image_size {
+            if size.len() > 2 {
+                return Err(invalid(format!(
+                    "--force-image-size takes one size or a height and a width, got {} values",
+                    size.len()
+                )));
+            }
+        }
+        for (flag, values) in [
+            ("--image-mean", &self.image_mean),
+            ("--image-std", &self.image_std),
+        ] {
+            if let Some(values) = values {
+                if values.len() != 1 && values.len() != 3 {
+                    return Err(invalid(format!(
+                        "{flag} takes one value for all channels or three (R G B), got {} values",
+                        values.len()
+                    )));
+                }
+            }
+        }
+        if let Some(factors) = &self.train_data_upsampling_factors {
+            let weights = self.upsampling_factors().ok_or_else(|| {
+                invalid(format!(
+                    "--train-data-upsampling-factors must be non-negative numbers joined by `::` (e.g. 1::4), got {factors:?}"
+                ))
+            })?;
+            if let Some(train_data) = &self.train_data {
+                let sources = train_data.split("::").count();
+                if weights.len() != sources {
+                    return Err(invalid(format!(
+                        "--train-data-upsampling-factors has {} factors but --train-data has {sources} `::`-joined sources",
+                        weights.len()
+                    )));
+                }
+            }
+        }
+        if self.trains()
+            && self.lr_scheduler == LrScheduler::ConstCooldown
+            && self.epochs_cooldown.is_none()
+        {
+            return Err(invalid(
+                "--lr-scheduler const-cooldown needs --epochs-cooldown (the number of cooldown epochs)".to_owned(),
+            ));
+        }
+        if self.opt.contains("timm") && self.beta1.is_some() != self.beta2.is_some() {
+            return Err(invalid(format!(
+                "--opt {} takes both --beta1 and --beta2 or neither",
+                self.opt
+            )));
+        }
+        if self.distill_model.is_some() != self.distill_pretrained.is_some() {
+            return Err(invalid(
+                "--distill-model and --distill-pretrained go together: give both to distill, or neither".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether these flags train (OpenCLIP trains when it has training data:
+    /// --train-data, or the synthetic dataset); otherwise they only evaluate.
+    pub fn trains(&self) -> bool {
+        self.train_data.is_some() || self.dataset_type == DatasetType::Synthetic
+    }
+
+    /// The weights of --train-data-upsampling-factors, one per `::`-joined
+    /// source; `None` when the flag is absent or not a list of numbers.
+    pub fn upsampling_factors(&self) -> Option<Vec<f64>> {
+        self.train_data_upsampling_factors
+            .as_deref()?
+            .split("::")
+            .map(|factor| non_negative_float(factor).ok())
+            .collect()
+    }
+
+    /// The logs folder, or `None` when --logs is empty or `none` (any case),
+    /// which OpenCLIP reads as "keep no logs".
+    pub fn logs_dir(&self) -> Option<&str> {
+        let logs = self.logs.as_str();
+        (!logs.is_empty() && !logs.eq_ignore_ascii_case("none")).then_some(logs)
+    }
+
+    /// Whether --report-to asks for TensorBoard event files.
+    pub fn reports_to_tensorboard(&self) -> bool {
+        self.report_to_names()
+            .any(|name| name == "tensorboard" || name == "all")
+    }
+
+    /// Whether --report-to asks for Weights & Biases.
+    pub fn reports_to_wandb(&self) -> bool {
+        self.report_to_names()
+            .any(|name| name == "wandb" || name == "all")
+    }
+
+    fn report_to_names(&self) -> impl Iterator<Item = &str> {
+        self.report_to.split(',').map(str::trim)
+    }
+
+    /// The --aug-cfg settings in typed form; a field left `None` (or false)
+    /// keeps OpenCLIP's default. When a key is given twice the last one wins,
+    /// as in a Python dict.
+    pub fn augmentation_overrides(&self) -> AugmentationOverrides {
+        let mut overrides = AugmentationOverrides::default();
+        for entry in &self.aug_cfg {
+            match &entry.setting {
+                AugSetting::Scale(range) => overrides.scale = Some(*range),
+                AugSetting::Ratio(range) => overrides.ratio = *range,
+                AugSetting::ColorJitter(jitter) => overrides.color_jitter = jitter.clone(),
+                AugSetting::ReProb(p) => overrides.re_prob = *p,
+                AugSetting::ReCount(count) => overrides.re_count = *count,
+                AugSetting::UseTimm(yes) => overrides.use_timm = *yes,
+                AugSetting::ColorJitterProb(p) => overrides.color_jitter_prob = *p,
+                AugSetting::GrayScaleProb(p) => overrides.gray_scale_prob = *p,
+            }
+        }
+        overrides
+    }
+
+    /// The flags set here that clipflow cannot honour, each with the reason
+    /// and what to do instead. The training launcher refuses to start while
+    /// this is not empty; parsing itself accepts them, as OpenCLIP does.
+    pub fn unsupported_flags(&self) -> Vec<UnsupportedFlag> {
+        let unsupported = |flag, reason| UnsupportedFlag { flag, reason };
+        let mut found = Vec::new();
+        if self.opt.to_lowercase().starts_with("timm/") {
+            found.push(unsupported(
+                "--opt",
+                "timm optimisers are Python code that clipflow does not carry; use --opt adamw",
+            ));
+        }
+        if self.pretrained_image {
+            found.push(unsupported(
+                "--pretrained-image",
+                "it loads timm ImageNet weights and clipflow has no timm image towers; start from --pretrained instead",
+            ));
+        }
+        if self.augmentation_overrides().use_timm {
+            found.push(unsupported(
+                "--aug-cfg use_timm=True",
+                "timm's augmentation pipeline is Python code; leave use_timm out to get OpenCLIP's own augmentations",
+            ));
+        }
+        if self.horovod {
+            found.push(unsupported(
+                "--horovod",
+                "clipflow runs multi-GPU through NCCL with torchrun or SLURM environment variables; launch with torchrun instead",
+            ));
+        }
+        let python_compilers = [
+            (self.torchscript, "--torchscript"),
+            (self.torchcompile, "--torchcompile"),
+            (self.trace, "--trace"),
+        ];
+        for (set, flag) in python_compilers {
+            if set {
+                found.push(unsupported(
+                    flag,
+                    "it compiles Python modules; clipflow's model is already native libtorch code, so drop the flag",
+                ));
+            }
+        }
+        if self.use_bnb_linear.is_some() {
+            found.push(unsupported(
+                "--use-bnb-linear",
+                "bitsandbytes layers are Python/Triton code; train with --precision amp_bf16 or amp instead",
+            ));
+        }
+        if self.copy_codebase {
+            found.push(unsupported(
+                "--copy-codebase",
+                "it copies OpenCLIP's Python source tree; clipflow is a single binary, so drop the flag",
+            ));
+        }
+        found
+    }
+
+    /// The same key/value map as OpenCLIP's `vars(parse_args(argv))` for the
+    /// same argv: underscored names, `null` for Python's None, arrays for lists.
+    pub fn to_open_clip_namespace(&self) -> Value {
+        let aug_cfg: serde_json::Map<String, Value> = self
+            .aug_cfg
+            .iter()
+            .map(|entry| (entry.setting.key().to_owned(), entry.literal.to_json()))
+            .collect();
+        let mut namespace = serde_json::Map::new();
+        let mut set = |key: &str, value: Value| {
+            namespace.insert(key.to_owned(), value);
+        };
+        set("train_data", json!(self.train_data));
+        set(
+            "train_data_upsampling_factors",
+            json!(self.train_data_upsampling_factors),
+        );
+        set("val_data", json!(self.val_data));
+        set("train_num_samples", json!(self.train_num_samples));
+        set("val_num_samples", json!(self.val_num_samples));
+        set("dataset_type", json!(self.dataset_type.as_str()));
+        set("dataset_resampled", json!(self.dataset_resampled));
+        set("csv_separator", json!(self.csv_separator));
+        set("csv_img_key", json!(self.csv_img_key));
+        set("csv_caption_key", json!(self.csv_caption_key));
+        set("imagenet_val", json!(self.imagenet_val));
+        set("imagenet_v2", json!(self.imagenet_v2));
+        set("cache_dir", json!(self.cache_dir));
+        set("logs", json!(self.logs));
+        set("log_local", json!(self.log_local));
+        set("name", json!(self.name));
+        set("workers", json!(self.workers));
+        set("batch_size", json!(self.batch_size));
+        set("epochs", json!(self.epochs));
+        set("epochs_cooldown", json!(self.epochs_cooldown));
+        set("lr", json!(self.lr));
+        set("beta1", json!(self.beta1));
+        set("beta2", json!(self.beta2));
+        set("eps", json!(self.eps));
+        set("wd", json!(self.wd));
+        set("momentum", json!(self.momentum));
+        set("warmup", json!(self.warmup));
+        set("opt", json!(self.opt));
+        set("use_bn_sync", json!(self.use_bn_sync));
+        set("skip_scheduler", json!(self.skip_scheduler));
+        set("lr_scheduler", json!(self.lr_scheduler.as_str()));
+        set("lr_cooldown_end", json!(self.lr_cooldown_end));
+        set("lr_cooldown_power", json!(self.lr_cooldown_power));
+        set("save_frequency", json!(self.save_frequency));
+        set("save_most_recent", json!(self.save_most_recent));
+        set("zeroshot_frequency", json!(self.zeroshot_frequency));
+        set("val_frequency", json!(self.val_frequency));
+        set("resume", json!(self.resume));
+        set("precision", json!(self.precision.as_str()));
+        set("model", json!(self.model));
+        set("pretrained", json!(self.pretrained));
+        set("pretrained_image", json!(self.pretrained_image));
+        set("lock_image", json!(self.lock_image));
+        set(
+            "lock_image_unlocked_groups",
+            json!(self.lock_image_unlocked_groups),
+        );
+        set(
+            "lock_image_freeze_bn_stats",
+            json!(self.lock_image_freeze_bn_stats),
+        );
+        set("image_mean", json!(self.image_mean));
+        set("image_std", json!(self.image_std));
+        set(
+            "image_interpolation",
+            json!(self.image_interpolation.map(ImageInterpolation::as_str)),
+        );
+        set(
+            "image_resize_mode",
+            json!(self.image_resize_mode.map(ImageResizeMode::as_str)),
+        );
+        set("aug_cfg", Value::Object(aug_cfg));
+        set("grad_checkpointing", json!(self.grad_checkpointing));
+        set("local_loss", json!(self.local_loss));
+        set("gather_with_grad", json!(self.gather_with_grad));
+        set("force_context_length", json!(self.force_context_length));
+        set("force_image_size", json!(self.force_image_size));
+        set("force_quick_gelu", json!(self.force_quick_gelu));
+        set("force_patch_dropout", json!(self.force_patch_dropout));
+        set("force_custom_text", json!(self.force_custom_text));
+        set("torchscript", json!(self.torchscript));
+        set("torchcompile", json!(self.torchcompile));
+        set("trace", json!(self.trace));
+        set("accum_freq", json!(self.accum_freq));
+        set("device", json!(self.device));
+        set("dist_url", json!(self.dist_url));
+        set("dist_backend", json!(self.dist_backend));
+        set("report_to", json!(self.report_to));
+        set("wandb_notes", json!(self.wandb_notes));
+        set("wandb_project_name", json!(self.wandb_project_name));
+        set("debug", json!(self.debug));
+        set("copy_codebase", json!(self.copy_codebase));
+        set("horovod", json!(self.horovod));
+        set("ddp_static_graph", json!(self.ddp_static_graph));
+        set("no_set_device_rank", json!(self.no_set_device_rank));
+        set("seed", json!(self.seed));
+        set("grad_clip_norm", json!(self.grad_clip_norm));
+        set("lock_text", json!(self.lock_text));
+        set(
+            "lock_text_unlocked_layers",
+            json!(self.lock_text_unlocked_layers),
+        );
+        set(
+            "lock_text_freeze_layer_norm",
+            json!(self.lock_text_freeze_layer_norm),
+        );
+        set("log_every_n_steps", json!(self.log_every_n_steps));
+        set(
+            "coca_caption_loss_weight",
+            json!(self.coca_caption_loss_weight),
+        );
+        set(
+            "coca_contrastive_loss_weight",
+            json!(self.coca_contrastive_loss_weight),
+        );
+        set("remote_sync", json!(self.remote_sync));
+        set("remote_sync_frequency", json!(self.remote_sync_frequency));
+        set(
+            "remote_sync_protocol",
+            json!(self.remote_sync_protocol.as_str()),
+        );
+        set(
+            "delete_previous_checkpoint",
+            json!(self.delete_previous_checkpoint),
+        );
+        set("distill_model", json!(self.distill_model));
+        set("distill_pretrained", json!(self.distill_pretrained));
+        set("use_bnb_linear", json!(self.use_bnb_linear));
+        set("siglip", json!(self.siglip));
+        set(
+            "loss_dist_impl",
+            json!(self.loss_dist_impl.map(LossDistImpl::as_str)),
+        );
+        Value::Object(namespace)
+    }
+}
+
+/// A flag clipflow parses but cannot honour, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsupportedFlag {
+    /// The flag as the user wrote it, e.g. `--horovod`.
+    pub flag: &'static str,
+    /// Why clipflow does not honour it, and what to use instead.
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for UnsupportedFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is not supported by clipflow: {}",
+            self.flag, self.reason
+        )
+    }
+}
+
+// ------------------------------------------------------------ choice flags
+
+/// Declares a flag's fixed set of values: the enum, its OpenCLIP spelling
+/// (`as_str`) and clap's list of choices, all from one table.
+macro_rules! choice_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            /// The value as written on OpenCLIP's command line.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl ValueEnum for $name {
+            fn value_variants<'a>() -> &'a [Self] {
+                &[$(Self::$variant),+]
+            }
+
+            fn to_possible_value(&self) -> Option<PossibleValue> {
+                Some(PossibleValue::new(self.as_str()))
+            }
+        }
+    };
+}
+
+choice_enum! {
+    /// --dataset-type: the format of the training and validation data.
+    DatasetType { Webdataset => "webdataset", Csv => "csv", Synthetic => "synthetic", Auto => "auto" }
+}
+
+choice_enum! {
+    /// --precision: the number format of weights and arithmetic.
+    Precision {
+        Amp => "amp",
+        AmpBf16 => "amp_bf16",
+        AmpBfloat16 => "amp_bfloat16",
+        Bf16 => "bf16",
+        Fp16 => "fp16",
+        PureBf16 => "pure_bf16",
+        PureFp16 => "pure_fp16",
+        Fp32 => "fp32",
+    }
+}
+
+choice_enum! {
+    /// --lr-scheduler: the learning-rate schedule after warmup. OpenCLIP
+    /// checks this list when the schedule is built; clipflow checks it when
+    /// parsing.
+    LrScheduler { Cosine => "cosine", Const => "const", ConstCooldown => "const-cooldown" }
+}
+
+choice_enum! {
+    /// --image-interpolation: the resize filter.
+    ImageInterpolation { Bicubic => "bicubic", Bilinear => "bilinear", Random => "random" }
+}
+
+choice_enum! {
+    /// --image-resize-mode: how evaluation images are fitted to the model's size.
+    ImageResizeMode { Shortest => "shortest", Longest => "longest", Squash => "squash" }
+}
+
+choice_enum! {
+    /// --remote-sync-protocol: how the logs folder is mirrored.
+    RemoteSyncProtocol { S3 => "s3", Fsspec => "fsspec" }
+}
+
+choice_enum! {
+    /// --loss-dist-impl: how the SigLIP loss exchanges features between
+    /// devices. OpenCLIP checks this list when the loss is built; clipflow
+    /// checks it when parsing.
+    LossDistImpl { Bidir => "bidir", Shift => "shift", Reduce => "reduce", Gather => "gather" }
+}
+
+// ---------------------------------------------------------- value parsers
+
+/// Reads an integer the way Python's `int()` does for decimal text: spaces
+/// around it and `_` between digits are allowed.
+fn python_int(text: &str) -> Result<i64, String> {
+    without_digit_separators(text)
+        .and_then(|digits| digits.parse().ok())
+        .ok_or_else(|| "expected an integer".to_owned())
+}
+
+/// Reads a number the way Python's `float()` does and requires it finite.
+fn finite_float(text: &str) -> Result<f64, String> {
+    let number: f64 = without_digit_separators(text)
+        .and_then(|digits| digits.parse().ok())
+        .ok_or_else(|| "expected a number".to_owned())?;
+    if number.is_finite() {
+        Ok(number)
+    } else {
+        Err("must be a finite number".to_owned())
+    }
+}
+
+/// Trims `text` and removes `_` digit separators, refusing a `_` that is not
+/// between two digits (as Python does).
+fn without_digit_separators(text: &str) -> Option<String> {
+    let trimmed = text.trim();
+    let chars: Vec<char> = trimmed.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        if *c == '_' {
+            let digit_before = i > 0 && chars[i - 1].is_ascii_digit();
+            let digit_after = chars.get(i + 1).is_some_and(|next| next.is_ascii_digit());
+            if !(digit_before && digit_after) {
+                return None;
+            }
+        }
+    }
+    Some(trimmed.replace('_', ""))
+}
+
+fn positive_usize(text: &str) -> Result<usize, String> {
+    match python_int(text) {
+        Ok(n) if n > 0 => usize::try_from(n).map_err(|_| format!("{n} is too large")),
+        _ => Err("must be a positive integer".to_owned()),
+    }
+}
+
+fn non_negative_usize(text: &str) -> Result<usize, String> {
+    match python_int(text) {
+        Ok(n) if n >= 0 => usize::try_from(n).map_err(|_| format!("{n} is too large")),
+        _ => Err("must be a non-negative integer".to_owned()),
+    }
+}
+
+fn positive_u64(text: &str) -> Result<u64, String> {
+    match python_int(text) {
+        Ok(n) if n > 0 => Ok(n.unsigned_abs()),
+        _ => Err("must be a positive integer".to_owned()),
+    }
+}
+
+fn non_negative_u64(text: &str) -> Result<u64, String> {
+    match python_int(text) {
+        Ok(n) if n >= 0 => Ok(n.unsigned_abs()),
+        _ => Err("must be a non-negative integer".to_owned()),
+    }
+}
+
+fn non_negative_float(text: &str) -> Result<f64, String> {
+    float_where(text, |x| x >= 0.0, "must be a non-negative number")
+}
+
+fn positive_float(text: &str) -> Result<f64, String> {
+    float_where(text, |x| x > 0.0, "must be a positive number")
+}
+
+/// An Adam beta: at least 0 and below 1.
+fn beta(text: &str) -> Result<f64, String> {
+    float_where(
+        text,
+        |x| (0.0..1.0).contains(&x),
+        "must be a number in [0, 1)",
+    )
+}
+
+/// A fraction of things dropped: at least 0 and below 1.
+fn unit_fraction(text: &str) -> Result<f64, String> {
+    float_where(
+        text,
+        |x| (0.0..1.0).contains(&x),
+        "must be a fraction in [0, 1)",
+    )
+}
+
+/// A finite number that satisfies `accept`, or the error `requirement`.
+fn float_where(text: &str, accept: fn(f64) -> bool, requirement: &str) -> Result<f64, String> {
+    let x = finite_float(text)?;
+    if accept(x) {
+        Ok(x)
+    } else {
+        Err(requirement.to_owned())
+    }
+}
+
+/// --opt: `adamw` (any case) or `timm/<optimizer>`, the two forms OpenCLIP builds.
+fn optimizer_name(text: &str) -> Result<String, String> {
+    let lower = text.to_lowercase();
+    if lower == "adamw" || (lower.starts_with("timm/") && lower.len() > "timm/".len()) {
+        Ok(text.to_owned())
+    } else {
+        Err("must be adamw or timm/<optimizer>".to_owned())
+    }
+}
+
+/// --report-to: empty, or comma-separated names from tensorboard, wandb, all.
+fn report_to_list(text: &str) -> Result<String, String> {
+    const SINKS: [&str; 3] = ["tensorboard", "wandb", "all"];
+    if text.trim().is_empty() {
+        return Ok(text.to_owned());
+    }
+    match text.split(',').map(str::trim).find(|name| !SINKS.contains(name)) {
+        Some(unknown) => Err(format!(
+            "unknown sink {unknown:?}; use tensorboard, wandb or all, comma-separated (e.g. tensorboard,wandb)"
+        )),
+        None => Ok(text.to_owned()),
+    }
+}
+
+// -------------------------------------------------------------- --aug-cfg
+
+/// One `key=value` item of --aug-cfg: the value as OpenCLIP reads it (a
+/// Python literal) and as clipflow uses it (typed and checked).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AugCfgEntry {
+    /// The value as `ast.literal_eval` reads it; this is what OpenCLIP stores.
+    pub literal: PyLiteral,
+    /// The key with its value in typed form.
+    pub setting: AugSetting,
+}
+
+/// A key of OpenCLIP's `AugmentationCfg` with a checked value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AugSetting {
+    /// Range of the crop area as a fraction of the image, for random resized crop.
+    Scale((f64, f64)),
+    /// Range of the crop aspect ratio; `None` keeps the default.
+    Ratio(Option<(f64, f64)>),
+    /// Colour-jitter strengths: one value, or brightness, contrast, saturation (and hue).
+    ColorJitter(Option<Vec<f64>>),
+    /// Probability of random erasing (timm pipeline).
+    ReProb(Option<f64>),
+    /// Number of random-erasing boxes (timm pipeline).
+    ReCount(Option<u32>),
+    /// Use timm's augmentation pipeline instead of OpenCLIP's.
+    UseTimm(bool),
+    /// Probability of applying colour jitter.
+    ColorJitterProb(Option<f64>),
+    /// Probability of converting to grayscale.
+    GrayScaleProb(Option<f64>),
+}
+
+impl AugSetting {
+    /// The keys --aug-cfg accepts: the fields of OpenCLIP's `AugmentationCfg`.
+    pub const KEYS: [&'static str; 8] = [
+        "scale",
+        "ratio",
+        "color_jitter",
+        "re_prob",
+        "re_count",
+        "use_timm",
+        "color_jitter_prob",
+        "gray_scale_prob",
+    ];
+
+    /// The key as written on the command line.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Scale(_) => "scale",
+            Self::Ratio(_) => "ratio",
+            Self::ColorJitter(_) => "color_jitter",
+            Self::ReProb(_) => "re_prob",
+            Self::ReCount(_) => "re_count",
+            Self::UseTimm(_) => "use_timm",
+            Self::ColorJitterProb(_) => "color_jitter_prob",
+            Self::GrayScaleProb(_) => "gray_scale_prob",
+        }
+    }
+
+    /// Checks `literal` against what `key` takes.
+    fn from_key_value(key: &str, literal: &PyLiteral) -> Result<Self, String> {
+        let optional = |check: fn(&PyLiteral) -> Option<f64>| -> Result<Option<f64>, ()> {
+            match literal {
+                PyLiteral::None => Ok(None),
+                other => check(other).map(Some).ok_or(()),
+            }
+        };
+        let setting = match key {
+            "scale" => literal.as_range().map(Self::Scale).ok_or(()),
+            "ratio" => match literal {
+                PyLiteral::None => Ok(Self::Ratio(None)),
+                other => other
+                    .as_range()
+                    .filter(|(lo, _)| *lo > 0.0)
+                    .map(|r| Self::Ratio(Some(r)))
+                    .ok_or(()),
+            },
+            "color_jitter" => match literal {
+                PyLiteral::None => Ok(Self::ColorJitter(None)),
+                other => other
+                    .as_color_jitter()
+                    .map(|j| Self::ColorJitter(Some(j)))
+                    .ok_or(()),
+            },
+            "re_prob" => optional(PyLiteral::as_probability).map(Self::ReProb),
+            "re_count" => match literal {
+                PyLiteral::None => Ok(Self::ReCount(None)),
+                PyLiteral::Int(n) => u32::try_from(*n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(|n| Self::ReCount(Some(n)))
+                    .ok_or(()),
+                _ => Err(()),
+            },
+            "use_timm" => match literal {
+                PyLiteral::Bool(yes) => Ok(Self::UseTimm(*yes)),
+                _ => Err(()),
+            },
+            "color_jitter_prob" => optional(PyLiteral::as_probability).map(Self::ColorJitterProb),
+            "gray_scale_prob" => optional(PyLiteral::as_probability).map(Self::GrayScaleProb),
+            unknown => return Err(unknown_aug_cfg_key(unknown)),
+        };
+        setting.map_err(|()| format!("{key} must be {}, got {literal}", Self::expected(key)))
+    }
+
+    /// What a key's value must look like, for error messages.
+    fn expected(key: &str) -> &'static str {
+        match key {
+            "scale" => {
+                "a tuple (low, high) of non-negative numbers with low <= high, e.g. (0.08,1.0)"
+            }
+            "ratio" => {
+                "None or a tuple (low, high) of positive numbers with low <= high, e.g. (0.75,1.33)"
+            }
+            "color_jitter" => "None, a non-negative number, or a tuple of 3 or 4 of them",
+            "re_count" => "None or a positive integer",
+            "use_timm" => "True or False",
+            _ => "None or a probability in [0, 1]",
+        }
+    }
+}
+
+/// The --aug-cfg settings in typed form; `None` (or false) keeps OpenCLIP's
+/// default for that setting.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AugmentationOverrides {
+    /// Crop-area range of random resized crop (OpenCLIP's default: (0.9, 1.0)).
+    pub scale: Option<(f64, f64)>,
+    /// Crop aspect-ratio range (default: that of random resized crop, (3/4, 4/3)).
+    pub ratio: Option<(f64, f64)>,
+    /// Colour-jitter strengths: 1, 3 or 4 values.
+    pub color_jitter: Option<Vec<f64>>,
+    /// Random-erasing probability (timm pipeline).
+    pub re_prob: Option<f64>,
+    /// Random-erasing box count (timm pipeline).
+    pub re_count: Option<u32>,
+    /// Use timm's augmentation pipeline.
+    pub use_timm: bool,
+    /// Probability of colour jitter.
+    pub color_jitter_prob: Option<f64>,
+    /// Probability of grayscale conversion.
+    pub gray_scale_prob: Option<f64>,
+}
+
+/// Parses one `key=value` item of --aug-cfg. Like OpenCLIP, the value is a
+/// Python literal; unlike OpenCLIP, which only fails when the model is built,
+/// an unknown key or a value of the wrong shape is refused here.
+fn parse_aug_cfg_entry(text: &str) -> Result<AugCfgEntry, String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected key=value, got {text:?}"))?;
+    if value.contains('=') {
+        return Err(format!("expected a single `=` in key=value, got {text:?}"));
+    }
+    if !AugSetting::KEYS.contains(&key) {
+        return Err(unknown_aug_cfg_key(key));
+    }
+    let literal = PyLiteral::parse(value).map_err(|why| format!("value of {key}: {why}"))?;
+    let setting = AugSetting::from_key_value(key, &literal)?;
+    Ok(AugCfgEntry { literal, setting })
+}
+
+fn unknown_aug_cfg_key(key: &str) -> String {
+    format!(
+        "unknown key {key:?}; the keys are {} (e.g. scale=(0.08,1.0) ratio=(0.75,1.33))",
+        AugSetting::KEYS.join(", ")
+    )
+}
+
+/// The Python literals --aug-cfg values can hold: what `ast.literal_eval`
+/// returns for numbers, True/False/None, tuples and lists.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PyLiteral {
+    /// Python's `None`.
+    None,
+    /// `True` or `False`.
+    Bool(bool),
+    /// An integer literal.
+    Int(i64),
+    /// A floating-point literal.
+    Float(f64),
+    /// `( ... )`
+    Tuple(Vec<PyLiteral>),
+    /// `[ ... ]`
+    List(Vec<PyLiteral>),
+}
+
+impl PyLiteral {
+    /// Parses `text` as a Python literal of the forms above.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut reader = LiteralReader {
+            chars: text.chars().collect(),
+            pos: 0,
+        };
+        let literal = reader.value()?;
+        reader.skip_spaces();
+        if reader.pos < reader.chars.len() {
+            return Err(format!(
+                "{text:?} is not a Python literal (numbers, True, False, None, tuples and lists of them)"
+            ));
+        }
+        Ok(literal)
+    }
+
+    /// The value in JSON: None as null, tuples and lists as arrays.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::None => Value::Null,
+            Self::Bool(yes) => json!(yes),
+            Self::Int(n) => json!(n),
+            Self::Float(x) => json!(x),
+            Self::Tuple(items) | Self::List(items) => {
+                Value::Array(items.iter().map(Self::to_json).collect())
+            }
+        }
+    }
+
+    fn as_number(&self) -> Option<f64> {
+        match self {
+            Self::Int(n) => Some(*n as f64),
+            Self::Float(x) if x.is_finite() => Some(*x),
+            _ => None,
+        }
+    }
+
+    fn as_numbers(&self) -> Option<Vec<f64>> {
+        match self {
+            Self::Tuple(items) | Self::List(items) => items.iter().map(Self::as_number).collect(),
+            _ => None,
+        }
+    }
+
+    fn as_probability(&self) -> Option<f64> {
+        self.as_number().filter(|p| (0.0..=1.0).contains(p))
+    }
+
+    /// A (low, high) pair of non-negative numbers with low <= high.
+    fn as_range(&self) -> Option<(f64, f64)> {
+        match self.as_numbers()?.as_slice() {
+            [low, high] if 0.0 <= *low && low <= high => Some((*low, *high)),
+            _ => None,
+        }
+    }
+
+    /// One non-negative number, or 3 or 4 of them.
+    fn as_color_jitter(&self) -> Option<Vec<f64>> {
+        let values = match self.as_number() {
+            Some(x) => vec![x],
+            None => self.as_numbers().filter(|v| v.len() == 3 || v.len() == 4)?,
+        };
+        values.iter().all(|x| *x >= 0.0).then_some(values)
+    }
+}
+
+impl std::fmt::Display for PyLiteral {
+    /// Writes the literal back in Python syntax.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let join = |items: &[PyLiteral]| {
+            items
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            Self::None => write!(f, "None"),
+            Self::Bool(true) => write!(f, "True"),
+            Self::Bool(false) => write!(f, "False"),
+            Self::Int(n) => write!(f, "{n}"),
+            Self::Float(x) => write!(f, "{x:?}"),
+            Self::Tuple(items) if items.len() == 1 => write!(f, "({},)", join(items)),
+            Self::Tuple(items) => write!(f, "({})", join(items)),
+            Self::List(items) => write!(f, "[{}]", join(items)),
+        }
+    }
+}
+
+/// A recursive-descent reader over the characters of one literal.
+struct LiteralReader {
+    chars: Vec<char>,
+    pos: usize,
+}
+
+impl LiteralReader {
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.pos).copied()
+    }
+
+    fn skip_spaces(&mut self) {
+        while self.peek().is_some_and(char::is_whitespace) {
+            self.pos += 1;
+        }
+    }
+
+    fn value(&mut self) -> Result<PyLiteral, String> {
+        self.skip_spaces();
+        match self.peek() {
+            Some('(') => {
+                let (mut items, trailing_comma) = self.sequence(')')?;
+                // `(x)` is just x in Python; `(x,)` and `()` are tuples.
+                if items.len() == 1 && !trailing_comma {
+                    Ok(items.remove(0))
+                } else {
+                    Ok(PyLiteral::Tuple(items))
+                }
+            }
+            Some('[') => self.sequence(']').map(|(items, _)| PyLiteral::List(items)),
+            Some(c) if c.is_ascii_digit() || matches!(c, '.' | '+' | '-') => self.number(),
+            Some(c) if c.is_alphabetic() || c == '_' => self.keyword(),
+            Some(c) => Err(format!("unexpected {c:?} in a Python literal")),
+            None => Err("empty value; write a Python literal such as 0.5 or (0.9,1.0)".to_owned()),
+        }
+    }
+
+    /// Reads `open items... close`, returning the items and whether a comma
+    /// followed the last one.
+    fn sequence(&mut self, close: char) -> Result<(Vec<PyLiteral>, bool), String> {
+        self.pos += 1; // the opening bracket
+        let mut items = Vec::new();
+        let mut trailing_comma = false;
+        loop {
+            self.skip_spaces();
+            if self.peek() == Some(close) {
+                self.pos += 1;
+                return Ok((items, trailing_comma));
+            }
+            items.push(self.value()?);
+            self.skip_spaces();
+            match self.peek() {
+                Some(',') => {
+                    self.pos += 1;
+                    trailing_comma = true;
+                }
+                Some(c) if c == close => trailing_comma = false,
+                _ => {
+                    return Err(format!(
+                        "expected ',' or '{close}' in a Python tuple or list"
+                    ))
+                }
+            }
+        }
+    }
+
+    fn number(&mut self) -> Result<PyLiteral, String> {
+        let start = self.pos;
+        let negative = self.peek() == Some('-');
+        if matches!(self.peek(), Some('+' | '-')) {
+            self.pos += 1;
+            self.skip_spaces();
+        }
+        let digits_start = self.pos;
+        let mut is_float = false;
+        while let Some(c) = self.peek() {
+            let follows_exponent =
+                self.pos > digits_start && matches!(self.chars[self.pos - 1], 'e' | 'E');
+            let exponent_sign = matches!(c, '+' | '-') && follows_exponent;
+            if !(c.is_ascii_digit() || matches!(c, '_' | '.' | 'e' | 'E') || exponent_sign) {
+                break;
+            }
+            is_float |= matches!(c, '.' | 'e' | 'E');
+            self.pos += 1;
+        }
+        let text: String = self.chars[start..self.pos].iter().collect();
+        let body: String = self.chars[digits_start..self.pos].iter().collect();
+        let bad = || format!("{text:?} is not a number");
+        let magnitude = if is_float {
+            PyLiteral::Float(finite_float(&body).map_err(|_| bad())?)
+        } else {
+            PyLiteral::Int(python_int(&body).map_err(|_| bad())?)
+        };
+        Ok(match (negative, magnitude) {
+            (true, PyLiteral::Float(x)) => PyLiteral::Float(-x),
+            (true, PyLiteral::Int(n)) => PyLiteral::Int(-n),
+            (_, literal) => literal,
+        })
+    }
+
+    fn keyword(&mut self) -> Result<PyLiteral, String> {
+        let start = self.pos;
+        while self.peek().is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            self.pos += 1;
+        }
+        let word: String = self.chars[start..self.pos].iter().collect();
+        match word.as_str() {
+            "True" => Ok(PyLiteral::Bool(true)),
+            "False" => Ok(PyLiteral::Bool(false)),
+            "None" => Ok(PyLiteral::None),
+            _ => Err(format!(
+                "{word:?} is not a Python literal (write True, False or None, capitalised)"
+            )),
+        }
+    }
+}

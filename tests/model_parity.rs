@@ -172,3 +172,8 @@ fn vit_b_32_matches_open_clip() {
 fn vit_b_16_matches_open_clip() {
     check_model("ViT-B-16", None, "{}", ModelOverrides::default());
 }
+
+#[test]
+fn rn50_matches_open_clip() {
+    check_model("RN50", None, "{}", ModelOverrides::default());
+}

@@ -4,6 +4,7 @@
 
 pub mod loss;
 pub mod model;
+pub mod shim;
 pub mod tokenizer;
 pub mod transform;
 pub mod weights;

@@ -1,26 +1,40 @@
 //! The image tower under `visual.`: a ViT, or (for the RN configs) a
 //! ModifiedResNet, chosen by the shape of the config's `layers`.
 
-use anyhow::Result;
-use tch::nn;
+use anyhow::{bail, Result};
+use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 use super::config::{ModelConfig, VisionLayers};
+use super::modified_resnet::{ModifiedResNet, ModifiedResNetConfig};
 use super::vision_transformer::VisionTransformer;
 
 #[derive(Debug)]
 pub enum VisualTower {
     VisionTransformer(VisionTransformer),
+    ModifiedResNet(ModifiedResNet),
 }
 
 impl VisualTower {
     pub fn new(p: nn::Path, config: &ModelConfig) -> Result<Self> {
-        match config.vision_cfg.layers {
+        let v = &config.vision_cfg;
+        match v.layers {
             VisionLayers::Transformer(_) => Ok(VisualTower::VisionTransformer(
                 VisionTransformer::new(p, config)?,
             )),
-            VisionLayers::ResNet(_) => {
-                anyhow::bail!("ModifiedResNet image towers are not built yet")
+            VisionLayers::ResNet(layers) => {
+                let (height, width) = v.image_size.height_width();
+                if height != width {
+                    bail!("ResNet image towers need square images, got {height}x{width}");
+                }
+                let resnet = ModifiedResNetConfig::from_openclip(
+                    layers,
+                    v.width,
+                    height,
+                    config.embed_dim,
+                    v.head_width,
+                )?;
+                Ok(VisualTower::ModifiedResNet(ModifiedResNet::new(p, &resnet)))
             }
         }
     }
@@ -28,6 +42,7 @@ impl VisualTower {
     pub fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
         match self {
             VisualTower::VisionTransformer(vit) => vit.forward_t(images, train),
+            VisualTower::ModifiedResNet(resnet) => resnet.forward_t(images, train),
         }
     }
 }

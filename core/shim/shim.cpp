@@ -1,0 +1,138 @@
+// clipflow's C++ shim: the few libtorch entry points that tch 0.24 does not
+// bind, exposed as `extern "C"` functions for core/src/shim.rs.
+//
+// - autocast state per device type (enabled flag and lower-precision dtype),
+//   which tch only exposes for CUDA and without a dtype;
+// - the fused AdamW kernel (`at::_fused_adamw_`), which tch's generator skips.
+//
+// Every function catches C++ exceptions and reports them as a heap-allocated
+// message (free it with clipflow_shim_free_error); a null return means success.
+// Tensors arrive as tch's handles, which are `at::Tensor*` (see torch-sys's
+// libtch/torch_api.h).
+
+#include <ATen/autocast_mode.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/_foreach_add.h>
+#include <ATen/ops/_fused_adamw.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <vector>
+
+namespace {
+
+char *copy_message(const char *message) {
+  const size_t length = std::strlen(message);
+  char *copy = static_cast<char *>(std::malloc(length + 1));
+  if (copy != nullptr) {
+    std::memcpy(copy, message, length + 1);
+  }
+  return copy;
+}
+
+// Runs `body`, turning any exception into an error message for Rust.
+template <typename Body> char *catch_errors(Body body) {
+  try {
+    body();
+    return nullptr;
+  } catch (const c10::Error &error) {
+    return copy_message(error.what_without_backtrace());
+  } catch (const std::exception &error) {
+    return copy_message(error.what());
+  } catch (...) {
+    return copy_message("unknown C++ exception in clipflow's libtorch shim");
+  }
+}
+
+c10::DeviceType autocast_device_type(int device_type) {
+  const auto type = static_cast<c10::DeviceType>(device_type);
+  TORCH_CHECK(at::autocast::is_autocast_available(type),
+              "autocast is not available for device type ", type);
+  return type;
+}
+
+std::vector<at::Tensor> tensor_vector(at::Tensor *const *tensors,
+                                      size_t count) {
+  std::vector<at::Tensor> result;
+  result.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    result.push_back(*tensors[i]);
+  }
+  return result;
+}
+
+} // namespace
+
+extern "C" {
+
+void clipflow_shim_free_error(char *message) { std::free(message); }
+
+char *clipflow_autocast_is_enabled(int device_type, bool *enabled) {
+  return catch_errors([&] {
+    *enabled = at::autocast::is_autocast_enabled(
+        autocast_device_type(device_type));
+  });
+}
+
+char *clipflow_autocast_set_enabled(int device_type, bool enabled) {
+  return catch_errors([&] {
+    at::autocast::set_autocast_enabled(autocast_device_type(device_type),
+                                       enabled);
+  });
+}
+
+char *clipflow_autocast_dtype(int device_type, int *scalar_type) {
+  return catch_errors([&] {
+    *scalar_type = static_cast<int>(
+        at::autocast::get_autocast_dtype(autocast_device_type(device_type)));
+  });
+}
+
+char *clipflow_autocast_set_dtype(int device_type, int scalar_type) {
+  return catch_errors([&] {
+    at::autocast::set_autocast_dtype(
+        autocast_device_type(device_type),
+        static_cast<c10::ScalarType>(scalar_type));
+  });
+}
+
+// Nesting depth of autocast regions on this thread, as torch.autocast keeps
+// it: the cast cache is cleared when the outermost region exits.
+char *clipflow_autocast_increment_nesting() {
+  return catch_errors([] { at::autocast::increment_nesting(); });
+}
+
+char *clipflow_autocast_decrement_nesting(int *depth) {
+  return catch_errors([&] { *depth = at::autocast::decrement_nesting(); });
+}
+
+char *clipflow_autocast_clear_cache() {
+  return catch_errors([] { at::autocast::clear_cache(); });
+}
+
+// One AdamW step over `count` parameters, as torch.optim.AdamW(fused=True)
+// does it: advance each step counter by one, then run the fused kernel
+// (no amsgrad, no maximize, no gradient scaler), outside autograd.
+char *clipflow_fused_adamw_step(at::Tensor *const *params,
+                                at::Tensor *const *grads,
+                                at::Tensor *const *exp_avgs,
+                                at::Tensor *const *exp_avg_sqs,
+                                at::Tensor *const *state_steps, size_t count,
+                                double lr, double beta1, double beta2,
+                                double weight_decay, double eps) {
+  return catch_errors([&] {
+    at::NoGradGuard no_grad;
+    const auto steps = tensor_vector(state_steps, count);
+    at::_foreach_add_(steps, 1);
+    at::_fused_adamw_(tensor_vector(params, count),
+                      tensor_vector(grads, count),
+                      tensor_vector(exp_avgs, count),
+                      tensor_vector(exp_avg_sqs, count),
+                      /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2,
+                      weight_decay, eps, /*amsgrad=*/false,
+                      /*maximize=*/false);
+  });
+}
+
+} // extern "C"

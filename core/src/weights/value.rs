@@ -1,0 +1,35 @@
+//! [`Value`]: the plain data a PyTorch pickle may hold besides model weights,
+//! such as an optimizer's `state_dict()` in a training checkpoint.
+
+use tch::Tensor;
+
+/// A Python value read from a weights pickle: containers, scalars and
+/// tensors, nothing else. Dicts keep their pickled order; keys may be any
+/// value (optimizer state is keyed by parameter index).
+#[derive(Debug)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    List(Vec<Value>),
+    Tuple(Vec<Value>),
+    Dict(Vec<(Value, Value)>),
+    Tensor(Tensor),
+}
+
+impl Value {
+    /// The value under the string `key`, if this is a dict that has it.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        let Value::Dict(items) = self else {
+            return None;
+        };
+        items
+            .iter()
+            .rev()
+            .find(|(k, _)| matches!(k, Value::Str(s) if s == key))
+            .map(|(_, v)| v)
+    }
+}
