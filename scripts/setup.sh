@@ -13,17 +13,22 @@ OPENCLIP_VERSION=3.3.0
 CACHE="${CLIPFLOW_CACHE:-$HOME/.cache/clipflow}"
 VENV="$CACHE/py311-torch${TORCH_VERSION}-openclip${OPENCLIP_VERSION}"
 STAMP="$VENV/.clipflow-ready"
+# What the environment holds besides torch and OpenCLIP: safetensors and
+# pillow for the oracle scripts, scikit-learn for the photographs its wheel
+# ships (test images), webdataset 0.2.86 (newer releases break OpenCLIP
+# 3.3.0's loader). The stamp records this list, so changing it reinstalls.
+REQUIREMENTS="torch==$TORCH_VERSION open_clip_torch==$OPENCLIP_VERSION safetensors pillow scikit-learn webdataset==0.2.86"
 
 log() { echo "[setup] $*" >&2; }
 
-if [ ! -f "$STAMP" ]; then
-    log "creating $VENV (torch==$TORCH_VERSION, open_clip_torch==$OPENCLIP_VERSION)"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$REQUIREMENTS" ]; then
+    log "preparing $VENV ($REQUIREMENTS)"
     mkdir -p "$CACHE"
-    python3 -m venv "$VENV"
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >&2
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-        "torch==$TORCH_VERSION" "open_clip_torch==$OPENCLIP_VERSION" safetensors pillow >&2
-    touch "$STAMP"
+    # shellcheck disable=SC2086 # the list is split on purpose
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check $REQUIREMENTS >&2
+    echo "$REQUIREMENTS" > "$STAMP"
 else
     log "python environment ready: $VENV"
 fi

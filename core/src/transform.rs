@@ -1,1 +1,0 @@
-//! Image transforms: decoding and OpenCLIP's validation transform (resize shortest side, centre crop, normalise).
