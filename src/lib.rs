@@ -2,4 +2,5 @@
 //! subcommands behind `clipflow train`, `embed`, `tokenize`, `convert`, `models`.
 
 pub mod commands;
+pub mod runtime;
 pub mod train_args;

@@ -2,7 +2,7 @@
 //! plus tools around it (`embed`, `tokenize`, `convert`, `models`).
 
 use clap::{Parser, Subcommand};
-use clipflow::commands::{convert, models, train};
+use clipflow::commands::{check, convert, embed, models, run, tokenize, train};
 use clipflow::train_args::TrainArgs;
 
 #[derive(Parser)]
@@ -20,10 +20,18 @@ struct Cli {
 enum Command {
     /// Train a model with open_clip_train.main's flags.
     Train(TrainArgs),
+    /// Images and captions to OpenCLIP's encode_image / encode_text features.
+    Embed(embed::EmbedArgs),
+    /// Captions on stdin to token ids on stdout, one line each.
+    Tokenize(tokenize::TokenizeArgs),
     /// Rewrite a weights file (.safetensors, OpenCLIP .pt/.bin) as safetensors.
     Convert(convert::ConvertArgs),
     /// List the model architectures and whether clipflow builds them yet.
     Models,
+    /// Run the pipeline a topology file describes (e.g. topologies/demo.toml).
+    Run(run::RunArgs),
+    /// Validate a topology file without running it.
+    Check(run::RunArgs),
 }
 
 /// True when stdout's reader went away (`clipflow models | head`): not an error.
@@ -35,8 +43,12 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 fn main() {
     let result = match Cli::parse().command {
         Command::Train(args) => train::run(args),
+        Command::Embed(args) => embed::run(&args),
+        Command::Tokenize(args) => tokenize::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Models => models::run(),
+        Command::Run(args) => run::run(&args),
+        Command::Check(args) => check::run(&args),
     };
     if let Err(err) = result {
         if !is_broken_pipe(&err) {

@@ -1,5 +1,9 @@
 //! One module per `clipflow` subcommand.
 
+pub mod check;
 pub mod convert;
+pub mod embed;
 pub mod models;
+pub mod run;
+pub mod tokenize;
 pub mod train;

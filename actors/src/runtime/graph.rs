@@ -1,0 +1,384 @@
+//! [`Graph`]: a pipeline built in Rust from sources and stages joined by
+//! bounded queues, checked as it is built (names, links, item types), and
+//! [`Graph::run`], which launches it under its supervisors and waits for it.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, Sender};
+
+use super::live::LiveStatus;
+use super::stage::{Source, Stage, WorkerInfo};
+use super::stats::{RunReport, StageStats};
+use super::supervisor::{self, StageLaunch};
+use super::worker::{SourceSpawner, StageSpawner, WorkerSpawner};
+
+/// An item type, compared by `TypeId` and shown by a short name (`Vec<u8>`).
+#[derive(Clone, Copy, Debug)]
+pub struct ItemType {
+    id: TypeId,
+    full_name: &'static str,
+}
+
+impl ItemType {
+    pub fn of<T: 'static>() -> Self {
+        ItemType {
+            id: TypeId::of::<T>(),
+            full_name: std::any::type_name::<T>(),
+        }
+    }
+
+    /// The type's name without module paths: `alloc::vec::Vec<u8>` -> `Vec<u8>`.
+    pub fn name(&self) -> String {
+        let mut name = String::new();
+        let mut segment_start = 0;
+        let mut chars = self.full_name.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == ':' && chars.peek() == Some(&':') {
+                chars.next();
+                name.truncate(segment_start);
+            } else {
+                name.push(c);
+                if !(c.is_alphanumeric() || c == '_') {
+                    segment_start = name.len();
+                }
+            }
+        }
+        name
+    }
+
+    /// True for `()`, the output type of a sink.
+    pub fn is_unit(&self) -> bool {
+        self.id == TypeId::of::<()>()
+    }
+}
+
+impl PartialEq for ItemType {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+/// How a component runs: its worker count, input queue size, restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StageOptions {
+    /// Worker threads, each with its own instance of the component.
+    pub parallelism: usize,
+    /// Capacity of the stage's input queue (ignored for a source).
+    pub capacity: usize,
+    /// How many times a failed worker is restarted before the graph stops.
+    /// Only for stages that keep no state between items.
+    pub restarts: u32,
+}
+
+impl Default for StageOptions {
+    fn default() -> Self {
+        StageOptions {
+            parallelism: 1,
+            capacity: 64,
+            restarts: 0,
+        }
+    }
+}
+
+/// A mistake in how a graph is put together.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GraphError {
+    #[error("two components are named '{0}'")]
+    DuplicateName(String),
+    #[error("stage '{stage}' reads from '{input}', which is not defined (earlier in the graph)")]
+    UnknownInput { stage: String, input: String },
+    #[error("stage '{stage}' has no inputs")]
+    NoInputs { stage: String },
+    #[error("stage '{stage}' takes {expected} but its input '{input}' emits {found}")]
+    TypeMismatch {
+        stage: String,
+        input: String,
+        expected: String,
+        found: String,
+    },
+    #[error("'{producer}' already feeds '{first}', so it cannot also feed '{second}' (a component's output goes to one stage)")]
+    OutputTaken {
+        producer: String,
+        first: String,
+        second: String,
+    },
+    #[error("'{stage}': {what} must be at least 1")]
+    Zero { stage: String, what: &'static str },
+    #[error(
+        "'{stage}' is a source; sources cannot be restarted (they would repeat or lose items)"
+    )]
+    SourceRestarts { stage: String },
+    #[error("the output of '{stage}' ({item_type}) goes nowhere: add a stage that reads from it")]
+    DanglingOutput { stage: String, item_type: String },
+    #[error("the graph has no components")]
+    Empty,
+}
+
+/// Why a run did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The graph was not launched: it is incomplete.
+    #[error(transparent)]
+    Invalid(GraphError),
+    /// The control plane could not start.
+    #[error("could not launch the graph: {0:#}")]
+    Launch(anyhow::Error),
+    /// A stage failed (after its restarts) and the graph was stopped; the
+    /// report holds the counters once every worker had ended.
+    #[error("stage '{stage}' failed: {error:#}")]
+    StageFailed {
+        stage: String,
+        error: anyhow::Error,
+        report: Box<RunReport>,
+    },
+}
+
+/// Connects a component to its consumer's queue once that consumer exists.
+type Wire = Box<dyn FnOnce(Option<Box<dyn Any + Send>>) -> Box<dyn WorkerSpawner> + Send>;
+
+struct Node {
+    name: String,
+    options: StageOptions,
+    output_type: ItemType,
+    /// The stage this node's output feeds, once added.
+    consumer: Option<String>,
+    /// `Sender<Out>` of the consumer's queue, boxed until launch.
+    output: Option<Box<dyn Any + Send>>,
+    wire: Wire,
+    stats: Arc<StageStats>,
+}
+
+/// A dataflow graph under construction. Add producers before the stages that
+/// read from them; then [`Graph::run`].
+#[derive(Default)]
+pub struct Graph {
+    nodes: Vec<Node>,
+    by_name: HashMap<String, usize>,
+    live_status: bool,
+}
+
+impl Graph {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Draws a per-stage status line on stderr while running (only when
+    /// stderr is a terminal).
+    pub fn show_live_status(&mut self, show: bool) {
+        self.live_status = show;
+    }
+
+    /// Adds a source named `name`; `make` builds one instance per worker.
+    pub fn add_source<S, M>(
+        &mut self,
+        name: &str,
+        options: StageOptions,
+        make: M,
+    ) -> Result<(), GraphError>
+    where
+        S: Source,
+        M: Fn(WorkerInfo) -> anyhow::Result<S> + Send + Sync + 'static,
+    {
+        self.check_new(name, &options)?;
+        if options.restarts > 0 {
+            return Err(GraphError::SourceRestarts {
+                stage: name.to_string(),
+            });
+        }
+        let make = Arc::new(make);
+        let wire: Wire = Box::new(move |output| {
+            Box::new(SourceSpawner::<S> {
+                make,
+                output: downcast_sender(output),
+            })
+        });
+        let stats = StageStats::new(name, options.parallelism, None);
+        self.push(name, options, ItemType::of::<S::Out>(), wire, stats);
+        Ok(())
+    }
+
+    /// Adds a stage named `name` that reads the outputs of `inputs` (merged
+    /// into one queue of `options.capacity` items); `make` builds one
+    /// instance per worker.
+    pub fn add_stage<S, M>(
+        &mut self,
+        name: &str,
+        inputs: &[&str],
+        options: StageOptions,
+        make: M,
+    ) -> Result<(), GraphError>
+    where
+        S: Stage,
+        M: Fn(WorkerInfo) -> anyhow::Result<S> + Send + Sync + 'static,
+    {
+        self.check_new(name, &options)?;
+        if options.capacity == 0 {
+            return Err(GraphError::Zero {
+                stage: name.to_string(),
+                what: "capacity",
+            });
+        }
+        if inputs.is_empty() {
+            return Err(GraphError::NoInputs {
+                stage: name.to_string(),
+            });
+        }
+        let expected = ItemType::of::<S::In>();
+        for input in inputs {
+            let producer = self.node(input).ok_or_else(|| GraphError::UnknownInput {
+                stage: name.to_string(),
+                input: input.to_string(),
+            })?;
+            if producer.output_type != expected {
+                return Err(GraphError::TypeMismatch {
+                    stage: name.to_string(),
+                    input: input.to_string(),
+                    expected: expected.name(),
+                    found: producer.output_type.name(),
+                });
+            }
+            if let Some(first) = &producer.consumer {
+                return Err(GraphError::OutputTaken {
+                    producer: input.to_string(),
+                    first: first.clone(),
+                    second: name.to_string(),
+                });
+            }
+        }
+        let (sender, receiver) = bounded::<S::In>(options.capacity);
+        for input in inputs {
+            let index = self.by_name[*input];
+            let producer = &mut self.nodes[index];
+            producer.consumer = Some(name.to_string());
+            producer.output = Some(Box::new(sender.clone()));
+        }
+        let stats = StageStats::new(name, options.parallelism, Some(options.capacity));
+        let probe = receiver.clone();
+        stats.set_queue_probe(Some(Box::new(move || probe.len())));
+        let make = Arc::new(make);
+        let wire: Wire = Box::new(move |output| {
+            Box::new(StageSpawner::<S> {
+                make,
+                input: receiver,
+                output: downcast_sender(output),
+            })
+        });
+        self.push(name, options, ItemType::of::<S::Out>(), wire, stats);
+        Ok(())
+    }
+
+    /// Live counters of every component, in the order they were added; they
+    /// can be read from another thread while the graph runs.
+    pub fn stats(&self) -> Vec<Arc<StageStats>> {
+        self.nodes.iter().map(|n| Arc::clone(&n.stats)).collect()
+    }
+
+    /// Runs the graph on this thread until every component has finished, or
+    /// until one fails (after its restarts); every worker thread has been
+    /// joined when it returns. Must not be called from inside a tokio
+    /// runtime (use `spawn_blocking` there).
+    pub fn run(self) -> Result<RunReport, RunError> {
+        self.check_complete().map_err(RunError::Invalid)?;
+        let stats = self.stats();
+        let live = self
+            .live_status
+            .then(|| LiveStatus::start(stats.clone()))
+            .flatten();
+        let started = Instant::now();
+        let stages = self
+            .nodes
+            .into_iter()
+            .map(|node| StageLaunch {
+                name: node.name.as_str().into(),
+                parallelism: node.options.parallelism,
+                restarts: node.options.restarts,
+                spawner: (node.wire)(node.output),
+                stats: node.stats,
+            })
+            .collect();
+        let failure = supervisor::run_stages(stages);
+        let elapsed = started.elapsed();
+        if let Some(live) = live {
+            live.stop();
+        }
+        for s in &stats {
+            s.set_queue_probe(None);
+        }
+        let report = RunReport {
+            elapsed,
+            stages: stats.iter().map(|s| s.snapshot()).collect(),
+        };
+        match failure.map_err(RunError::Launch)? {
+            None => Ok(report),
+            Some(failure) => Err(RunError::StageFailed {
+                stage: failure.stage,
+                error: failure.error,
+                report: Box::new(report),
+            }),
+        }
+    }
+
+    /// Every output must feed a stage, except a sink's `()`.
+    fn check_complete(&self) -> Result<(), GraphError> {
+        if self.nodes.is_empty() {
+            return Err(GraphError::Empty);
+        }
+        match self
+            .nodes
+            .iter()
+            .find(|n| n.consumer.is_none() && !n.output_type.is_unit())
+        {
+            Some(node) => Err(GraphError::DanglingOutput {
+                stage: node.name.clone(),
+                item_type: node.output_type.name(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn node(&self, name: &str) -> Option<&Node> {
+        self.by_name.get(name).map(|&i| &self.nodes[i])
+    }
+
+    fn check_new(&self, name: &str, options: &StageOptions) -> Result<(), GraphError> {
+        if self.by_name.contains_key(name) {
+            return Err(GraphError::DuplicateName(name.to_string()));
+        }
+        if options.parallelism == 0 {
+            return Err(GraphError::Zero {
+                stage: name.to_string(),
+                what: "parallelism",
+            });
+        }
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        name: &str,
+        options: StageOptions,
+        output_type: ItemType,
+        wire: Wire,
+        stats: StageStats,
+    ) {
+        self.by_name.insert(name.to_string(), self.nodes.len());
+        self.nodes.push(Node {
+            name: name.to_string(),
+            options,
+            output_type,
+            consumer: None,
+            output: None,
+            wire,
+            stats: Arc::new(stats),
+        });
+    }
+}
+
+/// The sender a consumer handed to this component; `None` for a sink. The
+/// type was checked when the consumer was added, so the downcast holds.
+fn downcast_sender<T: 'static>(output: Option<Box<dyn Any + Send>>) -> Option<Sender<T>> {
+    output.and_then(|boxed| boxed.downcast::<Sender<T>>().ok().map(|sender| *sender))
+}

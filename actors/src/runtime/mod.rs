@@ -1,0 +1,17 @@
+//! The dataflow runtime: components ([`Source`], [`Stage`]) run on their own
+//! OS threads, joined by bounded crossbeam queues (a slow consumer blocks its
+//! producers, so memory stays bounded), under ractor supervisors that start,
+//! restart and stop them. Build a [`Graph`] in Rust, or from a topology file
+//! through [`crate::topology`].
+
+pub mod generic;
+mod graph;
+mod live;
+mod stage;
+mod stats;
+mod supervisor;
+mod worker;
+
+pub use graph::{Graph, GraphError, ItemType, RunError, StageOptions};
+pub use stage::{Emitter, Source, Stage, Stopped, WorkerInfo};
+pub use stats::{RunReport, StageSnapshot, StageStats};

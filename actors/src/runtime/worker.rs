@@ -1,0 +1,190 @@
+//! Worker threads: the loop that feeds a [`Stage`] from its input queue or
+//! runs a [`Source`], timing and counting as it goes, and the type-erased
+//! [`WorkerSpawner`] through which a stage's supervisor starts (and restarts)
+//! its workers without knowing the item types.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{select, Receiver, Sender, TryRecvError};
+
+use super::stage::{Emitter, Source, Stage, Stopped, WorkerInfo};
+use super::stats::StageStats;
+
+/// How a worker thread ended.
+#[derive(Debug)]
+pub(crate) enum WorkerOutcome {
+    /// Its input ended (or, for a source, it produced everything).
+    Finished,
+    /// The graph was stopping.
+    Stopped,
+    /// Its component returned an error or panicked.
+    Failed(anyhow::Error),
+}
+
+/// Builds one instance of a component for a worker.
+pub(crate) type MakeComponent<C> = Arc<dyn Fn(WorkerInfo) -> anyhow::Result<C> + Send + Sync>;
+
+/// What every worker of a stage shares with the runtime.
+#[derive(Clone)]
+pub(crate) struct WorkerEnv {
+    pub stage: Arc<str>,
+    pub workers: usize,
+    pub shutdown: Receiver<()>,
+    pub stats: Arc<StageStats>,
+}
+
+/// Starts worker threads of one stage; owns the stage's channel endpoints,
+/// so dropping it (after the last worker ended) ends the stream downstream.
+pub(crate) trait WorkerSpawner: Send {
+    fn spawn(
+        &self,
+        index: usize,
+        env: WorkerEnv,
+        on_exit: Box<dyn FnOnce(WorkerOutcome) + Send>,
+    ) -> std::io::Result<JoinHandle<()>>;
+}
+
+pub(crate) struct SourceSpawner<S: Source> {
+    pub make: MakeComponent<S>,
+    pub output: Option<Sender<S::Out>>,
+}
+
+pub(crate) struct StageSpawner<S: Stage> {
+    pub make: MakeComponent<S>,
+    pub input: Receiver<S::In>,
+    pub output: Option<Sender<S::Out>>,
+}
+
+fn spawn_thread(
+    index: usize,
+    env: WorkerEnv,
+    on_exit: Box<dyn FnOnce(WorkerOutcome) + Send>,
+    body: impl FnOnce(&WorkerEnv) -> WorkerOutcome + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("{}#{index}", env.stage))
+        .spawn(move || {
+            let span = tracing::info_span!("stage", stage = %env.stage, worker = index);
+            let _entered = span.enter();
+            let outcome = catch_unwind(AssertUnwindSafe(|| body(&env))).unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                WorkerOutcome::Failed(anyhow::anyhow!("panicked: {message}"))
+            });
+            if let WorkerOutcome::Failed(error) = &outcome {
+                env.stats.add_error();
+                tracing::warn!(error = %format!("{error:#}"), "worker failed");
+            }
+            on_exit(outcome);
+        })
+}
+
+/// Maps a component's error to the outcome: `Stopped` is not a failure.
+fn outcome_of(result: anyhow::Result<()>) -> WorkerOutcome {
+    match result {
+        Ok(()) => WorkerOutcome::Finished,
+        Err(error) if error.is::<Stopped>() => WorkerOutcome::Stopped,
+        Err(error) => WorkerOutcome::Failed(error),
+    }
+}
+
+impl<S: Source> WorkerSpawner for SourceSpawner<S> {
+    fn spawn(
+        &self,
+        index: usize,
+        env: WorkerEnv,
+        on_exit: Box<dyn FnOnce(WorkerOutcome) + Send>,
+    ) -> std::io::Result<JoinHandle<()>> {
+        let make = Arc::clone(&self.make);
+        let output = self.output.clone();
+        spawn_thread(index, env, on_exit, move |env| {
+            let worker = WorkerInfo {
+                index,
+                count: env.workers,
+            };
+            let mut source = match make(worker) {
+                Ok(source) => source,
+                Err(error) => return WorkerOutcome::Failed(error.context("starting the source")),
+            };
+            let mut out = Emitter::new(output, env.shutdown.clone(), Arc::clone(&env.stats));
+            let started = Instant::now();
+            let result = source.run(&mut out);
+            env.stats
+                .add_busy(started.elapsed().saturating_sub(out.time_waiting()));
+            outcome_of(result)
+        })
+    }
+}
+
+impl<S: Stage> WorkerSpawner for StageSpawner<S> {
+    fn spawn(
+        &self,
+        index: usize,
+        env: WorkerEnv,
+        on_exit: Box<dyn FnOnce(WorkerOutcome) + Send>,
+    ) -> std::io::Result<JoinHandle<()>> {
+        let make = Arc::clone(&self.make);
+        let input = self.input.clone();
+        let output = self.output.clone();
+        spawn_thread(index, env, on_exit, move |env| {
+            let worker = WorkerInfo {
+                index,
+                count: env.workers,
+            };
+            let mut stage = match make(worker) {
+                Ok(stage) => stage,
+                Err(error) => return WorkerOutcome::Failed(error.context("starting the stage")),
+            };
+            let mut out = Emitter::new(output, env.shutdown.clone(), Arc::clone(&env.stats));
+            outcome_of(feed_stage(&mut stage, &input, &mut out, env))
+        })
+    }
+}
+
+/// Takes the next item, waiting if the queue is empty. `Ok(None)` is the end
+/// of the stream (every producer finished and the queue is drained).
+fn next_item<T>(input: &Receiver<T>, env: &WorkerEnv) -> Result<Option<T>, Stopped> {
+    env.stats.sample_queue_depth(input.len());
+    match input.try_recv() {
+        Ok(item) => return Ok(Some(item)),
+        Err(TryRecvError::Disconnected) => return Ok(None),
+        Err(TryRecvError::Empty) => {}
+    }
+    let started = Instant::now();
+    let next = select! {
+        recv(input) -> item => Ok(item.ok()),
+        recv(env.shutdown) -> _ => Err(Stopped),
+    };
+    env.stats.add_wait_input(started.elapsed());
+    next
+}
+
+fn feed_stage<S: Stage>(
+    stage: &mut S,
+    input: &Receiver<S::In>,
+    out: &mut Emitter<S::Out>,
+    env: &WorkerEnv,
+) -> anyhow::Result<()> {
+    while let Some(item) = next_item(input, env)? {
+        env.stats.add_items_in(1);
+        let _item_span = tracing::trace_span!("item").entered();
+        let started = Instant::now();
+        let waited_before = out.time_waiting();
+        let result = stage.process(item, out);
+        let waited = out.time_waiting() - waited_before;
+        env.stats.add_busy(started.elapsed().saturating_sub(waited));
+        result?;
+    }
+    let started = Instant::now();
+    let waited_before = out.time_waiting();
+    let result = stage.finish(out);
+    let waited = out.time_waiting() - waited_before;
+    env.stats.add_busy(started.elapsed().saturating_sub(waited));
+    result
+}

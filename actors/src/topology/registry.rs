@@ -1,0 +1,254 @@
+//! The registry of component kinds a topology file can name: for each kind,
+//! its role (source or stage), the item types it takes and emits (so links
+//! can be type-checked before anything runs), whether it may be restarted,
+//! and how to build it from its settings.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::runtime::{Graph, GraphError, ItemType, Source, Stage, StageOptions, WorkerInfo};
+
+/// Adds one configured component to a graph: (graph, name, inputs, options).
+pub(crate) type Plant =
+    Box<dyn FnOnce(&mut Graph, &str, &[&str], StageOptions) -> Result<(), GraphError>>;
+type Configure = Box<dyn Fn(&Settings) -> anyhow::Result<Plant> + Send + Sync>;
+
+/// Whether a stage's failed worker may be restarted (`restarts = N`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restarts {
+    /// The stage keeps no state between items: a fresh instance carries on.
+    Allowed,
+    /// The stage accumulates state (a batch, a file): restarting would lose it.
+    Forbidden,
+}
+
+/// One component kind.
+pub struct Kind {
+    pub name: String,
+    pub summary: String,
+    /// `None` for a source.
+    pub input: Option<ItemType>,
+    pub output: ItemType,
+    pub restarts: Restarts,
+    configure: Configure,
+}
+
+impl Kind {
+    pub fn is_source(&self) -> bool {
+        self.input.is_none()
+    }
+
+    /// Reads the kind's settings and returns how to add it to a graph.
+    pub(crate) fn configure(&self, settings: &Settings) -> anyhow::Result<Plant> {
+        (self.configure)(settings)
+    }
+}
+
+/// Component kinds by name. [`crate::kinds::standard_registry`] holds the
+/// kinds clipflow ships; a program embedding clipflow can add its own.
+#[derive(Default)]
+pub struct Registry {
+    kinds: BTreeMap<String, Kind>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a source kind. `configure` reads the settings of one
+    /// component and returns the function that builds an instance per
+    /// worker. A later registration of the same name replaces the earlier.
+    pub fn register_source<S, M, C>(&mut self, kind: &str, summary: &str, configure: C)
+    where
+        S: Source,
+        M: Fn(WorkerInfo) -> anyhow::Result<S> + Send + Sync + 'static,
+        C: Fn(&Settings) -> anyhow::Result<M> + Send + Sync + 'static,
+    {
+        let configure: Configure = Box::new(move |settings| {
+            let make = configure(settings)?;
+            let plant: Plant = Box::new(move |graph, name, _inputs, options| {
+                graph.add_source(name, options, make)
+            });
+            Ok(plant)
+        });
+        self.insert(
+            kind,
+            summary,
+            None,
+            ItemType::of::<S::Out>(),
+            Restarts::Forbidden,
+            configure,
+        );
+    }
+
+    /// Registers a stage kind (a sink is a stage whose `Out` is `()`).
+    pub fn register_stage<S, M, C>(
+        &mut self,
+        kind: &str,
+        summary: &str,
+        restarts: Restarts,
+        configure: C,
+    ) where
+        S: Stage,
+        M: Fn(WorkerInfo) -> anyhow::Result<S> + Send + Sync + 'static,
+        C: Fn(&Settings) -> anyhow::Result<M> + Send + Sync + 'static,
+    {
+        let configure: Configure = Box::new(move |settings| {
+            let make = configure(settings)?;
+            let plant: Plant = Box::new(move |graph, name, inputs, options| {
+                graph.add_stage(name, inputs, options, make)
+            });
+            Ok(plant)
+        });
+        let input = Some(ItemType::of::<S::In>());
+        self.insert(
+            kind,
+            summary,
+            input,
+            ItemType::of::<S::Out>(),
+            restarts,
+            configure,
+        );
+    }
+
+    pub fn kind(&self, name: &str) -> Option<&Kind> {
+        self.kinds.get(name)
+    }
+
+    /// Every kind, by name.
+    pub fn kinds(&self) -> impl Iterator<Item = &Kind> {
+        self.kinds.values()
+    }
+
+    fn insert(
+        &mut self,
+        name: &str,
+        summary: &str,
+        input: Option<ItemType>,
+        output: ItemType,
+        restarts: Restarts,
+        configure: Configure,
+    ) {
+        let kind = Kind {
+            name: name.to_string(),
+            summary: summary.to_string(),
+            input,
+            output,
+            restarts,
+            configure,
+        };
+        self.kinds.insert(name.to_string(), kind);
+    }
+}
+
+/// A bad value of one setting, with the line it is on.
+#[derive(Debug, thiserror::Error)]
+#[error("setting '{key}': {message}")]
+pub struct SettingError {
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// The kind-specific settings of one component (every key of its table but
+/// `kind`, `inputs`, `parallelism`, `capacity` and `restarts`), with flags
+/// already substituted. Keys a kind never reads are reported as unknown.
+#[derive(Debug, Default)]
+pub struct Settings {
+    values: BTreeMap<String, (toml::Value, Option<usize>)>,
+    read: RefCell<BTreeSet<String>>,
+}
+
+impl Settings {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a setting (`line` is where it appears in its file, if it has one).
+    pub fn insert(&mut self, key: &str, value: toml::Value, line: Option<usize>) {
+        self.values.insert(key.to_string(), (value, line));
+    }
+
+    fn get(&self, key: &str) -> Option<&(toml::Value, Option<usize>)> {
+        self.read.borrow_mut().insert(key.to_string());
+        self.values.get(key)
+    }
+
+    fn error(&self, key: &str, line: Option<usize>, message: String) -> SettingError {
+        SettingError {
+            key: key.to_string(),
+            line,
+            message,
+        }
+    }
+
+    /// A non-negative integer.
+    pub fn u64(&self, key: &str) -> Result<Option<u64>, SettingError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some((toml::Value::Integer(n), line)) => u64::try_from(*n)
+                .map(Some)
+                .map_err(|_| self.error(key, *line, format!("must not be negative, got {n}"))),
+            Some((other, line)) => Err(self.error(
+                key,
+                *line,
+                format!("expected a non-negative integer, got {other}"),
+            )),
+        }
+    }
+
+    /// A non-negative integer that must be given.
+    pub fn required_u64(&self, key: &str) -> Result<u64, SettingError> {
+        self.u64(key)?
+            .ok_or_else(|| self.error(key, None, "is required".to_string()))
+    }
+
+    /// A string.
+    pub fn string(&self, key: &str) -> Result<Option<String>, SettingError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some((toml::Value::String(s), _)) => Ok(Some(s.clone())),
+            Some((other, line)) => {
+                Err(self.error(key, *line, format!("expected a string, got {other}")))
+            }
+        }
+    }
+
+    /// A list of non-negative integers.
+    pub fn u64_list(&self, key: &str) -> Result<Option<Vec<u64>>, SettingError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some((toml::Value::Array(items), line)) => items
+                .iter()
+                .map(|item| {
+                    item.as_integer()
+                        .and_then(|n| u64::try_from(n).ok())
+                        .ok_or_else(|| {
+                            self.error(
+                                key,
+                                *line,
+                                format!("expected non-negative integers, got {item}"),
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some((other, line)) => Err(self.error(
+                key,
+                *line,
+                format!("expected a list of integers, got {other}"),
+            )),
+        }
+    }
+
+    /// Keys present but never read, with their lines.
+    pub(crate) fn unread(&self) -> Vec<(String, Option<usize>)> {
+        let read = self.read.borrow();
+        self.values
+            .iter()
+            .filter(|(key, _)| !read.contains(*key))
+            .map(|(key, (_, line))| (key.clone(), *line))
+            .collect()
+    }
+}

@@ -1,0 +1,79 @@
+//! What every subcommand needs to run a model: the `--device` and
+//! `--precision` flags as OpenCLIP reads them, and building a model by name
+//! with optional `--pretrained` weights loaded strictly.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clipflow_core::model::load::load_strict;
+use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};
+use clipflow_core::weights::read_weights;
+use tch::nn::VarStore;
+use tch::{Device, Kind};
+
+/// `--device`: `cpu`, `cuda` or `cuda:N`. Like OpenCLIP, a CUDA device on a
+/// host without CUDA falls back to the CPU (with a notice).
+pub fn parse_device(flag: &str) -> Result<Device> {
+    let device = match flag {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(index)) => Device::Cuda(index),
+            _ => bail!("--device must be `cpu`, `cuda` or `cuda:N`, got `{flag}`"),
+        },
+    };
+    if let Device::Cuda(index) = device {
+        let available = tch::Cuda::device_count() as usize;
+        if available == 0 {
+            eprintln!("clipflow: --device {flag}: CUDA is not available, using the CPU");
+            return Ok(Device::Cpu);
+        }
+        if index >= available {
+            bail!("--device {flag}: this host has {available} CUDA device(s)");
+        }
+    }
+    Ok(device)
+}
+
+/// The parts of `--precision` inference honours: the dtype weights and
+/// inputs are cast to (`pure_*`), or fp32.
+pub fn inference_kind(precision: &str) -> Result<Kind> {
+    match precision {
+        "fp32" => Ok(Kind::Float),
+        "pure_bf16" => Ok(Kind::BFloat16),
+        "pure_fp16" => Ok(Kind::Half),
+        "amp" | "amp_bf16" | "amp_bfloat16" | "bf16" | "fp16" => bail!(
+            "--precision {precision} is not supported by this command yet; use fp32, pure_bf16 or pure_fp16"
+        ),
+        other => bail!(
+            "--precision must be one of amp, amp_bf16, amp_bfloat16, bf16, fp16, pure_bf16, pure_fp16, fp32; got `{other}`"
+        ),
+    }
+}
+
+/// A model built by name on `device`, with its VarStore and config.
+pub struct LoadedModel {
+    pub vs: VarStore,
+    pub model: Clip,
+    pub config: ModelConfig,
+}
+
+/// Builds `--model name` and, when `pretrained` is given, loads that file
+/// strictly (any missing, unexpected or misshapen tensor is an error naming it).
+pub fn load_model(
+    name: &str,
+    overrides: &ModelOverrides,
+    pretrained: Option<&Path>,
+    device: Device,
+) -> Result<LoadedModel> {
+    let config = ModelConfig::by_name(name, overrides)?;
+    config.ensure_buildable(name)?;
+    let vs = VarStore::new(device);
+    let model =
+        Clip::new(&vs.root(), &config).with_context(|| format!("building --model {name}"))?;
+    if let Some(path) = pretrained {
+        let tensors = read_weights(path)?;
+        load_strict(&vs, &tensors, &format!("--pretrained {}", path.display()))?;
+    }
+    Ok(LoadedModel { vs, model, config })
+}

@@ -1,0 +1,295 @@
+//! Topology files: every validation error names the file, the line and the
+//! component; flags fill in and override values; `clipflow check` and
+//! `clipflow run` work on the shipped demo and report failures by stage.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clipflow_actors::kinds::standard_registry;
+use clipflow_actors::runtime::{Emitter, Stage};
+use clipflow_actors::topology::{FlagValues, Registry, Restarts, Topology, TopologyError};
+
+/// A kind whose input type (`String`) matches none of the generic kinds.
+struct PrintStrings;
+
+impl Stage for PrintStrings {
+    type In = String;
+    type Out = ();
+    fn process(&mut self, _item: String, _out: &mut Emitter<()>) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// The shipped kinds plus one registered the way an embedder would.
+fn registry() -> Registry {
+    let mut registry = standard_registry();
+    registry.register_stage(
+        "print",
+        "prints strings",
+        Restarts::Forbidden,
+        |_settings| Ok(|_worker| Ok(PrintStrings)),
+    );
+    registry
+}
+
+fn errors_of(text: &str, flags: &[(&str, &str)]) -> Vec<TopologyError> {
+    let mut values = FlagValues::new();
+    for (name, value) in flags {
+        values.set(name, value);
+    }
+    match Topology::parse(Path::new("bad.toml"), text, &values, &registry()) {
+        Ok(_) => panic!("expected errors in:\n{text}"),
+        Err(errors) => errors.0,
+    }
+}
+
+/// Asserts that exactly one error was found, on `line`, about `component`,
+/// with `words` in its message.
+fn assert_one_error(text: &str, line: usize, component: Option<&str>, words: &str) {
+    let errors = errors_of(text, &[]);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    let error = &errors[0];
+    assert_eq!(error.file, PathBuf::from("bad.toml"));
+    assert_eq!(error.line, Some(line), "{error}");
+    assert_eq!(error.component.as_deref(), component, "{error}");
+    assert!(error.message.contains(words), "'{words}' not in: {error}");
+    let shown = error.to_string();
+    assert!(shown.starts_with(&format!("bad.toml:{line}")), "{shown}");
+}
+
+const GOOD_HEAD: &str = r#"[stages.numbers]
+kind = "counter"
+count = 10
+"#;
+
+#[test]
+fn unknown_kind() {
+    let text = format!("{GOOD_HEAD}\n[stages.sink]\nkind = \"nul\"\ninputs = [\"numbers\"]\n");
+    assert_one_error(
+        &text,
+        5,
+        Some("sink"),
+        "unknown kind 'nul' (known kinds: counter, null",
+    );
+}
+
+#[test]
+fn missing_input() {
+    let text = format!("{GOOD_HEAD}\n[stages.sink]\nkind = \"null\"\ninputs = [\"numbrs\"]\n");
+    let errors = errors_of(&text, &[]);
+    // The misspelt link leaves `numbers` feeding nothing: both are named.
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(errors[0].line, Some(1));
+    assert_eq!(errors[0].component.as_deref(), Some("numbers"));
+    assert!(errors[0].message.contains("goes nowhere"));
+    assert_eq!(errors[1].line, Some(7));
+    assert_eq!(errors[1].component.as_deref(), Some("sink"));
+    assert!(errors[1]
+        .message
+        .contains("input 'numbrs' is not a component"));
+}
+
+#[test]
+fn cycle() {
+    let text = r#"[stages.a]
+kind = "work"
+inputs = ["b"]
+
+[stages.b]
+kind = "work"
+inputs = ["a"]
+"#;
+    assert_one_error(text, 1, Some("a"), "is in a cycle: a -> b -> a");
+}
+
+#[test]
+fn type_mismatch() {
+    let text = format!("{GOOD_HEAD}\n[stages.show]\nkind = \"print\"\ninputs = [\"numbers\"]\n");
+    assert_one_error(
+        &text,
+        7,
+        Some("show"),
+        "kind 'print' takes String but input 'numbers' (kind 'counter') emits u64",
+    );
+}
+
+#[test]
+fn bad_values() {
+    let sink = "\n[stages.sink]\nkind = \"null\"\ninputs = [\"numbers\"]\n";
+    let zero = format!("{GOOD_HEAD}{sink}parallelism = 0\n");
+    assert_one_error(
+        &zero,
+        8,
+        Some("sink"),
+        "parallelism must be an integer of at least 1, got 0",
+    );
+    let text = format!("{GOOD_HEAD}{sink}capacity = \"lots\"\n");
+    assert_one_error(&text, 8, Some("sink"), "capacity must be an integer");
+    let negative = "[stages.numbers]\nkind = \"counter\"\ncount = -3\n[stages.sink]\nkind = \"null\"\ninputs = [\"numbers\"]\n";
+    assert_one_error(
+        negative,
+        3,
+        Some("numbers"),
+        "setting 'count': must not be negative",
+    );
+    let missing = "[stages.numbers]\nkind = \"counter\"\n[stages.sink]\nkind = \"null\"\ninputs = [\"numbers\"]\n";
+    assert_one_error(missing, 1, Some("numbers"), "setting 'count': is required");
+    let unknown = format!("{GOOD_HEAD}{sink}sleep_ms = 3\n");
+    assert_one_error(
+        &unknown,
+        8,
+        Some("sink"),
+        "kind 'null' has no setting 'sleep_ms'",
+    );
+    let stateful = format!(
+        "{GOOD_HEAD}\n[stages.show]\nkind = \"print\"\ninputs = [\"numbers\"]\nrestarts = 2\n"
+    );
+    let errors = errors_of(&stateful, &[]);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.line == Some(8)
+                && e.message.contains("kind 'print' keeps state between items"))
+    );
+    let syntax = "[stages.numbers]\nkind = \"counter\"\ncount = = 3\n";
+    let errors = errors_of(syntax, &[]);
+    assert_eq!((errors.len(), errors[0].line), (1, Some(3)), "{errors:#?}");
+}
+
+const FLAGGED: &str = r#"[flags]
+workers = 2
+count = 100
+
+[stages.numbers]
+kind = "counter"
+count = "${count}"
+
+[stages.work]
+kind = "work"
+inputs = ["numbers"]
+parallelism = "${workers}"
+
+[stages.sink]
+kind = "null"
+inputs = ["work"]
+"#;
+
+#[test]
+fn flags_fill_in_and_override_values() {
+    let run = |flags: &FlagValues| {
+        let topology = Topology::parse(Path::new("flags.toml"), FLAGGED, flags, &registry())
+            .expect("valid topology");
+        topology.into_graph().unwrap().run().unwrap()
+    };
+    let defaults = run(&FlagValues::new());
+    assert_eq!(defaults.stage("work").unwrap().parallelism, 2);
+    assert_eq!(defaults.stage("sink").unwrap().items_in, 100);
+
+    let args: Vec<String> = ["--workers", "5", "--count=321"].map(String::from).to_vec();
+    let overridden = run(&FlagValues::parse_args(&args).unwrap());
+    assert_eq!(overridden.stage("work").unwrap().parallelism, 5);
+    assert_eq!(overridden.stage("sink").unwrap().items_in, 321);
+}
+
+#[test]
+fn flag_mistakes_are_named() {
+    let errors = errors_of(FLAGGED, &[("wokers", "3")]);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0]
+        .message
+        .contains("unknown flag --wokers; this topology takes: --count, --workers"));
+    let errors = errors_of(FLAGGED, &[("workers", "many")]);
+    assert_eq!(errors[0].line, Some(2), "{errors:#?}");
+    assert!(errors[0]
+        .message
+        .contains("flag --workers: expected an integer, got 'many'"));
+    let undeclared = FLAGGED.replace("\"${workers}\"", "\"${threads}\"");
+    let errors = errors_of(&undeclared, &[]);
+    assert_eq!(errors[0].line, Some(12), "{errors:#?}");
+    assert_eq!(errors[0].component.as_deref(), Some("work"));
+    assert!(errors[0]
+        .message
+        .contains("'${threads}', which the [flags] table does not declare"));
+    assert!(FlagValues::parse_args(&["--workers".to_string()]).is_err());
+}
+
+fn demo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/demo.toml")
+}
+
+#[test]
+fn the_demo_checks_and_runs_from_the_command_line() {
+    let check = Command::new(common::clipflow_bin())
+        .arg("check")
+        .arg(demo())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        stdout.contains("ok: numbers (counter) -> square (work) -> drain (null)"),
+        "{stdout}"
+    );
+
+    let run = Command::new(common::clipflow_bin())
+        .arg("run")
+        .arg(demo())
+        .args(["--count", "3000", "--workers", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let drain = stdout
+        .lines()
+        .find(|line| line.starts_with("drain"))
+        .unwrap_or_else(|| panic!("no summary row for 'drain':\n{stdout}"));
+    assert!(
+        drain.split_whitespace().any(|field| field == "3000"),
+        "{drain}"
+    );
+    assert!(stdout.contains("<- bottleneck"), "{stdout}");
+}
+
+#[test]
+fn the_command_line_names_the_failing_stage_and_the_bad_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let failing = dir.path().join("failing.toml");
+    let text = std::fs::read_to_string(demo()).unwrap().replace(
+        "work_us = \"${work-us}\"",
+        "work_us = \"${work-us}\"\nfail_on = [7]",
+    );
+    std::fs::write(&failing, text).unwrap();
+    let run = Command::new(common::clipflow_bin())
+        .arg("run")
+        .arg(&failing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("stage 'square' failed"), "{stderr}");
+    assert!(stderr.contains("item 7 is in fail_on"), "{stderr}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[stages.numbers]\nkind = \"countr\"\n").unwrap();
+    let check = Command::new(common::clipflow_bin())
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success());
+    assert!(
+        stderr.contains("bad.toml:1: stage 'numbers': unknown kind 'countr'"),
+        "{stderr}"
+    );
+}
