@@ -14,10 +14,11 @@ CACHE="${CLIPFLOW_CACHE:-$HOME/.cache/clipflow}"
 VENV="$CACHE/py311-torch${TORCH_VERSION}-openclip${OPENCLIP_VERSION}"
 STAMP="$VENV/.clipflow-ready"
 # What the environment holds besides torch and OpenCLIP: safetensors and
-# pillow for the oracle scripts, scikit-learn for the photographs its wheel
-# ships (test images), webdataset 0.2.86 (newer releases break OpenCLIP
-# 3.3.0's loader). The stamp records this list, so changing it reinstalls.
-REQUIREMENTS="torch==$TORCH_VERSION open_clip_torch==$OPENCLIP_VERSION safetensors pillow scikit-learn webdataset==0.2.86"
+# pillow for the oracle scripts, scikit-learn and scikit-image for the
+# photographs their wheels ship (test images), pandas and webdataset 0.2.86
+# for open_clip_train.data (newer webdataset releases break OpenCLIP 3.3.0's
+# loader). The stamp records this list, so changing it reinstalls.
+REQUIREMENTS="torch==$TORCH_VERSION open_clip_torch==$OPENCLIP_VERSION safetensors pillow scikit-learn scikit-image pandas webdataset==0.2.86"
 
 log() { echo "[setup] $*" >&2; }
 
