@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clipflow_core::model::load::load_strict;
 use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};
+use clipflow_core::shim::AutocastGuard;
 use clipflow_core::weights::read_weights;
 use tch::nn::VarStore;
 use tch::{Device, Kind};
@@ -35,19 +36,49 @@ pub fn parse_device(flag: &str) -> Result<Device> {
     Ok(device)
 }
 
-/// The parts of `--precision` inference honours: the dtype weights and
-/// inputs are cast to (`pure_*`), or fp32.
-pub fn inference_kind(precision: &str) -> Result<Kind> {
+/// How `--precision` runs a forward pass, as OpenCLIP defines the values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InferencePrecision {
+    /// Weights and inputs in this dtype (`fp32`, `pure_bf16`, `pure_fp16`).
+    Cast(Kind),
+    /// fp32 weights under autocast to this dtype (`amp` = fp16,
+    /// `amp_bf16` / `amp_bfloat16` = bf16).
+    Autocast(Kind),
+}
+
+pub fn inference_precision(precision: &str) -> Result<InferencePrecision> {
+    use InferencePrecision::*;
     match precision {
-        "fp32" => Ok(Kind::Float),
-        "pure_bf16" => Ok(Kind::BFloat16),
-        "pure_fp16" => Ok(Kind::Half),
-        "amp" | "amp_bf16" | "amp_bfloat16" | "bf16" | "fp16" => bail!(
-            "--precision {precision} is not supported by this command yet; use fp32, pure_bf16 or pure_fp16"
+        "fp32" => Ok(Cast(Kind::Float)),
+        "pure_bf16" => Ok(Cast(Kind::BFloat16)),
+        "pure_fp16" => Ok(Cast(Kind::Half)),
+        "amp" => Ok(Autocast(Kind::Half)),
+        "amp_bf16" | "amp_bfloat16" => Ok(Autocast(Kind::BFloat16)),
+        "bf16" | "fp16" => bail!(
+            "--precision {precision} (low-precision weights with fp32 LayerNorm) is not supported by this command yet; use amp, amp_bf16, pure_bf16, pure_fp16 or fp32"
         ),
         other => bail!(
             "--precision must be one of amp, amp_bf16, amp_bfloat16, bf16, fp16, pure_bf16, pure_fp16, fp32; got `{other}`"
         ),
+    }
+}
+
+impl InferencePrecision {
+    /// The dtype inputs are cast to before the forward pass.
+    pub fn input_kind(self) -> Kind {
+        match self {
+            InferencePrecision::Cast(kind) => kind,
+            InferencePrecision::Autocast(_) => Kind::Float,
+        }
+    }
+
+    /// Runs `forward` without gradients under this precision on `device`.
+    pub fn run<T>(self, device: Device, forward: impl FnOnce() -> T) -> Result<T> {
+        let _autocast = match self {
+            InferencePrecision::Autocast(kind) => Some(AutocastGuard::new(device, kind)?),
+            InferencePrecision::Cast(_) => None,
+        };
+        Ok(tch::no_grad(forward))
     }
 }
 

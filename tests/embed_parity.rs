@@ -14,8 +14,9 @@ use std::process::Command;
 
 use tch::Tensor;
 
-#[test]
-fn embed_matches_open_clip_encode_image_and_text() {
+/// Runs `clipflow embed` on the oracle's photos, captions and weights with
+/// `--precision precision`; returns our features and the oracle's.
+fn embed_with(precision: &str) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path();
     common::run_oracle(
@@ -33,6 +34,7 @@ fn embed_matches_open_clip_encode_image_and_text() {
             "--batch-size",
             "3",
         ])
+        .args(["--precision", precision])
         .arg("--pretrained")
         .arg(out.join("weights.safetensors"))
         .arg("--images")
@@ -47,12 +49,44 @@ fn embed_matches_open_clip_encode_image_and_text() {
     let read = |p: std::path::PathBuf| -> HashMap<String, Tensor> {
         Tensor::read_safetensors(p).unwrap().into_iter().collect()
     };
-    let ours = read(features);
-    let expected = read(out.join("expected.safetensors"));
+    (read(features), read(out.join("expected.safetensors")))
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn embed_matches_open_clip_encode_image_and_text() {
+    let (ours, expected) = embed_with("fp32");
     for key in ["image_features", "text_features"] {
-        assert_eq!(ours[key].size(), expected[key].size(), "{key}");
-        let diff = (&ours[key] - &expected[key]).abs().max().double_value(&[]);
+        let diff = max_diff(&ours[key], &expected[key]);
         assert!(diff <= 1e-4, "{key} differs by {diff}");
+    }
+}
+
+/// `--precision amp_bf16` runs under bf16 autocast like OpenCLIP's
+/// `torch.autocast("cpu", dtype=torch.bfloat16)`. Both sides run the same
+/// autocast kernels, but bf16 keeps 8 mantissa bits (relative step 2^-8), so
+/// a differently ordered reduction may land one bf16 step apart: the
+/// tolerance is 4% of the largest feature. It must also differ from fp32,
+/// or autocast was not on.
+#[test]
+fn embed_amp_bf16_matches_open_clip_autocast() {
+    let (ours, expected) = embed_with("amp_bf16");
+    for key in ["image_features", "text_features"] {
+        let reference = &expected[&format!("amp_bf16.{key}")];
+        let scale = reference.abs().max().double_value(&[]);
+        let diff = max_diff(&ours[key], reference);
+        assert!(
+            diff <= 0.04 * scale,
+            "{key} differs by {diff} (scale {scale})"
+        );
+        assert!(
+            max_diff(&ours[key], &expected[key]) > 0.0,
+            "{key}: autocast had no effect"
+        );
     }
 }
 

@@ -15,7 +15,7 @@ use clipflow_core::transform::{
 use clipflow_core::weights::write_safetensors;
 use tch::{Kind, Tensor};
 
-use crate::runtime::{inference_kind, load_model, parse_device};
+use crate::runtime::{inference_precision, load_model, parse_device, InferencePrecision};
 
 /// File extensions `--images` picks up (case-insensitive).
 const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "bmp"];
@@ -89,7 +89,7 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         bail!("--batch-size must be a positive integer, got 0");
     }
     let device = parse_device(&args.device)?;
-    let kind = inference_kind(&args.precision)?;
+    let precision = inference_precision(&args.precision)?;
     let loaded = load_model(
         &args.model,
         &ModelOverrides::default(),
@@ -97,7 +97,9 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         device,
     )?;
     let mut vs = loaded.vs;
-    vs.set_kind(kind);
+    if let InferencePrecision::Cast(kind) = precision {
+        vs.set_kind(kind);
+    }
     let model = loaded.model;
     let mut outputs: Vec<(String, Tensor)> = Vec::new();
 
@@ -122,8 +124,10 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
                     Ok(transform.apply(&image))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let batch = Tensor::stack(&pixels, 0).to_device(device).to_kind(kind);
-            rows.push(tch::no_grad(|| model.encode_image(&batch, false)));
+            let batch = Tensor::stack(&pixels, 0)
+                .to_device(device)
+                .to_kind(precision.input_kind());
+            rows.push(precision.run(device, || model.encode_image(&batch, false))?);
         }
         outputs.push((
             "image_features".into(),
@@ -149,7 +153,7 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         let mut rows = Vec::new();
         for chunk in lines.chunks(args.batch_size) {
             let ids = tokenize_batch(tokenizer.as_ref(), chunk, context_length).to_device(device);
-            rows.push(tch::no_grad(|| model.encode_text(&ids)));
+            rows.push(precision.run(device, || model.encode_text(&ids))?);
         }
         outputs.push((
             "text_features".into(),

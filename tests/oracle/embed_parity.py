@@ -4,7 +4,8 @@ usage: embed_parity.py MODEL OUT_DIR
 Writes OUT_DIR/weights.safetensors (random weights), OUT_DIR/images/*.jpg
 (photographs from scikit-learn's wheel at several sizes), OUT_DIR/texts.txt,
 and OUT_DIR/expected.safetensors: what OpenCLIP's encode_image (after its
-validation transform) and encode_text give for them.
+validation transform) and encode_text give for them, in fp32 and under
+bf16 autocast ("amp_bf16." names).
 """
 import pathlib
 import sys
@@ -39,7 +40,8 @@ files = sorted(images_dir.iterdir(), key=lambda p: p.name)
 pixels = torch.stack([preprocess(Image.open(f)) for f in files])
 text = open_clip.get_tokenizer(model_name)(captions)
 with torch.no_grad():
-    save_file(
-        {"image_features": model.encode_image(pixels), "text_features": model.encode_text(text)},
-        out / "expected.safetensors",
-    )
+    expected = {"image_features": model.encode_image(pixels), "text_features": model.encode_text(text)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected["amp_bf16.image_features"] = model.encode_image(pixels).float()
+        expected["amp_bf16.text_features"] = model.encode_text(text).float()
+    save_file(expected, out / "expected.safetensors")
