@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clipflow_core::model::load::load_strict;
+use clipflow_core::model::precision::convert_weights_to_low_precision;
 use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};
 use clipflow_core::shim::AutocastGuard;
 use clipflow_core::weights::read_weights;
@@ -44,6 +45,9 @@ pub enum InferencePrecision {
     /// fp32 weights under autocast to this dtype (`amp` = fp16,
     /// `amp_bf16` / `amp_bfloat16` = bf16).
     Autocast(Kind),
+    /// Convolution, linear and projection weights and the inputs in this
+    /// dtype, the rest fp32 (`bf16`, `fp16`).
+    LowPrecisionWeights(Kind),
 }
 
 pub fn inference_precision(precision: &str) -> Result<InferencePrecision> {
@@ -54,9 +58,8 @@ pub fn inference_precision(precision: &str) -> Result<InferencePrecision> {
         "pure_fp16" => Ok(Cast(Kind::Half)),
         "amp" => Ok(Autocast(Kind::Half)),
         "amp_bf16" | "amp_bfloat16" => Ok(Autocast(Kind::BFloat16)),
-        "bf16" | "fp16" => bail!(
-            "--precision {precision} (low-precision weights with fp32 LayerNorm) is not supported by this command yet; use amp, amp_bf16, pure_bf16, pure_fp16 or fp32"
-        ),
+        "bf16" => Ok(LowPrecisionWeights(Kind::BFloat16)),
+        "fp16" => Ok(LowPrecisionWeights(Kind::Half)),
         other => bail!(
             "--precision must be one of amp, amp_bf16, amp_bfloat16, bf16, fp16, pure_bf16, pure_fp16, fp32; got `{other}`"
         ),
@@ -67,16 +70,27 @@ impl InferencePrecision {
     /// The dtype inputs are cast to before the forward pass.
     pub fn input_kind(self) -> Kind {
         match self {
-            InferencePrecision::Cast(kind) => kind,
+            InferencePrecision::Cast(kind) | InferencePrecision::LowPrecisionWeights(kind) => kind,
             InferencePrecision::Autocast(_) => Kind::Float,
         }
     }
 
     /// Runs `forward` without gradients under this precision on `device`.
+    /// Puts the model's weights in this precision's dtypes.
+    pub fn prepare_weights(self, vs: &mut VarStore) {
+        match self {
+            InferencePrecision::Cast(kind) => vs.set_kind(kind),
+            InferencePrecision::LowPrecisionWeights(kind) => {
+                convert_weights_to_low_precision(vs, kind)
+            }
+            InferencePrecision::Autocast(_) => {}
+        }
+    }
+
     pub fn run<T>(self, device: Device, forward: impl FnOnce() -> T) -> Result<T> {
         let _autocast = match self {
             InferencePrecision::Autocast(kind) => Some(AutocastGuard::new(device, kind)?),
-            InferencePrecision::Cast(_) => None,
+            InferencePrecision::Cast(_) | InferencePrecision::LowPrecisionWeights(_) => None,
         };
         Ok(tch::no_grad(forward))
     }

@@ -15,7 +15,7 @@ use clipflow_core::transform::{
 use clipflow_core::weights::write_safetensors;
 use tch::{Kind, Tensor};
 
-use crate::runtime::{inference_precision, load_model, parse_device, InferencePrecision};
+use crate::runtime::{inference_precision, load_model, parse_device};
 
 /// File extensions `--images` picks up (case-insensitive).
 const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "bmp"];
@@ -97,9 +97,7 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         device,
     )?;
     let mut vs = loaded.vs;
-    if let InferencePrecision::Cast(kind) = precision {
-        vs.set_kind(kind);
-    }
+    precision.prepare_weights(&mut vs);
     let model = loaded.model;
     let mut outputs: Vec<(String, Tensor)> = Vec::new();
 

@@ -5,7 +5,8 @@ Writes OUT_DIR/weights.safetensors (random weights), OUT_DIR/images/*.jpg
 (photographs from scikit-learn's wheel at several sizes), OUT_DIR/texts.txt,
 and OUT_DIR/expected.safetensors: what OpenCLIP's encode_image (after its
 validation transform) and encode_text give for them, in fp32 and under
-bf16 autocast ("amp_bf16." names).
+bf16 autocast ("amp_bf16." names) and with convert_weights_to_lp's bf16
+weights and bf16 inputs, as --precision bf16 runs ("bf16." names).
 """
 import pathlib
 import sys
@@ -44,4 +45,7 @@ with torch.no_grad():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected["amp_bf16.image_features"] = model.encode_image(pixels).float()
         expected["amp_bf16.text_features"] = model.encode_text(text).float()
+    open_clip.model.convert_weights_to_lp(model, torch.bfloat16)
+    expected["bf16.image_features"] = model.encode_image(pixels.to(torch.bfloat16)).float()
+    expected["bf16.text_features"] = model.encode_text(text).float()
     save_file(expected, out / "expected.safetensors")

@@ -6,6 +6,7 @@ pub mod clip;
 pub mod config;
 pub mod load;
 pub mod modified_resnet;
+pub mod precision;
 pub mod text_transformer;
 pub mod transformer;
 pub mod vision_transformer;

@@ -8,7 +8,9 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::config::ModelConfig;
-use super::transformer::{layer_norm, linear, Activation, Transformer, TransformerConfig};
+use super::transformer::{
+    layer_norm, linear, Activation, LayerNorm, Transformer, TransformerConfig,
+};
 
 /// Which token's features represent the caption (`pool_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +36,7 @@ pub struct TextTransformer {
     token_embedding: nn::Embedding,
     positional_embedding: Tensor,
     transformer: Transformer,
-    ln_final: nn::LayerNorm,
+    ln_final: LayerNorm,
     text_projection: Option<TextProjection>,
     /// Additive causal mask [L, L] (OpenCLIP's non-persistent `attn_mask` buffer).
     attn_mask: Option<Tensor>,
@@ -147,8 +149,14 @@ impl TextTransformer {
     /// Token ids [N, L] to features [N, embed_dim] (not normalised).
     pub fn forward(&self, text: &Tensor) -> Tensor {
         let seq_len = text.size()[1];
-        let x =
-            self.token_embedding.forward(text) + self.positional_embedding.narrow(0, 0, seq_len);
+        // Embeddings stay fp32 under --precision bf16/fp16; the blocks run in
+        // their weights' dtype (OpenCLIP's cast_dtype).
+        let kind = self.transformer.weight_kind();
+        let x = self.token_embedding.forward(text).to_kind(kind)
+            + self
+                .positional_embedding
+                .narrow(0, 0, seq_len)
+                .to_kind(kind);
         let mask = self.attn_mask.as_ref().map(|m| {
             m.narrow(0, 0, seq_len)
                 .narrow(1, 0, seq_len)

@@ -37,17 +37,39 @@ impl Activation {
     }
 }
 
+/// LayerNorm computed in the dtype of its weights: an input of another dtype
+/// (bf16 activations with the fp32 LayerNorms of `--precision bf16`) is cast
+/// to it and the result cast back, as OpenCLIP's `LayerNormFp32` does.
+#[derive(Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    dim: i64,
+    eps: f64,
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = self.weight.kind();
+        let normed = x.to_kind(kind).layer_norm(
+            [self.dim],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        );
+        normed.to_kind(x.kind())
+    }
+}
+
 /// LayerNorm with OpenCLIP's eps (1e-5 unless the config's norm_kwargs say otherwise).
-pub fn layer_norm(p: nn::Path, dim: i64, norm_kwargs: Option<&NormKwargs>) -> nn::LayerNorm {
-    let eps = norm_kwargs.and_then(|n| n.eps).unwrap_or(1e-5);
-    nn::layer_norm(
-        p,
-        vec![dim],
-        nn::LayerNormConfig {
-            eps,
-            ..Default::default()
-        },
-    )
+pub fn layer_norm(p: nn::Path, dim: i64, norm_kwargs: Option<&NormKwargs>) -> LayerNorm {
+    LayerNorm {
+        weight: p.var("weight", &[dim], Init::Const(1.0)),
+        bias: p.var("bias", &[dim], Init::Const(0.0)),
+        dim,
+        eps: norm_kwargs.and_then(|n| n.eps).unwrap_or(1e-5),
+    }
 }
 
 /// A linear layer initialised like `torch.nn.Linear` (kaiming-uniform weight,
@@ -202,10 +224,10 @@ pub struct TransformerConfig {
 /// `ResidualAttentionBlock`: pre-norm attention and MLP, each with an optional LayerScale.
 #[derive(Debug)]
 pub struct ResidualAttentionBlock {
-    ln_1: nn::LayerNorm,
+    ln_1: LayerNorm,
     attn: MultiheadAttention,
     ls_1: Option<LayerScale>,
-    ln_2: nn::LayerNorm,
+    ln_2: LayerNorm,
     mlp: Mlp,
     ls_2: Option<LayerScale>,
 }
@@ -283,6 +305,13 @@ impl Transformer {
         });
     }
 
+    /// The dtype of the blocks' weights (OpenCLIP's `get_cast_dtype`).
+    pub fn weight_kind(&self) -> tch::Kind {
+        self.resblocks
+            .first()
+            .map_or(tch::Kind::Float, |block| block.mlp.c_fc.ws.kind())
+    }
+
     pub fn forward(&self, x: &Tensor, attn_mask: Option<&Tensor>) -> Tensor {
         let mut x = x.shallow_clone();
         for block in &self.resblocks {
@@ -304,8 +333,8 @@ pub struct AttentionalPooler {
     v_proj_weight: Tensor,
     in_proj_bias: Tensor,
     out_proj: nn::Linear,
-    ln_q: nn::LayerNorm,
-    ln_k: nn::LayerNorm,
+    ln_q: LayerNorm,
+    ln_k: LayerNorm,
     heads: i64,
 }
 

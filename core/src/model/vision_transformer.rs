@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 use super::config::{ModelConfig, VisionLayers};
 use super::transformer::{
-    layer_norm, Activation, AttentionalPooler, Transformer, TransformerConfig,
+    layer_norm, Activation, AttentionalPooler, LayerNorm, Transformer, TransformerConfig,
 };
 
 /// How the token sequence becomes one feature vector (`pool_type`).
@@ -52,10 +52,10 @@ pub struct VisionTransformer {
     class_embedding: Tensor,
     positional_embedding: Tensor,
     patch_dropout: PatchDropout,
-    ln_pre: Option<nn::LayerNorm>,
+    ln_pre: Option<LayerNorm>,
     transformer: Transformer,
     attn_pool: Option<AttentionalPooler>,
-    ln_post: nn::LayerNorm,
+    ln_post: LayerNorm,
     proj: Tensor,
     pool: Pool,
     final_ln_after_pool: bool,
