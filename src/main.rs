@@ -2,7 +2,7 @@
 //! plus tools around it (`embed`, `tokenize`, `convert`, `models`).
 
 use clap::{Parser, Subcommand};
-use clipflow::commands::{check, convert, embed, models, run, tokenize, train};
+use clipflow::commands::{bench, check, convert, embed, models, run, tokenize, train};
 use clipflow::train_args::TrainArgs;
 
 #[derive(Parser)]
@@ -32,6 +32,8 @@ enum Command {
     Run(run::RunArgs),
     /// Validate a topology file without running it.
     Check(run::RunArgs),
+    /// Benchmarks: `bench data` times the loading path alone.
+    Bench(bench::BenchArgs),
 }
 
 /// True when stdout's reader went away (`clipflow models | head`): not an error.
@@ -49,6 +51,7 @@ fn main() {
         Command::Models => models::run(),
         Command::Run(args) => run::run(&args),
         Command::Check(args) => check::run(&args),
+        Command::Bench(args) => bench::run(args),
     };
     if let Err(err) = result {
         if !is_broken_pipe(&err) {

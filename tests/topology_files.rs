@@ -67,12 +67,7 @@ count = 10
 #[test]
 fn unknown_kind() {
     let text = format!("{GOOD_HEAD}\n[stages.sink]\nkind = \"nul\"\ninputs = [\"numbers\"]\n");
-    assert_one_error(
-        &text,
-        5,
-        Some("sink"),
-        "unknown kind 'nul' (known kinds: counter, null",
-    );
+    assert_one_error(&text, 5, Some("sink"), "unknown kind 'nul' (known kinds:");
 }
 
 #[test]

@@ -2,16 +2,75 @@
 //! Each actor registers itself here; a program embedding clipflow starts from
 //! [`standard_registry`] and adds its own kinds with `Registry::register_*`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::augmenter::{Augmenter, AugmenterConfig};
+use crate::batcher::{BatchSink, Batcher, BatcherConfig, LoadingLedger};
+use crate::decoder::Decoder;
 use crate::runtime::generic::{Counter, Null, Work};
+use crate::shard_reader::{ShardReader, ShardReaderConfig};
 use crate::topology::{Registry, Restarts};
 
 /// Every kind clipflow knows.
 pub fn standard_registry() -> Registry {
     let mut registry = Registry::new();
     register_generic_kinds(&mut registry);
+    register_loading_kinds(&mut registry);
     registry
+}
+
+/// The loading path (see `topologies/train-data.toml`): `shard-reader`,
+/// `decoder`, `augmenter`, `batcher` and `batch-sink`.
+fn register_loading_kinds(registry: &mut Registry) {
+    registry.register_source(
+        "shard-reader",
+        "reads one epoch of webdataset shards, a CSV table or synthetic data as undecoded samples",
+        |settings| {
+            Ok(ShardReader::maker(ShardReaderConfig::from_settings(
+                settings,
+            )?))
+        },
+    );
+    registry.register_stage(
+        "decoder",
+        "decodes JPEG/PNG/WebP images to RGB, refusing decompression bombs (setting: max_image_pixels)",
+        Restarts::Allowed,
+        |settings| {
+            let decoder = Decoder::from_settings(settings)?;
+            Ok(move |_worker| Ok(decoder.clone()))
+        },
+    );
+    registry.register_stage(
+        "augmenter",
+        "transforms images and tokenizes captions for a model (settings: model, image_mean, image_std, ...)",
+        Restarts::Allowed,
+        |settings| Ok(Augmenter::maker(AugmenterConfig::from_settings(settings)?)),
+    );
+    register_batcher(registry, Arc::new(LoadingLedger::default()));
+    registry.register_stage(
+        "batch-sink",
+        "drops the batches it receives (the loading path run alone)",
+        Restarts::Allowed,
+        |_settings| Ok(|_worker| Ok(BatchSink)),
+    );
+}
+
+/// Registers the `batcher` kind, whose components report their totals
+/// (batches, samples, skips by kind) to `ledger`; a program that wants to
+/// read them registers it again with its own ledger.
+pub fn register_batcher(registry: &mut Registry, ledger: Arc<LoadingLedger>) {
+    registry.register_stage(
+        "batcher",
+        "cuts samples into device-ready batches and applies the bad-data policy (settings: batch_size, drop_last, pin_memory, max_bad_fraction)",
+        Restarts::Forbidden,
+        move |settings| {
+            Ok(Batcher::maker(
+                BatcherConfig::from_settings(settings)?,
+                Arc::clone(&ledger),
+            ))
+        },
+    );
 }
 
 /// `counter`, `work` and `null`: components for trying the runtime out.

@@ -1,6 +1,12 @@
 //! clipflow-actors: the actors of a clipflow pipeline and the bounded-channel
 //! dataflow runtime they share. Built on clipflow-core; knows nothing of the CLI.
 
+pub mod augmenter;
+pub mod bad_data;
+pub mod batcher;
+pub mod decoder;
 pub mod kinds;
 pub mod runtime;
+pub mod shard_reader;
+mod text_settings;
 pub mod topology;

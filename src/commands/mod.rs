@@ -1,5 +1,6 @@
 //! One module per `clipflow` subcommand.
 
+pub mod bench;
 pub mod check;
 pub mod convert;
 pub mod embed;

@@ -17,7 +17,7 @@ use std::io::{self, BufRead, Read};
 use std::panic::{self, AssertUnwindSafe};
 
 use anyhow::{anyhow, bail, Result};
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 use mozjpeg::{ColorSpace, Decompress};
 
 /// Decodes a JPEG to RGB as PIL's `Image.open(...).convert('RGB')` does,
@@ -78,9 +78,8 @@ fn decode_with_libjpeg(reader: EndDetectingReader<'_>, max_pixels: u64) -> Resul
     let mut started = decompress.rgb()?;
     let rgb: Vec<[u8; 3]> = started.read_scanlines()?;
     started.finish()?;
-    Ok(RgbImage::from_fn(width, height, |x, y| {
-        Rgb(rgb[y as usize * width as usize + x as usize])
-    }))
+    RgbImage::from_raw(width, height, rgb.into_flattened())
+        .ok_or_else(|| anyhow!("short RGB image"))
 }
 
 /// The text of a libjpeg error carried by an unwind.

@@ -1,20 +1,29 @@
 //! Image transforms: decoding image files to RGB pixels and OpenCLIP's
-//! validation transform (resize, centre crop or pad, normalise), reproducing
+//! validation transform (resize, centre crop or pad, normalise) and training
+//! transform (random resized crop, colour jitter, grey-scale), reproducing
 //! the pixels of OpenCLIP's PIL/torchvision pipeline.
 //!
 //! - [`decode_image`]: JPEG/PNG/WebP bytes to RGB, as PIL's `.convert('RGB')`,
 //!   refusing decompression bombs.
 //! - [`resize`]: PIL's antialiased separable resampling (bicubic, bilinear).
 //! - [`ValTransform`]: `open_clip.image_transform(..., is_train=False)`.
+//! - [`TrainTransform`]: `open_clip.image_transform(..., is_train=True)`
+//!   (OpenCLIP's own augmentations, configured by [`AugmentationCfg`]).
 //! - [`to_normalized_tensor`]: torchvision's `ToTensor` + `Normalize`.
 
+mod aug_cfg;
 mod decode;
 mod jpeg;
 mod resample;
+mod train;
 mod val;
 
+pub use aug_cfg::AugmentationCfg;
 pub use decode::{decode_image, decode_image_with_limit, MAX_IMAGE_PIXELS};
 pub use resample::{resize, Interpolation};
+pub use train::{
+    resized_crop, to_grayscale, AugmentationDraw, ColorAdjustment, CropBox, TrainTransform,
+};
 pub use val::{center_crop_or_pad, ResizeMode, ValTransform};
 
 pub use image::RgbImage;

@@ -195,7 +195,9 @@ fn resize_horizontally(
                     sums[channel] += i32::from(pixel[channel]) * weight;
                 }
             }
-            output.extend(sums.map(to_pixel));
+            for sum in sums {
+                output.push(to_pixel(sum));
+            }
         }
     }
     RgbImage::from_raw(width, rows.len() as u32, output)

@@ -143,6 +143,15 @@ pub fn center_crop_or_pad(img: &RgbImage, size: (u32, u32), fill: u8) -> RgbImag
     let centred_offset = |extra: i64| (extra as f64 / 2.0).round_ties_even() as i64;
     let crop_top = centred_offset(padded_height - crop_height);
     let crop_left = centred_offset(padded_width - crop_width);
+    if pad_top == 0 && pad_left == 0 && height >= crop_height && width >= crop_width {
+        let row_bytes = 3 * crop_width as usize;
+        let mut raw = Vec::with_capacity(row_bytes * crop_height as usize);
+        for y in crop_top..crop_top + crop_height {
+            let start = 3 * (y * width + crop_left) as usize;
+            raw.extend_from_slice(&img.as_raw()[start..start + row_bytes]);
+        }
+        return RgbImage::from_raw(size.1, size.0, raw).expect("rows x width RGB pixels");
+    }
     RgbImage::from_fn(size.1, size.0, |x, y| {
         let source_x = i64::from(x) + crop_left - pad_left;
         let source_y = i64::from(y) + crop_top - pad_top;

@@ -1,0 +1,282 @@
+//! The batcher: the end of the loading path. It gathers augmented samples
+//! into fixed-size batches of contiguous tensors ready to copy to the device
+//! (images `[B, 3, H, W]` f32, texts `[B, context_length]` i64, in pinned
+//! memory when a GPU will take them), and, seeing the whole stream in one
+//! place, applies the bad-data policy ([`BadDataTally`]). Its running totals
+//! go to a [`LoadingLedger`] that the program launching the graph can read.
+//!
+//! Also here: [`BatchSink`], which drops batches, for running the loading
+//! path alone (`clipflow bench data`).
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+
+use crate::augmenter::AugmentedSample;
+use crate::bad_data::{BadDataCounts, BadDataPolicy, BadDataTally, SampleOrSkip};
+use crate::runtime::{Emitter, Stage, WorkerInfo};
+use crate::text_settings::{number_in, switch};
+use crate::topology::Settings;
+
+/// One batch, ready for the device.
+#[derive(Debug)]
+pub struct Batch {
+    /// `[B, 3, H, W]` f32, contiguous.
+    pub images: Tensor,
+    /// `[B, context_length]` i64, contiguous.
+    pub texts: Tensor,
+    /// The key of each row's sample.
+    pub keys: Vec<String>,
+}
+
+/// How the batcher cuts and places batches, and what bad data it tolerates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatcherConfig {
+    pub batch_size: usize,
+    /// Drop the last batch of the stream when it is not full (training does,
+    /// as OpenCLIP's loader does).
+    pub drop_last: bool,
+    /// Allocate batches in page-locked memory, for fast copies to a GPU.
+    pub pin_memory: bool,
+    pub bad_data: BadDataPolicy,
+}
+
+impl BatcherConfig {
+    /// Reads the settings of a `batcher` component: `batch_size`,
+    /// `drop_last` (default true), `pin_memory` (default false),
+    /// `max_bad_fraction`, `bad_data_min_items`, `log_first_skips`.
+    pub fn from_settings(settings: &Settings) -> Result<Self> {
+        let defaults = BadDataPolicy::default();
+        let config = BatcherConfig {
+            batch_size: settings.required_u64("batch_size")? as usize,
+            drop_last: switch(settings, "drop_last", true)?,
+            pin_memory: switch(settings, "pin_memory", false)?,
+            bad_data: BadDataPolicy {
+                max_fraction: number_in(
+                    settings,
+                    "max_bad_fraction",
+                    0.0..=1.0,
+                    defaults.max_fraction,
+                )?,
+                min_items: settings
+                    .u64("bad_data_min_items")?
+                    .unwrap_or(defaults.min_items),
+                log_first: settings
+                    .u64("log_first_skips")?
+                    .unwrap_or(defaults.log_first),
+            },
+        };
+        anyhow::ensure!(
+            config.batch_size > 0,
+            "setting 'batch_size': must be at least 1"
+        );
+        Ok(config)
+    }
+}
+
+/// What the loading path has delivered so far; readable while and after
+/// the graph runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadingTotals {
+    pub batches: u64,
+    /// Samples delivered in batches.
+    pub samples: u64,
+    /// Samples of a last, partial batch that was dropped.
+    pub dropped_samples: u64,
+    pub skipped: BadDataCounts,
+}
+
+/// Shared record of a batcher's [`LoadingTotals`].
+#[derive(Debug, Default)]
+pub struct LoadingLedger(Mutex<LoadingTotals>);
+
+impl LoadingLedger {
+    pub fn totals(&self) -> LoadingTotals {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LoadingTotals> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The batch being filled.
+struct PartialBatch {
+    images: BatchImages,
+    tokens: Vec<i64>,
+    keys: Vec<String>,
+}
+
+/// The image tensor of a batch being filled, row by row.
+struct BatchImages {
+    /// `[batch_size, 3, height, width]` f32, contiguous, in CPU memory, and
+    /// referenced by nothing else until the batch is sealed.
+    tensor: Tensor,
+    values_per_image: usize,
+}
+
+impl BatchImages {
+    fn new(batch_size: usize, image_size: (usize, usize), pin_memory: bool) -> Result<Self> {
+        let (height, width) = image_size;
+        let shape = [batch_size as i64, 3, height as i64, width as i64];
+        let tensor = Tensor::f_empty(shape, (Kind::Float, Device::Cpu))?;
+        let tensor = if pin_memory {
+            tensor.f_pin_memory(Device::Cuda(0))?
+        } else {
+            tensor
+        };
+        Ok(BatchImages {
+            tensor,
+            values_per_image: 3 * height * width,
+        })
+    }
+
+    /// Copies one image's values into row `row`.
+    fn write(&mut self, row: usize, values: &[f32]) {
+        let all = self.values_mut();
+        all[row * values.len()..(row + 1) * values.len()].copy_from_slice(values);
+    }
+
+    fn values_mut(&mut self) -> &mut [f32] {
+        let len = self.tensor.numel();
+        // SAFETY: `tensor` was allocated by `new` as a contiguous f32 CPU
+        // tensor of `len` elements and is not shared until `seal` moves it
+        // out, so its storage is `len` initialised-or-not f32 slots that
+        // only this `&mut self` borrow can reach.
+        unsafe { std::slice::from_raw_parts_mut(self.tensor.data_ptr() as *mut f32, len) }
+    }
+}
+
+/// Cuts the sample stream into batches. It holds a partly filled batch, so
+/// it runs as one worker and is never restarted.
+pub struct Batcher {
+    config: BatcherConfig,
+    ledger: Arc<LoadingLedger>,
+    tally: BadDataTally,
+    current: Option<PartialBatch>,
+}
+
+impl Batcher {
+    /// A function that builds the batcher (one worker; it refuses more,
+    /// since parallel batchers would each hold a partial batch).
+    pub fn maker(
+        config: BatcherConfig,
+        ledger: Arc<LoadingLedger>,
+    ) -> impl Fn(WorkerInfo) -> Result<Batcher> {
+        move |worker| {
+            anyhow::ensure!(
+                worker.count == 1,
+                "a batcher runs as one worker (parallelism = 1), not {}",
+                worker.count
+            );
+            Ok(Batcher {
+                tally: BadDataTally::new(config.bad_data),
+                config: config.clone(),
+                ledger: Arc::clone(&ledger),
+                current: None,
+            })
+        }
+    }
+
+    fn add(&mut self, sample: AugmentedSample) -> Result<Option<Batch>> {
+        let batch_size = self.config.batch_size;
+        if self.current.is_none() {
+            self.current = Some(PartialBatch {
+                images: BatchImages::new(batch_size, sample.image_size, self.config.pin_memory)?,
+                tokens: Vec::with_capacity(batch_size * sample.tokens.len()),
+                keys: Vec::with_capacity(batch_size),
+            });
+        }
+        let current = self.current.as_mut().expect("a batch is being filled");
+        anyhow::ensure!(
+            sample.image.len() == current.images.values_per_image,
+            "sample {}: its image has {} values where the batch's first had {}; \
+             every image of a batch must have the same size",
+            sample.key,
+            sample.image.len(),
+            current.images.values_per_image
+        );
+        current.images.write(current.keys.len(), &sample.image);
+        current.tokens.extend_from_slice(&sample.tokens);
+        current.keys.push(sample.key);
+        if current.keys.len() < batch_size {
+            return Ok(None);
+        }
+        let full = self.current.take().expect("a batch is being filled");
+        self.seal(full).map(Some)
+    }
+
+    /// The finished batch (cut to its rows, for a last partial one).
+    fn seal(&self, batch: PartialBatch) -> Result<Batch> {
+        let rows = batch.keys.len() as i64;
+        let images = if rows < self.config.batch_size as i64 {
+            batch.images.tensor.f_narrow(0, 0, rows)?
+        } else {
+            batch.images.tensor
+        };
+        let context_length = batch.tokens.len() as i64 / rows.max(1);
+        let texts = Tensor::f_from_slice(&batch.tokens)?.f_view([rows, context_length])?;
+        let texts = if self.config.pin_memory {
+            texts.f_pin_memory(Device::Cuda(0))?
+        } else {
+            texts
+        };
+        let mut ledger = self.ledger.lock();
+        ledger.batches += 1;
+        ledger.samples += rows as u64;
+        Ok(Batch {
+            images,
+            texts,
+            keys: batch.keys,
+        })
+    }
+}
+
+impl Stage for Batcher {
+    type In = SampleOrSkip<AugmentedSample>;
+    type Out = Batch;
+
+    fn process(&mut self, item: Self::In, out: &mut Emitter<Batch>) -> Result<()> {
+        match item {
+            SampleOrSkip::Sample(sample) => {
+                self.tally.record_sample();
+                if let Some(batch) = self.add(sample)? {
+                    out.emit(batch)?;
+                }
+            }
+            SampleOrSkip::Skipped(bad) => {
+                let verdict = self.tally.record_skip(&bad);
+                self.ledger.lock().skipped = self.tally.counts().clone();
+                verdict?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Emitter<Batch>) -> Result<()> {
+        self.tally.check()?;
+        if let Some(last) = self.current.take() {
+            if self.config.drop_last {
+                self.ledger.lock().dropped_samples += last.keys.len() as u64;
+            } else {
+                out.emit(self.seal(last)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Drops the batches it receives: the end of the loading path when it runs
+/// alone. The runtime's counters say how many it took.
+#[derive(Debug, Clone, Default)]
+pub struct BatchSink;
+
+impl Stage for BatchSink {
+    type In = Batch;
+    type Out = ();
+
+    fn process(&mut self, _batch: Batch, _out: &mut Emitter<()>) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,294 @@
+//! The shard reader, the source of the loading path: for one epoch, the
+//! share of the training data that this rank and this reader worker own,
+//! streamed as undecoded samples with OpenCLIP's semantics.
+//!
+//! - webdataset: the shard list of `--train-data` (braces, `::`, upsampling
+//!   factors), shuffled per epoch and split across ranks and readers, or
+//!   drawn with replacement (`--dataset-resampled`); tar members grouped into
+//!   samples by key; OpenCLIP's sample shuffle buffer; at most the reader's
+//!   share of the epoch's batches (`--train-num-samples` or the size file,
+//!   rounded up to whole batches per reader as OpenCLIP's `with_epoch` does).
+//! - csv: the rows of `--train-data` in a per-epoch order, split across ranks
+//!   and readers; images read from the paths the rows name.
+//! - synthetic: `--train-num-samples` black images of the model's size.
+//!
+//! The per-format logic lives in `clipflow_core::data`; this actor chooses,
+//! configures and drains it. Bad shards, members and files become
+//! [`SampleOrSkip::Skipped`] items and the stream goes on.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use clipflow_core::data::csv_source::CsvDataset;
+use clipflow_core::data::dataset_type::{resolve_data_format, DataFormat, DatasetType};
+use clipflow_core::data::shard_list::{
+    check_upsampling_needs_resampling, train_epoch_shards, ResampledShards, ShardList,
+};
+use clipflow_core::data::shard_stream::ShardOpener;
+use clipflow_core::data::shuffle_buffer::shuffle_samples;
+use clipflow_core::data::sizes::{train_epoch_size, train_num_samples, Rounding};
+use clipflow_core::data::synthetic::SyntheticDataset;
+use clipflow_core::data::tar_samples::ShardSamples;
+use clipflow_core::data::{ReaderSlot, Sample, SourceItem};
+use clipflow_core::model::{ModelConfig, ModelOverrides};
+
+use crate::bad_data::SampleOrSkip;
+use crate::runtime::{Emitter, Source, WorkerInfo};
+use crate::text_settings::{non_empty, switch};
+use crate::topology::Settings;
+
+/// The columns and separator of a CSV dataset (`--csv-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsvColumns {
+    pub separator: String,
+    pub image_key: String,
+    pub caption_key: String,
+}
+
+impl Default for CsvColumns {
+    /// OpenCLIP's defaults.
+    fn default() -> Self {
+        CsvColumns {
+            separator: "\t".into(),
+            image_key: "filepath".into(),
+            caption_key: "title".into(),
+        }
+    }
+}
+
+/// What one epoch of the shard reader reads; the same for all its workers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardReaderConfig {
+    /// `--train-data`: shard pattern(s) or a CSV file; unused for synthetic.
+    pub data: String,
+    pub format: DataFormat,
+    /// `--dataset-resampled`: draw shards with replacement.
+    pub resampled: bool,
+    /// `--train-data-upsampling-factors`, as written.
+    pub upsampling_factors: Option<String>,
+    /// `--train-num-samples`; `None` reads the shards' size file.
+    pub num_samples: Option<u64>,
+    /// Samples per batch on each rank, to round the epoch to whole batches.
+    pub batch_size: u64,
+    pub seed: u64,
+    pub epoch: u64,
+    pub rank: usize,
+    pub world_size: usize,
+    pub csv: CsvColumns,
+    /// (height, width) of the synthetic dataset's images.
+    pub synthetic_image_size: (u32, u32),
+}
+
+impl ShardReaderConfig {
+    /// Reads the settings of a `shard-reader` component: `data`,
+    /// `dataset_type`, `resampled`, `upsampling_factors`, `num_samples`
+    /// (0 = from the size file), `batch_size`, `seed`, `epoch`, `rank`,
+    /// `world_size`, `csv_separator`, `csv_img_key`, `csv_caption_key`, and
+    /// `model` (the image size of synthetic data).
+    pub fn from_settings(settings: &Settings) -> Result<Self> {
+        let data = settings.string("data")?.unwrap_or_default();
+        let dataset_type: DatasetType = non_empty(settings, "dataset_type")?
+            .unwrap_or_else(|| "auto".into())
+            .parse()?;
+        let format = if dataset_type == DatasetType::Synthetic {
+            DataFormat::Synthetic
+        } else if data.trim().is_empty() {
+            bail!("no training data: pass --train-data (or --dataset-type synthetic)");
+        } else {
+            resolve_data_format(&data, dataset_type)?
+        };
+        let model = non_empty(settings, "model")?.unwrap_or_else(|| "RN50".into());
+        let (height, width) = ModelConfig::by_name(&model, &ModelOverrides::default())?
+            .vision_cfg
+            .image_size
+            .height_width();
+        let defaults = CsvColumns::default();
+        let config = ShardReaderConfig {
+            data,
+            format,
+            resampled: switch(settings, "resampled", false)?,
+            upsampling_factors: non_empty(settings, "upsampling_factors")?,
+            num_samples: settings.u64("num_samples")?.filter(|&n| n > 0),
+            batch_size: settings.u64("batch_size")?.unwrap_or(64),
+            seed: settings.u64("seed")?.unwrap_or(0),
+            epoch: settings.u64("epoch")?.unwrap_or(0),
+            rank: settings.u64("rank")?.unwrap_or(0) as usize,
+            world_size: settings.u64("world_size")?.unwrap_or(1) as usize,
+            csv: CsvColumns {
+                separator: settings
+                    .string("csv_separator")?
+                    .unwrap_or(defaults.separator),
+                image_key: non_empty(settings, "csv_img_key")?.unwrap_or(defaults.image_key),
+                caption_key: non_empty(settings, "csv_caption_key")?
+                    .unwrap_or(defaults.caption_key),
+            },
+            synthetic_image_size: (height as u32, width as u32),
+        };
+        if config.batch_size == 0 {
+            bail!("setting 'batch_size': must be at least 1");
+        }
+        if config.world_size == 0 || config.rank >= config.world_size {
+            bail!(
+                "rank {} is not below world_size {}",
+                config.rank,
+                config.world_size
+            );
+        }
+        if config.format == DataFormat::WebDataset {
+            check_upsampling_needs_resampling(
+                config.upsampling_factors.as_deref(),
+                config.resampled,
+            )?;
+        }
+        Ok(config)
+    }
+}
+
+/// A CSV table loaded once and shared by the reader's workers.
+type SharedCsv = Arc<Mutex<Option<Arc<CsvDataset>>>>;
+
+/// One worker of the shard reader.
+pub struct ShardReader {
+    config: Arc<ShardReaderConfig>,
+    worker: WorkerInfo,
+    opener: Arc<ShardOpener>,
+    csv: SharedCsv,
+}
+
+impl ShardReader {
+    /// A function that builds worker `i` of `n` of one shard-reader component.
+    pub fn maker(config: ShardReaderConfig) -> impl Fn(WorkerInfo) -> Result<ShardReader> {
+        let config = Arc::new(config);
+        let opener = Arc::new(ShardOpener::new());
+        let csv = SharedCsv::default();
+        move |worker| {
+            Ok(ShardReader {
+                config: Arc::clone(&config),
+                worker,
+                opener: Arc::clone(&opener),
+                csv: Arc::clone(&csv),
+            })
+        }
+    }
+
+    fn slot(&self) -> ReaderSlot {
+        ReaderSlot {
+            rank: self.config.rank,
+            world_size: self.config.world_size,
+            worker: self.worker.index,
+            workers: self.worker.count,
+        }
+    }
+
+    fn read_webdataset(&self, out: &mut Emitter<SampleOrSkip<Sample>>) -> Result<()> {
+        let config = &self.config;
+        let shards = ShardList::expand(&config.data, config.upsampling_factors.as_deref())?;
+        let num_samples = train_num_samples(config.num_samples, &config.data)?;
+        let epoch_size = train_epoch_size(
+            num_samples,
+            config.batch_size,
+            config.world_size as u64,
+            self.worker.count as u64,
+            Rounding::Ceil,
+        )?;
+        let limit = epoch_size.batches_per_reader * config.batch_size;
+        let slot = self.slot();
+        let shard_order: Box<dyn Iterator<Item = String> + Send> = if config.resampled {
+            Box::new(ResampledShards::new(
+                &shards,
+                config.seed,
+                config.epoch,
+                slot,
+            )?)
+        } else {
+            Box::new(train_epoch_shards(&shards, config.seed, config.epoch, slot)?.into_iter())
+        };
+        let samples = ShardSamples::new(shard_order, Arc::clone(&self.opener));
+        let shuffled = shuffle_samples(samples, config.seed, config.epoch, slot);
+        emit_all(shuffled, Some(limit), out)
+    }
+
+    fn read_csv(&self, out: &mut Emitter<SampleOrSkip<Sample>>) -> Result<()> {
+        let config = &self.config;
+        let dataset = self.load_csv()?;
+        let order: Vec<usize> = dataset
+            .epoch_order(config.seed, config.epoch, config.rank, config.world_size)
+            .into_iter()
+            .skip(self.worker.index)
+            .step_by(self.worker.count)
+            .collect();
+        emit_all(dataset.samples(order), None, out)
+    }
+
+    fn load_csv(&self) -> Result<Arc<CsvDataset>> {
+        let mut shared = self.csv.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(dataset) = shared.as_ref() {
+            return Ok(Arc::clone(dataset));
+        }
+        let csv = &self.config.csv;
+        let dataset = Arc::new(CsvDataset::load(
+            Path::new(&self.config.data),
+            &csv.separator,
+            &csv.image_key,
+            &csv.caption_key,
+        )?);
+        *shared = Some(Arc::clone(&dataset));
+        Ok(dataset)
+    }
+
+    fn read_synthetic(&self, out: &mut Emitter<SampleOrSkip<Sample>>) -> Result<()> {
+        let config = &self.config;
+        let (height, width) = config.synthetic_image_size;
+        let dataset = SyntheticDataset::new(width, height, config.num_samples)?;
+        let share = dataset
+            .samples(config.rank as u64, config.world_size as u64)
+            .skip(self.worker.index)
+            .step_by(self.worker.count);
+        emit_all(share, None, out)
+    }
+}
+
+impl Source for ShardReader {
+    type Out = SampleOrSkip<Sample>;
+
+    fn run(&mut self, out: &mut Emitter<Self::Out>) -> Result<()> {
+        let what = match self.config.format {
+            DataFormat::WebDataset => self.read_webdataset(out),
+            DataFormat::Csv => self.read_csv(out),
+            DataFormat::Synthetic => self.read_synthetic(out),
+        };
+        what.with_context(|| {
+            format!(
+                "reading {} data {:?} (reader {} of {})",
+                self.config.format,
+                self.config.data,
+                self.worker.index + 1,
+                self.worker.count
+            )
+        })
+    }
+}
+
+/// Sends every item downstream, stopping after `limit` samples (skips do
+/// not count towards it).
+fn emit_all(
+    items: impl Iterator<Item = SourceItem>,
+    limit: Option<u64>,
+    out: &mut Emitter<SampleOrSkip<Sample>>,
+) -> Result<()> {
+    let mut samples = 0u64;
+    for item in items {
+        match item {
+            SourceItem::Sample(sample) => {
+                out.emit(SampleOrSkip::Sample(sample))?;
+                samples += 1;
+                if limit.is_some_and(|limit| samples >= limit) {
+                    break;
+                }
+            }
+            SourceItem::Skipped(skip) => out.emit(SampleOrSkip::Skipped(skip.into()))?,
+        }
+    }
+    Ok(())
+}

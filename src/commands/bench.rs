@@ -1,0 +1,211 @@
+//! `clipflow bench data [training flags]`: runs the loading path alone, from
+//! shards to device-ready batches, with `clipflow train`'s flags, prints the
+//! per-stage summary on stderr and ends with one JSON line on stdout:
+//! `images`, `seconds`, `images_per_second`, `skipped` (counts by kind),
+//! `peak_memory_bytes` (the process's peak resident set), and the batch
+//! count, batch size and workers.
+//!
+//! The graph is `topologies/train-data.toml` (built into the binary), or the
+//! file `--topology` names; the training flags fill in its `[flags]`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use clipflow_actors::batcher::LoadingLedger;
+use clipflow_actors::kinds::{register_batcher, standard_registry};
+use clipflow_actors::runtime::RunError;
+use clipflow_actors::topology::{FlagValues, Topology};
+use serde_json::json;
+
+use crate::train_args::TrainArgs;
+
+/// The default loading topology, as the binary carries it.
+const TRAIN_DATA_TOPOLOGY: &str = include_str!("../../topologies/train-data.toml");
+const TRAIN_DATA_TOPOLOGY_NAME: &str = "topologies/train-data.toml";
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchTarget,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchTarget {
+    /// Time the loading path alone: shards to device-ready batches.
+    Data(Box<BenchDataArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchDataArgs {
+    /// Loading topology to run instead of the built-in topologies/train-data.toml.
+    #[arg(long, value_name = "FILE")]
+    pub topology: Option<PathBuf>,
+    /// Stop with an error when more than this fraction of the data is bad
+    /// (corrupt images, samples without a caption, unreadable shards...).
+    #[arg(long, default_value_t = 0.25, value_name = "FRACTION")]
+    pub max_bad_fraction: f64,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    match args.what {
+        BenchTarget::Data(args) => bench_data(*args),
+    }
+}
+
+fn bench_data(args: BenchDataArgs) -> Result<()> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.max_bad_fraction),
+        "--max-bad-fraction must be from 0 to 1, got {}",
+        args.max_bad_fraction
+    );
+    let train = args
+        .train
+        .resolve_defaults_and_validate()
+        .map_err(|error| anyhow::anyhow!("{}", error.to_string().trim_end()))?;
+    let mut flags = topology_flags(&train);
+    flags.set("max-bad-fraction", &args.max_bad_fraction.to_string());
+
+    let ledger = Arc::new(LoadingLedger::default());
+    let mut registry = standard_registry();
+    register_batcher(&mut registry, Arc::clone(&ledger));
+    let (topology_name, topology) = match &args.topology {
+        Some(path) => (
+            path.display().to_string(),
+            Topology::load(path, &flags, &registry)?,
+        ),
+        None => (
+            TRAIN_DATA_TOPOLOGY_NAME.to_string(),
+            Topology::parse(
+                Path::new(TRAIN_DATA_TOPOLOGY_NAME),
+                TRAIN_DATA_TOPOLOGY,
+                &flags,
+                &registry,
+            )?,
+        ),
+    };
+    let mut graph = topology.into_graph()?;
+    graph.show_live_status(std::io::stderr().is_terminal());
+    let report = match graph.run() {
+        Ok(report) => report,
+        Err(RunError::StageFailed {
+            stage,
+            error,
+            report,
+        }) => {
+            eprintln!("{report}");
+            return Err(error).with_context(|| {
+                format!("{topology_name}: stage '{stage}' failed; the loading path was stopped")
+            });
+        }
+        Err(error) => return Err(error).with_context(|| topology_name.clone()),
+    };
+    eprintln!("{report}");
+
+    let totals = ledger.totals();
+    let seconds = report.elapsed.as_secs_f64();
+    let summary = json!({
+        "images": totals.samples,
+        "batches": totals.batches,
+        "seconds": seconds,
+        "images_per_second": if seconds > 0.0 { totals.samples as f64 / seconds } else { 0.0 },
+        "skipped": totals.skipped,
+        "dropped_samples": totals.dropped_samples,
+        "peak_memory_bytes": peak_resident_bytes(),
+        "batch_size": train.batch_size,
+        "workers": train.workers,
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+/// The topology flags `clipflow train`'s flags stand for. `--workers 0`
+/// (OpenCLIP: load in the main process) runs one worker thread per stage.
+fn topology_flags(train: &TrainArgs) -> FlagValues {
+    let mut flags = FlagValues::new();
+    let join = |values: &[f64]| {
+        values
+            .iter()
+            .map(f64::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let aug_cfg: Vec<String> = train
+        .aug_cfg
+        .iter()
+        .map(|entry| {
+            let literal = entry.literal.to_string().replace(' ', "");
+            format!("{}={literal}", entry.setting.key())
+        })
+        .collect();
+    let pin_memory = train.device.starts_with("cuda") && tch::Cuda::is_available();
+    for (name, value) in [
+        ("train-data", train.train_data.clone().unwrap_or_default()),
+        ("dataset-type", train.dataset_type.as_str().to_string()),
+        ("dataset-resampled", train.dataset_resampled.to_string()),
+        (
+            "train-data-upsampling-factors",
+            train
+                .train_data_upsampling_factors
+                .clone()
+                .unwrap_or_default(),
+        ),
+        (
+            "train-num-samples",
+            train.train_num_samples.unwrap_or(0).to_string(),
+        ),
+        ("csv-separator", train.csv_separator.clone()),
+        ("csv-img-key", train.csv_img_key.clone()),
+        ("csv-caption-key", train.csv_caption_key.clone()),
+        ("batch-size", train.batch_size.to_string()),
+        ("workers", train.workers.max(1).to_string()),
+        ("model", train.model.clone()),
+        ("seed", train.seed.to_string()),
+        ("aug-cfg", aug_cfg.join(" ")),
+        (
+            "image-mean",
+            train.image_mean.as_deref().map(join).unwrap_or_default(),
+        ),
+        (
+            "image-std",
+            train.image_std.as_deref().map(join).unwrap_or_default(),
+        ),
+        (
+            "image-interpolation",
+            train
+                .image_interpolation
+                .map(|i| i.as_str().to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "image-resize-mode",
+            train
+                .image_resize_mode
+                .map(|m| m.as_str().to_string())
+                .unwrap_or_default(),
+        ),
+        ("pin-memory", pin_memory.to_string()),
+    ] {
+        flags.set(name, &value);
+    }
+    flags
+}
+
+/// The peak resident set size of this process (`VmHWM` in
+/// `/proc/self/status`), where the system reports it.
+fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kilobytes: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kilobytes * 1024)
+}

@@ -1,0 +1,215 @@
+//! The default loading topology (topologies/train-data.toml: shard reader ->
+//! decoder -> augmenter -> batcher -> sink) on each kind of data: batches
+//! have the model's shapes and dtypes, a one-pass webdataset epoch delivers
+//! every sample exactly once across reader workers, and the CSV and
+//! synthetic paths work. `clipflow bench data` ends with its JSON line.
+
+mod common;
+mod loaders_support;
+
+use std::collections::BTreeSet;
+
+use clipflow_actors::augmenter::normalized_channels_first;
+use clipflow_core::transform::{
+    decode_image, to_normalized_tensor, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD,
+};
+use loaders_support::{
+    assert_batch_layout, bench_summary, make_test_shards, run_bench, run_train_data,
+};
+use tch::Tensor;
+
+/// The CLIP tokenizer's start- and end-of-text ids.
+const START_OF_TEXT: i64 = 49406;
+const END_OF_TEXT: i64 = 49407;
+
+#[test]
+fn webdataset_epoch_delivers_each_sample_once_in_model_shaped_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    make_test_shards(dir.path(), 4, 10);
+    let pattern = format!("{}/shard-{{00000..00003}}.tar", dir.path().display());
+    let run = run_train_data(&[
+        ("train-data", &pattern),
+        ("batch-size", "8"),
+        ("workers", "2"),
+        ("model", "ViT-B-32"),
+        ("seed", "3"),
+    ])
+    .unwrap();
+
+    // 40 samples (sizes.json) in batches of 8: five full batches.
+    assert_eq!(run.batches.len(), 5);
+    for batch in &run.batches {
+        assert_batch_layout(batch, 8, 224);
+        // Normalised pixels of photographs: finite, within (0 - mean) / std
+        // and (1 - mean) / std, and not all equal.
+        assert!(batch.images.isfinite().all().int64_value(&[]) == 1);
+        let normalised =
+            |pixel: f64, c: usize| (pixel - OPENAI_DATASET_MEAN[c]) / OPENAI_DATASET_STD[c];
+        let low = (0..3).map(|c| normalised(0.0, c)).fold(f64::MAX, f64::min) - 1e-4;
+        let high = (0..3).map(|c| normalised(1.0, c)).fold(f64::MIN, f64::max) + 1e-4;
+        assert!(batch.images.min().double_value(&[]) >= low);
+        assert!(batch.images.max().double_value(&[]) <= high);
+        assert!(batch.images.std(false).double_value(&[]) > 0.1);
+        for row in 0..8 {
+            let tokens = Vec::<i64>::try_from(batch.texts.get(row)).unwrap();
+            assert_eq!(tokens[0], START_OF_TEXT);
+            assert!(tokens.contains(&END_OF_TEXT));
+        }
+    }
+
+    let keys = run.keys();
+    let unique: BTreeSet<&String> = keys.iter().collect();
+    let expected: BTreeSet<String> = (0..40).map(|i| format!("{i:09}")).collect();
+    assert_eq!(unique.len(), keys.len(), "a sample was delivered twice");
+    assert_eq!(unique, expected.iter().collect(), "samples went missing");
+    assert_ne!(
+        keys,
+        expected.into_iter().collect::<Vec<_>>(),
+        "the epoch was not shuffled"
+    );
+    assert_eq!(run.totals.samples, 40);
+    assert_eq!(run.totals.skipped.total(), 0);
+}
+
+#[test]
+fn partial_last_batch_is_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    make_test_shards(dir.path(), 2, 7);
+    let pattern = format!("{}/shard-{{00000..00001}}.tar", dir.path().display());
+    let run = run_train_data(&[
+        ("train-data", &pattern),
+        ("batch-size", "4"),
+        ("workers", "1"),
+        ("model", "RN50"),
+    ])
+    .unwrap();
+    // 14 samples: three batches of 4, the last 2 dropped as in training.
+    assert_eq!(run.batches.len(), 3);
+    assert_eq!(run.totals.samples, 12);
+    assert_eq!(run.totals.dropped_samples, 2);
+}
+
+#[test]
+fn csv_rows_become_batches_and_a_missing_image_file_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    make_test_shards(dir.path(), 1, 6);
+    // Unpack the shard's images and write a tab-separated table naming
+    // them, plus one row naming a file that does not exist.
+    let script = r#"
+import os, sys, tarfile
+folder = sys.argv[1]
+rows = ["filepath\ttitle"]
+with tarfile.open(os.path.join(folder, "shard-00000.tar")) as tar:
+    for member in tar.getmembers():
+        if member.name.endswith(".jpg"):
+            path = os.path.join(folder, member.name)
+            with open(path, "wb") as f:
+                f.write(tar.extractfile(member).read())
+            rows.append(f"{path}\ta caption for {member.name}")
+rows.insert(3, f"{os.path.join(folder, 'missing.jpg')}\tno such file")
+with open(os.path.join(folder, "train.csv"), "w") as f:
+    f.write("\n".join(rows) + "\n")
+"#;
+    common::run_oracle(script, &[dir.path().to_str().unwrap()]);
+    let csv = dir.path().join("train.csv");
+    let run = run_train_data(&[
+        ("train-data", csv.to_str().unwrap()),
+        ("batch-size", "3"),
+        ("workers", "2"),
+        ("model", "RN50"),
+    ])
+    .unwrap();
+    // 6 readable rows in batches of 3; the missing file is counted.
+    assert_eq!(run.batches.len(), 2);
+    for batch in &run.batches {
+        assert_batch_layout(batch, 3, 224);
+    }
+    assert_eq!(run.totals.skipped.get("unreadable_image_file"), 1);
+    assert_eq!(run.totals.skipped.total(), 1);
+    let keys: BTreeSet<String> = run.keys().into_iter().collect();
+    assert_eq!(keys.len(), 6);
+}
+
+#[test]
+fn synthetic_data_gives_black_images_and_dummy_captions() {
+    let run = run_train_data(&[
+        ("dataset-type", "synthetic"),
+        ("train-num-samples", "8"),
+        ("batch-size", "4"),
+        ("workers", "2"),
+        ("model", "ViT-B-32"),
+    ])
+    .unwrap();
+    assert_eq!(run.batches.len(), 2);
+    let black: Vec<f64> = (0..3)
+        .map(|c| (0.0 - OPENAI_DATASET_MEAN[c]) / OPENAI_DATASET_STD[c])
+        .collect();
+    for batch in &run.batches {
+        assert_batch_layout(batch, 4, 224);
+        let expected = Tensor::from_slice(&black)
+            .to_kind(tch::Kind::Float)
+            .view([1, 3, 1, 1])
+            .expand([4, 3, 224, 224], false);
+        // ToTensor + Normalize in f32: (0 - mean) / std rounds once per
+        // operation, so 1e-6 (a few f32 ulps at these magnitudes) suffices.
+        assert!(batch.images.allclose(&expected, 0.0, 1e-6, false));
+        // "Dummy caption": start, two words, end, then padding.
+        let tokens = Vec::<i64>::try_from(batch.texts.get(0)).unwrap();
+        assert_eq!(tokens[0], START_OF_TEXT);
+        assert_eq!(tokens[3], END_OF_TEXT);
+        assert!(tokens[4..].iter().all(|&t| t == 0));
+    }
+}
+
+#[test]
+fn bench_data_prints_one_json_line() {
+    let dir = tempfile::tempdir().unwrap();
+    make_test_shards(dir.path(), 2, 8);
+    let pattern = format!("{}/shard-{{00000..00001}}.tar", dir.path().display());
+    let (ok, stdout, stderr) = run_bench(&[
+        "--train-data",
+        &pattern,
+        "--batch-size",
+        "4",
+        "--workers",
+        "2",
+        "--model",
+        "ViT-B-32",
+    ]);
+    assert!(ok, "bench failed: {stderr}");
+    let summary = bench_summary(&stdout);
+    assert_eq!(summary["images"], 16);
+    assert_eq!(summary["batches"], 4);
+    assert!(summary["seconds"].as_f64().unwrap() > 0.0);
+    assert!(summary["images_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(summary["skipped"], serde_json::json!({}));
+    assert!(summary["peak_memory_bytes"].as_u64().unwrap() > 1 << 20);
+    // The per-stage table goes to stderr.
+    assert!(stderr.contains("bottleneck"), "{stderr}");
+}
+
+#[test]
+fn augmenter_normalisation_equals_the_validation_transform_bit_for_bit() {
+    // A photograph of the test shards, decoded.
+    let dir = tempfile::tempdir().unwrap();
+    make_test_shards(dir.path(), 1, 1);
+    let script = r#"
+import sys, tarfile
+with tarfile.open(sys.argv[1]) as tar:
+    sys.stdout.buffer.write(tar.extractfile("000000000.jpg").read())
+"#;
+    let shard = dir.path().join("shard-00000.tar");
+    let jpeg = std::process::Command::new(common::oracle_python())
+        .args(["-c", script, shard.to_str().unwrap()])
+        .output()
+        .unwrap()
+        .stdout;
+    let image = decode_image(&jpeg, "000000000.jpg").unwrap();
+    let (mean, std) = ([0.5, 0.4, 0.3], [0.2, 0.25, 0.3]);
+    let expected = to_normalized_tensor(&image, mean, std);
+    let values = normalized_channels_first(&image, mean, std);
+    let (height, width) = (image.height() as i64, image.width() as i64);
+    let actual = Tensor::from_slice(&values).view([3, height, width]);
+    // Same f32 operations in the same order: exactly equal.
+    assert!(actual.equal(&expected));
+}
