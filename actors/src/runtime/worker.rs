@@ -86,6 +86,21 @@ fn spawn_thread(
 }
 
 /// Maps a component's error to the outcome: `Stopped` is not a failure.
+/// Builds worker `index` of a component with its `make` function; a failure
+/// is the worker's outcome, with `what` as context.
+fn start_worker<C>(
+    make: &MakeComponent<C>,
+    index: usize,
+    env: &WorkerEnv,
+    what: &'static str,
+) -> Result<C, WorkerOutcome> {
+    let worker = WorkerInfo {
+        index,
+        count: env.workers,
+    };
+    make(worker).map_err(|error| WorkerOutcome::Failed(error.context(what)))
+}
+
 fn outcome_of(result: anyhow::Result<()>) -> WorkerOutcome {
     match result {
         Ok(()) => WorkerOutcome::Finished,
@@ -104,13 +119,9 @@ impl<S: Source> WorkerSpawner for SourceSpawner<S> {
         let make = Arc::clone(&self.make);
         let output = self.output.clone();
         spawn_thread(index, env, on_exit, move |env| {
-            let worker = WorkerInfo {
-                index,
-                count: env.workers,
-            };
-            let mut source = match make(worker) {
+            let mut source = match start_worker(&make, index, &env, "starting the source") {
                 Ok(source) => source,
-                Err(error) => return WorkerOutcome::Failed(error.context("starting the source")),
+                Err(failed) => return failed,
             };
             let mut out = Emitter::new(output, env.shutdown.clone(), Arc::clone(&env.stats));
             let started = Instant::now();
@@ -133,13 +144,9 @@ impl<S: Stage> WorkerSpawner for StageSpawner<S> {
         let input = self.input.clone();
         let output = self.output.clone();
         spawn_thread(index, env, on_exit, move |env| {
-            let worker = WorkerInfo {
-                index,
-                count: env.workers,
-            };
-            let mut stage = match make(worker) {
+            let mut stage = match start_worker(&make, index, &env, "starting the stage") {
                 Ok(stage) => stage,
-                Err(error) => return WorkerOutcome::Failed(error.context("starting the stage")),
+                Err(failed) => return failed,
             };
             let mut out = Emitter::new(output, env.shutdown.clone(), Arc::clone(&env.stats));
             outcome_of(feed_stage(&mut stage, &input, &mut out, env))
