@@ -17,8 +17,10 @@ STAMP="$VENV/.clipflow-ready"
 # pillow for the oracle scripts, scikit-learn and scikit-image for the
 # photographs their wheels ship (test images), pandas and webdataset 0.2.86
 # for open_clip_train.data (newer webdataset releases break OpenCLIP 3.3.0's
-# loader). The stamp records this list, so changing it reinstalls.
-REQUIREMENTS="torch==$TORCH_VERSION open_clip_torch==$OPENCLIP_VERSION safetensors pillow scikit-learn scikit-image pandas webdataset==0.2.86"
+# loader), tensorboard (its event reader checks our event files) and wandb
+# (the official SDK our --report-to wandb sidecar drives). The stamp records
+# this list, so changing it reinstalls.
+REQUIREMENTS="torch==$TORCH_VERSION open_clip_torch==$OPENCLIP_VERSION safetensors pillow scikit-learn scikit-image pandas webdataset==0.2.86 tensorboard wandb"
 
 log() { echo "[setup] $*" >&2; }
 
