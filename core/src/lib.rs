@@ -3,6 +3,7 @@
 //! and weight-file formats. Knows nothing of actors or the CLI.
 
 pub mod data;
+pub mod eval;
 pub mod loss;
 pub mod model;
 pub mod shim;

@@ -1,5 +1,5 @@
-//! Data sources: where training and validation samples come from, with
-//! OpenCLIP's semantics (`open_clip_train.data`). This module owns
+//! Data sources: where training, validation and zero-shot samples come from,
+//! with OpenCLIP's semantics (`open_clip_train.data`). This module owns
 //!
 //! - the shard list of a webdataset (`--train-data` brace patterns, `::`
 //!   sources, upsampling factors, per-epoch shard shuffle, resampling, and the
@@ -9,14 +9,17 @@
 //! - the sample shuffle buffer: [`shuffle_buffer`];
 //! - CSV and synthetic datasets: [`csv_source`], [`synthetic`];
 //! - `--dataset-type auto` detection: [`dataset_type`];
+//! - the class-labelled image folders of `--imagenet-val` / `--imagenet-v2`:
+//!   [`image_folder`];
 //! - dataset sizes (`sizes.json`, `__len__`, epoch rounding): [`sizes`].
 //!
-//! Everything here is plain Rust iterators; the actors wrap them. Bad data is
-//! never fatal here: a source yields [`SourceItem::Skipped`] naming the kind,
+//! Everything here is plain Rust iterators; the actors wrap them. Bad data in
+//! a sample source is never fatal: a source yields [`SourceItem::Skipped`] naming the kind,
 //! the shard or file and the key, and the consumer counts it in [`SkipCounts`].
 
 pub mod csv_source;
 pub mod dataset_type;
+pub mod image_folder;
 pub mod shard_list;
 pub mod shard_stream;
 pub mod shuffle_buffer;
