@@ -251,7 +251,14 @@ pub fn unsupported_reason(config: &ModelConfig) -> Option<String> {
 
 impl ModelConfig {
     /// Looks `name` up in OpenCLIP's table and applies the `--force-*` flags.
+    /// The config of OpenCLIP model `name`, or, when `name` ends in `.json`,
+    /// the config in that file (a model of one's own, in OpenCLIP's format).
     pub fn by_name(name: &str, overrides: &ModelOverrides) -> Result<Self> {
+        if name.ends_with(".json") {
+            let text = std::fs::read_to_string(name)
+                .with_context(|| format!("--model {name}: reading the model config file"))?;
+            return Self::from_json(&text, &format!("--model {name}"), overrides);
+        }
         let raw = all_configs().get(name).with_context(|| {
             format!("--model: unknown model `{name}` (`clipflow models` lists the known ones)")
         })?;
@@ -312,6 +319,20 @@ mod tests {
             ModelConfig::by_name(name, &ModelOverrides::default())
                 .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         }
+    }
+
+    #[test]
+    fn a_json_path_names_a_config_file() {
+        let path = std::env::temp_dir().join(format!("clipflow-config-{}.json", std::process::id()));
+        let mut raw = all_configs()["ViT-B-32"].clone();
+        raw["embed_dim"] = 24.into();
+        std::fs::write(&path, raw.to_string()).unwrap();
+        let name = path.to_str().unwrap();
+        let config = ModelConfig::by_name(name, &ModelOverrides::default()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(config.embed_dim, 24);
+        let missing = ModelConfig::by_name("no-such-dir/model.json", &ModelOverrides::default());
+        assert!(format!("{:#}", missing.unwrap_err()).contains("no-such-dir/model.json"));
     }
 
     #[test]
