@@ -5,6 +5,7 @@
 pub mod data;
 pub mod loss;
 pub mod model;
+pub mod py_literal;
 pub mod shim;
 pub mod tokenizer;
 pub mod transform;
