@@ -15,6 +15,8 @@
 use clap::builder::PossibleValue;
 use clap::error::ErrorKind;
 use clap::{ArgAction, Args, Command, FromArgMatches, ValueEnum};
+use clipflow_core::py_literal::without_digit_separators;
+use clipflow_core::transform::{AugCfgEntry, AugmentationCfg};
 use serde_json::{json, Value};
 
 /// Parses `clipflow train` flags (`argv` without the program name), then fills
@@ -265,7 +267,7 @@ pub struct TrainArgs {
     /// values, e.g. `scale=(0.08,1.0) ratio=(0.75,1.33) re_prob=0.25`. Keys:
     /// scale, ratio, color_jitter, re_prob, re_count, use_timm,
     /// color_jitter_prob, gray_scale_prob.
-    #[arg(long, num_args = 0.., action = ArgAction::Set, value_name = "KEY=VALUE", value_parser = parse_aug_cfg_entry, help_heading = "Data loading and preprocessing")]
+    #[arg(long, num_args = 0.., action = ArgAction::Set, value_name = "KEY=VALUE", value_parser = AugCfgEntry::parse, help_heading = "Data loading and preprocessing")]
     pub aug_cfg: Vec<AugCfgEntry>,
 
     // ------------------------------------------------------------- locking
@@ -561,24 +563,10 @@ impl TrainArgs {
         self.report_to.split(',').map(str::trim)
     }
 
-    /// The --aug-cfg settings in typed form; a field left `None` (or false)
-    /// keeps OpenCLIP's default. When a key is given twice the last one wins,
-    /// as in a Python dict.
-    pub fn augmentation_overrides(&self) -> AugmentationOverrides {
-        let mut overrides = AugmentationOverrides::default();
-        for entry in &self.aug_cfg {
-            match &entry.setting {
-                AugSetting::Scale(range) => overrides.scale = Some(*range),
-                AugSetting::Ratio(range) => overrides.ratio = *range,
-                AugSetting::ColorJitter(jitter) => overrides.color_jitter = jitter.clone(),
-                AugSetting::ReProb(p) => overrides.re_prob = *p,
-                AugSetting::ReCount(count) => overrides.re_count = *count,
-                AugSetting::UseTimm(yes) => overrides.use_timm = *yes,
-                AugSetting::ColorJitterProb(p) => overrides.color_jitter_prob = *p,
-                AugSetting::GrayScaleProb(p) => overrides.gray_scale_prob = *p,
-            }
-        }
-        overrides
+    /// The --aug-cfg settings applied to OpenCLIP's defaults; when a key is
+    /// given twice the last one wins, as in a Python dict.
+    pub fn augmentation_cfg(&self) -> AugmentationCfg {
+        AugmentationCfg::from_entries(&self.aug_cfg)
     }
 
     /// The flags set here that clipflow cannot honour, each with the reason
@@ -599,7 +587,7 @@ impl TrainArgs {
                 "it loads timm ImageNet weights and clipflow has no timm image towers; start from --pretrained instead",
             ));
         }
-        if self.augmentation_overrides().use_timm {
+        if self.augmentation_cfg().use_timm {
             found.push(unsupported(
                 "--aug-cfg use_timm=True",
                 "timm's augmentation pipeline is Python code; leave use_timm out to get OpenCLIP's own augmentations",
@@ -903,23 +891,6 @@ fn finite_float(text: &str) -> Result<f64, String> {
     }
 }
 
-/// Trims `text` and removes `_` digit separators, refusing a `_` that is not
-/// between two digits (as Python does).
-fn without_digit_separators(text: &str) -> Option<String> {
-    let trimmed = text.trim();
-    let chars: Vec<char> = trimmed.chars().collect();
-    for (i, c) in chars.iter().enumerate() {
-        if *c == '_' {
-            let digit_before = i > 0 && chars[i - 1].is_ascii_digit();
-            let digit_after = chars.get(i + 1).is_some_and(|next| next.is_ascii_digit());
-            if !(digit_before && digit_after) {
-                return None;
-            }
-        }
-    }
-    Some(trimmed.replace('_', ""))
-}
-
 fn positive_usize(text: &str) -> Result<usize, String> {
     match python_int(text) {
         Ok(n) if n > 0 => usize::try_from(n).map_err(|_| format!("{n} is too large")),
@@ -1005,400 +976,5 @@ fn report_to_list(text: &str) -> Result<String, String> {
             "unknown sink {unknown:?}; use tensorboard, wandb or all, comma-separated (e.g. tensorboard,wandb)"
         )),
         None => Ok(text.to_owned()),
-    }
-}
-
-// -------------------------------------------------------------- --aug-cfg
-
-/// One `key=value` item of --aug-cfg: the value as OpenCLIP reads it (a
-/// Python literal) and as clipflow uses it (typed and checked).
-#[derive(Debug, Clone, PartialEq)]
-pub struct AugCfgEntry {
-    /// The value as `ast.literal_eval` reads it; this is what OpenCLIP stores.
-    pub literal: PyLiteral,
-    /// The key with its value in typed form.
-    pub setting: AugSetting,
-}
-
-/// A key of OpenCLIP's `AugmentationCfg` with a checked value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AugSetting {
-    /// Range of the crop area as a fraction of the image, for random resized crop.
-    Scale((f64, f64)),
-    /// Range of the crop aspect ratio; `None` keeps the default.
-    Ratio(Option<(f64, f64)>),
-    /// Colour-jitter strengths: one value, or brightness, contrast, saturation (and hue).
-    ColorJitter(Option<Vec<f64>>),
-    /// Probability of random erasing (timm pipeline).
-    ReProb(Option<f64>),
-    /// Number of random-erasing boxes (timm pipeline).
-    ReCount(Option<u32>),
-    /// Use timm's augmentation pipeline instead of OpenCLIP's.
-    UseTimm(bool),
-    /// Probability of applying colour jitter.
-    ColorJitterProb(Option<f64>),
-    /// Probability of converting to grayscale.
-    GrayScaleProb(Option<f64>),
-}
-
-impl AugSetting {
-    /// The keys --aug-cfg accepts: the fields of OpenCLIP's `AugmentationCfg`.
-    pub const KEYS: [&'static str; 8] = [
-        "scale",
-        "ratio",
-        "color_jitter",
-        "re_prob",
-        "re_count",
-        "use_timm",
-        "color_jitter_prob",
-        "gray_scale_prob",
-    ];
-
-    /// The key as written on the command line.
-    pub fn key(&self) -> &'static str {
-        match self {
-            Self::Scale(_) => "scale",
-            Self::Ratio(_) => "ratio",
-            Self::ColorJitter(_) => "color_jitter",
-            Self::ReProb(_) => "re_prob",
-            Self::ReCount(_) => "re_count",
-            Self::UseTimm(_) => "use_timm",
-            Self::ColorJitterProb(_) => "color_jitter_prob",
-            Self::GrayScaleProb(_) => "gray_scale_prob",
-        }
-    }
-
-    /// Checks `literal` against what `key` takes.
-    fn from_key_value(key: &str, literal: &PyLiteral) -> Result<Self, String> {
-        let optional = |check: fn(&PyLiteral) -> Option<f64>| -> Result<Option<f64>, ()> {
-            match literal {
-                PyLiteral::None => Ok(None),
-                other => check(other).map(Some).ok_or(()),
-            }
-        };
-        let setting = match key {
-            "scale" => literal.as_range().map(Self::Scale).ok_or(()),
-            "ratio" => match literal {
-                PyLiteral::None => Ok(Self::Ratio(None)),
-                other => other
-                    .as_range()
-                    .filter(|(lo, _)| *lo > 0.0)
-                    .map(|r| Self::Ratio(Some(r)))
-                    .ok_or(()),
-            },
-            "color_jitter" => match literal {
-                PyLiteral::None => Ok(Self::ColorJitter(None)),
-                other => other
-                    .as_color_jitter()
-                    .map(|j| Self::ColorJitter(Some(j)))
-                    .ok_or(()),
-            },
-            "re_prob" => optional(PyLiteral::as_probability).map(Self::ReProb),
-            "re_count" => match literal {
-                PyLiteral::None => Ok(Self::ReCount(None)),
-                PyLiteral::Int(n) => u32::try_from(*n)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .map(|n| Self::ReCount(Some(n)))
-                    .ok_or(()),
-                _ => Err(()),
-            },
-            "use_timm" => match literal {
-                PyLiteral::Bool(yes) => Ok(Self::UseTimm(*yes)),
-                _ => Err(()),
-            },
-            "color_jitter_prob" => optional(PyLiteral::as_probability).map(Self::ColorJitterProb),
-            "gray_scale_prob" => optional(PyLiteral::as_probability).map(Self::GrayScaleProb),
-            unknown => return Err(unknown_aug_cfg_key(unknown)),
-        };
-        setting.map_err(|()| format!("{key} must be {}, got {literal}", Self::expected(key)))
-    }
-
-    /// What a key's value must look like, for error messages.
-    fn expected(key: &str) -> &'static str {
-        match key {
-            "scale" => {
-                "a tuple (low, high) of non-negative numbers with low <= high, e.g. (0.08,1.0)"
-            }
-            "ratio" => {
-                "None or a tuple (low, high) of positive numbers with low <= high, e.g. (0.75,1.33)"
-            }
-            "color_jitter" => "None, a non-negative number, or a tuple of 3 or 4 of them",
-            "re_count" => "None or a positive integer",
-            "use_timm" => "True or False",
-            _ => "None or a probability in [0, 1]",
-        }
-    }
-}
-
-/// The --aug-cfg settings in typed form; `None` (or false) keeps OpenCLIP's
-/// default for that setting.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AugmentationOverrides {
-    /// Crop-area range of random resized crop (OpenCLIP's default: (0.9, 1.0)).
-    pub scale: Option<(f64, f64)>,
-    /// Crop aspect-ratio range (default: that of random resized crop, (3/4, 4/3)).
-    pub ratio: Option<(f64, f64)>,
-    /// Colour-jitter strengths: 1, 3 or 4 values.
-    pub color_jitter: Option<Vec<f64>>,
-    /// Random-erasing probability (timm pipeline).
-    pub re_prob: Option<f64>,
-    /// Random-erasing box count (timm pipeline).
-    pub re_count: Option<u32>,
-    /// Use timm's augmentation pipeline.
-    pub use_timm: bool,
-    /// Probability of colour jitter.
-    pub color_jitter_prob: Option<f64>,
-    /// Probability of grayscale conversion.
-    pub gray_scale_prob: Option<f64>,
-}
-
-/// Parses one `key=value` item of --aug-cfg. Like OpenCLIP, the value is a
-/// Python literal; unlike OpenCLIP, which only fails when the model is built,
-/// an unknown key or a value of the wrong shape is refused here.
-fn parse_aug_cfg_entry(text: &str) -> Result<AugCfgEntry, String> {
-    let (key, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected key=value, got {text:?}"))?;
-    if value.contains('=') {
-        return Err(format!("expected a single `=` in key=value, got {text:?}"));
-    }
-    if !AugSetting::KEYS.contains(&key) {
-        return Err(unknown_aug_cfg_key(key));
-    }
-    let literal = PyLiteral::parse(value).map_err(|why| format!("value of {key}: {why}"))?;
-    let setting = AugSetting::from_key_value(key, &literal)?;
-    Ok(AugCfgEntry { literal, setting })
-}
-
-fn unknown_aug_cfg_key(key: &str) -> String {
-    format!(
-        "unknown key {key:?}; the keys are {} (e.g. scale=(0.08,1.0) ratio=(0.75,1.33))",
-        AugSetting::KEYS.join(", ")
-    )
-}
-
-/// The Python literals --aug-cfg values can hold: what `ast.literal_eval`
-/// returns for numbers, True/False/None, tuples and lists.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PyLiteral {
-    /// Python's `None`.
-    None,
-    /// `True` or `False`.
-    Bool(bool),
-    /// An integer literal.
-    Int(i64),
-    /// A floating-point literal.
-    Float(f64),
-    /// `( ... )`
-    Tuple(Vec<PyLiteral>),
-    /// `[ ... ]`
-    List(Vec<PyLiteral>),
-}
-
-impl PyLiteral {
-    /// Parses `text` as a Python literal of the forms above.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut reader = LiteralReader {
-            chars: text.chars().collect(),
-            pos: 0,
-        };
-        let literal = reader.value()?;
-        reader.skip_spaces();
-        if reader.pos < reader.chars.len() {
-            return Err(format!(
-                "{text:?} is not a Python literal (numbers, True, False, None, tuples and lists of them)"
-            ));
-        }
-        Ok(literal)
-    }
-
-    /// The value in JSON: None as null, tuples and lists as arrays.
-    pub fn to_json(&self) -> Value {
-        match self {
-            Self::None => Value::Null,
-            Self::Bool(yes) => json!(yes),
-            Self::Int(n) => json!(n),
-            Self::Float(x) => json!(x),
-            Self::Tuple(items) | Self::List(items) => {
-                Value::Array(items.iter().map(Self::to_json).collect())
-            }
-        }
-    }
-
-    fn as_number(&self) -> Option<f64> {
-        match self {
-            Self::Int(n) => Some(*n as f64),
-            Self::Float(x) if x.is_finite() => Some(*x),
-            _ => None,
-        }
-    }
-
-    fn as_numbers(&self) -> Option<Vec<f64>> {
-        match self {
-            Self::Tuple(items) | Self::List(items) => items.iter().map(Self::as_number).collect(),
-            _ => None,
-        }
-    }
-
-    fn as_probability(&self) -> Option<f64> {
-        self.as_number().filter(|p| (0.0..=1.0).contains(p))
-    }
-
-    /// A (low, high) pair of non-negative numbers with low <= high.
-    fn as_range(&self) -> Option<(f64, f64)> {
-        match self.as_numbers()?.as_slice() {
-            [low, high] if 0.0 <= *low && low <= high => Some((*low, *high)),
-            _ => None,
-        }
-    }
-
-    /// One non-negative number, or 3 or 4 of them.
-    fn as_color_jitter(&self) -> Option<Vec<f64>> {
-        let values = match self.as_number() {
-            Some(x) => vec![x],
-            None => self.as_numbers().filter(|v| v.len() == 3 || v.len() == 4)?,
-        };
-        values.iter().all(|x| *x >= 0.0).then_some(values)
-    }
-}
-
-impl std::fmt::Display for PyLiteral {
-    /// Writes the literal back in Python syntax.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let join = |items: &[PyLiteral]| {
-            items
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        match self {
-            Self::None => write!(f, "None"),
-            Self::Bool(true) => write!(f, "True"),
-            Self::Bool(false) => write!(f, "False"),
-            Self::Int(n) => write!(f, "{n}"),
-            Self::Float(x) => write!(f, "{x:?}"),
-            Self::Tuple(items) if items.len() == 1 => write!(f, "({},)", join(items)),
-            Self::Tuple(items) => write!(f, "({})", join(items)),
-            Self::List(items) => write!(f, "[{}]", join(items)),
-        }
-    }
-}
-
-/// A recursive-descent reader over the characters of one literal.
-struct LiteralReader {
-    chars: Vec<char>,
-    pos: usize,
-}
-
-impl LiteralReader {
-    fn peek(&self) -> Option<char> {
-        self.chars.get(self.pos).copied()
-    }
-
-    fn skip_spaces(&mut self) {
-        while self.peek().is_some_and(char::is_whitespace) {
-            self.pos += 1;
-        }
-    }
-
-    fn value(&mut self) -> Result<PyLiteral, String> {
-        self.skip_spaces();
-        match self.peek() {
-            Some('(') => {
-                let (mut items, trailing_comma) = self.sequence(')')?;
-                // `(x)` is just x in Python; `(x,)` and `()` are tuples.
-                if items.len() == 1 && !trailing_comma {
-                    Ok(items.remove(0))
-                } else {
-                    Ok(PyLiteral::Tuple(items))
-                }
-            }
-            Some('[') => self.sequence(']').map(|(items, _)| PyLiteral::List(items)),
-            Some(c) if c.is_ascii_digit() || matches!(c, '.' | '+' | '-') => self.number(),
-            Some(c) if c.is_alphabetic() || c == '_' => self.keyword(),
-            Some(c) => Err(format!("unexpected {c:?} in a Python literal")),
-            None => Err("empty value; write a Python literal such as 0.5 or (0.9,1.0)".to_owned()),
-        }
-    }
-
-    /// Reads `open items... close`, returning the items and whether a comma
-    /// followed the last one.
-    fn sequence(&mut self, close: char) -> Result<(Vec<PyLiteral>, bool), String> {
-        self.pos += 1; // the opening bracket
-        let mut items = Vec::new();
-        let mut trailing_comma = false;
-        loop {
-            self.skip_spaces();
-            if self.peek() == Some(close) {
-                self.pos += 1;
-                return Ok((items, trailing_comma));
-            }
-            items.push(self.value()?);
-            self.skip_spaces();
-            match self.peek() {
-                Some(',') => {
-                    self.pos += 1;
-                    trailing_comma = true;
-                }
-                Some(c) if c == close => trailing_comma = false,
-                _ => {
-                    return Err(format!(
-                        "expected ',' or '{close}' in a Python tuple or list"
-                    ))
-                }
-            }
-        }
-    }
-
-    fn number(&mut self) -> Result<PyLiteral, String> {
-        let start = self.pos;
-        let negative = self.peek() == Some('-');
-        if matches!(self.peek(), Some('+' | '-')) {
-            self.pos += 1;
-            self.skip_spaces();
-        }
-        let digits_start = self.pos;
-        let mut is_float = false;
-        while let Some(c) = self.peek() {
-            let follows_exponent =
-                self.pos > digits_start && matches!(self.chars[self.pos - 1], 'e' | 'E');
-            let exponent_sign = matches!(c, '+' | '-') && follows_exponent;
-            if !(c.is_ascii_digit() || matches!(c, '_' | '.' | 'e' | 'E') || exponent_sign) {
-                break;
-            }
-            is_float |= matches!(c, '.' | 'e' | 'E');
-            self.pos += 1;
-        }
-        let text: String = self.chars[start..self.pos].iter().collect();
-        let body: String = self.chars[digits_start..self.pos].iter().collect();
-        let bad = || format!("{text:?} is not a number");
-        let magnitude = if is_float {
-            PyLiteral::Float(finite_float(&body).map_err(|_| bad())?)
-        } else {
-            PyLiteral::Int(python_int(&body).map_err(|_| bad())?)
-        };
-        Ok(match (negative, magnitude) {
-            (true, PyLiteral::Float(x)) => PyLiteral::Float(-x),
-            (true, PyLiteral::Int(n)) => PyLiteral::Int(-n),
-            (_, literal) => literal,
-        })
-    }
-
-    fn keyword(&mut self) -> Result<PyLiteral, String> {
-        let start = self.pos;
-        while self.peek().is_some_and(|c| c.is_alphanumeric() || c == '_') {
-            self.pos += 1;
-        }
-        let word: String = self.chars[start..self.pos].iter().collect();
-        match word.as_str() {
-            "True" => Ok(PyLiteral::Bool(true)),
-            "False" => Ok(PyLiteral::Bool(false)),
-            "None" => Ok(PyLiteral::None),
-            _ => Err(format!(
-                "{word:?} is not a Python literal (write True, False or None, capitalised)"
-            )),
-        }
     }
 }

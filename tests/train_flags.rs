@@ -6,7 +6,8 @@
 
 mod common;
 
-use clipflow::train_args::{parse_train_args, AugmentationOverrides, TrainArgs};
+use clipflow::train_args::{parse_train_args, TrainArgs};
+use clipflow_core::transform::AugmentationCfg;
 use serde_json::Value;
 use std::path::Path;
 
@@ -366,15 +367,15 @@ fn aug_cfg_reads_typed_settings_and_last_key_wins() {
         "re_count=2", "color_jitter_prob=0.8", "scale=(0.5,1.0)",
     ])
     .expect("valid --aug-cfg");
-    let expected = AugmentationOverrides {
-        scale: Some((0.5, 1.0)),
+    let expected = AugmentationCfg {
+        scale: (0.5, 1.0),
         ratio: Some((0.75, 1.25)),
         color_jitter: Some(vec![0.4, 0.4, 0.4, 0.1]),
         re_count: Some(2),
         color_jitter_prob: Some(0.8),
-        ..AugmentationOverrides::default()
+        ..AugmentationCfg::default()
     };
-    assert_eq!(args.augmentation_overrides(), expected);
+    assert_eq!(args.augmentation_cfg(), expected);
 }
 
 #[test]

@@ -5,11 +5,20 @@
 //! (`--image-mean`, `--image-std`, `--image-interpolation`,
 //! `--image-resize-mode`, `--aug-cfg`).
 //!
-//! SWITCH POINT: the image transform is OpenCLIP's validation transform
-//! (resize, centre crop, normalise). OpenCLIP's training transform (random
-//! resized crop, jitter, grey scale, `--aug-cfg`) replaces it in
-//! [`ImageTransform`] once `clipflow_core::transform` provides it; until
-//! then a non-empty `aug_cfg` is refused rather than ignored.
+//! `mode = "train"` (the default) applies OpenCLIP's training transform
+//! (random resized crop, colour jitter and grey scale as `--aug-cfg` asks);
+//! `mode = "val"` its validation transform (resize, centre crop). As in
+//! OpenCLIP, the training transform always resizes with bicubic filtering
+//! and ignores `--image-interpolation` and `--image-resize-mode` (both are
+//! still checked).
+//!
+//! Randomness: each worker draws from its own ChaCha stream seeded from
+//! (`seed`, `epoch`, worker index), so the same samples reaching the same
+//! workers in the same order get the same augmentations.
+//!
+//! The per-image work uses no libtorch operations (plain pixel buffers in,
+//! a plain `f32` buffer out), so loader threads never enter libtorch's
+//! intra-op thread pool and need no `tch::set_num_threads`.
 
 use std::sync::Arc;
 
@@ -17,13 +26,15 @@ use anyhow::{bail, ensure, Context, Result};
 use clipflow_core::model::{ModelConfig, ModelOverrides};
 use clipflow_core::tokenizer::{ClipTokenizer, TextTokenizer};
 use clipflow_core::transform::{
-    Interpolation, ResizeMode, RgbImage, ValTransform, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD,
+    AugmentationCfg, Interpolation, ResizeMode, RgbImage, TrainTransform, ValTransform,
+    OPENAI_DATASET_MEAN, OPENAI_DATASET_STD,
 };
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 use crate::bad_data::SampleOrSkip;
 use crate::decoder::DecodedSample;
 use crate::runtime::{Emitter, Stage, WorkerInfo};
-use crate::text_settings::non_empty;
 use crate::topology::Settings;
 
 /// A sample ready to be batched.
@@ -39,67 +50,118 @@ pub struct AugmentedSample {
     pub tokens: Vec<i64>,
 }
 
-/// The image transform the augmenter applies (see the module's SWITCH POINT).
-pub type ImageTransform = ValTransform;
+/// Which of OpenCLIP's image transforms an augmenter applies.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ImageTransform {
+    /// The training transform: random crop, jitter, grey scale.
+    Train(TrainTransform),
+    /// The validation transform: resize, centre crop (or pad).
+    Val(ValTransform),
+}
 
 /// What an augmenter does to each sample; shared by its workers.
 pub struct AugmenterConfig {
     pub transform: ImageTransform,
+    /// Per-channel normalisation applied after the transform.
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
     pub tokenizer: Arc<ClipTokenizer>,
     pub context_length: usize,
+    /// Seed and epoch of the training transform's random draws.
+    pub seed: u64,
+    pub epoch: u64,
 }
 
+/// Offset of the augmenters' random streams, away from those of the shard
+/// readers (`clipflow_core::data`), which use the high 16 bits for their
+/// purposes 1 to 4.
+const AUGMENTATION_STREAM: u64 = 0x100 << 48;
+
 impl AugmenterConfig {
-    /// Reads the settings of an `augmenter` component: `model` (image size,
-    /// context length), `image_mean`, `image_std` (one value or three,
-    /// separated by spaces or commas), `image_interpolation`,
-    /// `image_resize_mode`, `aug_cfg`. Empty values keep the defaults.
+    /// Reads the settings of an `augmenter` component: `mode` (`train`, the
+    /// default, or `val`), `model` (image size, context length),
+    /// `image_mean`, `image_std` (one value or three, separated by spaces or
+    /// commas), `image_interpolation`, `image_resize_mode`, `aug_cfg`
+    /// (`key=value` items as `--aug-cfg` takes them, separated by spaces;
+    /// train mode only), `seed`, `epoch`. Empty values keep the defaults.
     pub fn from_settings(settings: &Settings) -> Result<Self> {
-        let model = non_empty(settings, "model")?.unwrap_or_else(|| "RN50".into());
+        let model = settings
+            .non_empty_string("model")?
+            .unwrap_or_else(|| "RN50".into());
         let config = ModelConfig::by_name(&model, &ModelOverrides::default())?;
         if config.text_cfg.hf_tokenizer_name.is_some() {
             bail!("--model {model} uses a HuggingFace tokenizer, which the augmenter does not load yet");
         }
         let (height, width) = config.vision_cfg.image_size.height_width();
+        let image_size = (height as u32, width as u32);
         let mean = channel_values(settings, "image_mean")?.unwrap_or(OPENAI_DATASET_MEAN);
         let std = channel_values(settings, "image_std")?.unwrap_or(OPENAI_DATASET_STD);
         ensure!(
             std.iter().all(|&s| s > 0.0),
             "setting 'image_std': every value must be positive, got {std:?}"
         );
-        let interpolation: Interpolation = non_empty(settings, "image_interpolation")?
-            .as_deref()
-            .unwrap_or("bicubic")
-            .parse()
-            .context("setting 'image_interpolation'")?;
-        let resize_mode: ResizeMode = non_empty(settings, "image_resize_mode")?
-            .as_deref()
-            .unwrap_or("shortest")
-            .parse()
-            .context("setting 'image_resize_mode'")?;
-        if let Some(aug_cfg) = non_empty(settings, "aug_cfg")? {
-            bail!(
-                "--aug-cfg {aug_cfg:?}: the training augmentations are not wired into the \
-                 augmenter yet (it applies OpenCLIP's validation transform); drop --aug-cfg"
-            );
-        }
-        Ok(AugmenterConfig {
-            transform: ValTransform::new(
-                (height as u32, width as u32),
+        let interpolation = settings
+            .parsed("image_interpolation", str::parse::<Interpolation>)?
+            .unwrap_or(Interpolation::Bicubic);
+        let resize_mode = settings
+            .parsed("image_resize_mode", str::parse::<ResizeMode>)?
+            .unwrap_or(ResizeMode::Shortest);
+        let is_train = settings
+            .parsed("mode", |mode| match mode {
+                "train" => Ok(true),
+                "val" => Ok(false),
+                other => bail!("expected \"train\" or \"val\", got {other:?}"),
+            })?
+            .unwrap_or(true);
+        let transform = if is_train {
+            let train = |augmentation: &AugmentationCfg| {
+                TrainTransform::new(image_size, mean, std, augmentation)
+            };
+            let configured =
+                settings.parsed("aug_cfg", |text| train(&AugmentationCfg::parse(text)?))?;
+            match configured {
+                Some(transform) => ImageTransform::Train(transform),
+                None => ImageTransform::Train(train(&AugmentationCfg::default())?),
+            }
+        } else {
+            if settings.non_empty_string("aug_cfg")?.is_some() {
+                bail!(
+                    "setting 'aug_cfg': the validation transform has no augmentations; \
+                     remove aug_cfg or use mode = \"train\""
+                );
+            }
+            ImageTransform::Val(ValTransform::new(
+                image_size,
                 mean,
                 std,
                 interpolation,
                 resize_mode,
-            ),
+            ))
+        };
+        Ok(AugmenterConfig {
+            transform,
+            mean,
+            std,
             tokenizer: Arc::new(ClipTokenizer::new()?),
             context_length: config.text_cfg.context_length as usize,
+            seed: settings.u64("seed")?.unwrap_or(0),
+            epoch: settings.u64("epoch")?.unwrap_or(0),
         })
+    }
+
+    /// The random stream of augmenter worker `worker_index`: seeded with
+    /// `seed + epoch` (as OpenCLIP seeds its per-epoch randomness), on a
+    /// stream of its own.
+    pub fn worker_rng(&self, worker_index: usize) -> ChaCha8Rng {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(self.epoch));
+        rng.set_stream(AUGMENTATION_STREAM | worker_index as u64);
+        rng
     }
 }
 
 /// `image_mean` / `image_std`: one value for all channels or three.
 fn channel_values(settings: &Settings, key: &str) -> Result<Option<[f64; 3]>> {
-    let Some(text) = non_empty(settings, key)? else {
+    let Some(text) = settings.non_empty_string(key)? else {
         return Ok(None);
     };
     let values = text
@@ -137,35 +199,50 @@ pub fn normalized_channels_first(img: &RgbImage, mean: [f64; 3], std: [f64; 3]) 
     values
 }
 
-/// Transforms images and tokenizes captions; keeps no state between samples.
+/// Transforms images and tokenizes captions; one per worker, with its own
+/// random stream.
 pub struct Augmenter {
     config: Arc<AugmenterConfig>,
+    rng: ChaCha8Rng,
 }
 
 impl Augmenter {
     /// A function that builds each worker of one augmenter component.
     pub fn maker(config: AugmenterConfig) -> impl Fn(WorkerInfo) -> Result<Augmenter> {
         let config = Arc::new(config);
-        move |_worker| {
-            Ok(Augmenter {
-                config: Arc::clone(&config),
-            })
-        }
+        move |worker| Ok(Augmenter::new(Arc::clone(&config), worker.index))
     }
 
-    /// The model's inputs for one decoded sample.
-    pub fn augment(&self, sample: DecodedSample) -> AugmentedSample {
-        let transform = &self.config.transform;
-        let pixels = transform.resize_and_crop(&sample.image);
-        AugmentedSample {
-            image: normalized_channels_first(&pixels, transform.mean, transform.std),
+    /// Worker `worker_index` of an augmenter with `config`.
+    pub fn new(config: Arc<AugmenterConfig>, worker_index: usize) -> Self {
+        let rng = config.worker_rng(worker_index);
+        Augmenter { config, rng }
+    }
+
+    /// The model's inputs for one decoded sample; an image the training
+    /// transform cannot crop (an empty one) is an error naming the sample.
+    pub fn augment(&mut self, sample: DecodedSample) -> Result<AugmentedSample> {
+        let pixels = match &self.config.transform {
+            ImageTransform::Val(transform) => transform.resize_and_crop(&sample.image),
+            ImageTransform::Train(transform) => {
+                let (width, height) = sample.image.dimensions();
+                let draw = transform.sample(width, height, &mut self.rng);
+                transform
+                    .augment_pixels(&sample.image, &draw)
+                    .with_context(|| {
+                        format!("augmenting sample {:?} of {}", sample.key, sample.origin)
+                    })?
+            }
+        };
+        Ok(AugmentedSample {
+            image: normalized_channels_first(&pixels, self.config.mean, self.config.std),
             image_size: (pixels.height() as usize, pixels.width() as usize),
             tokens: self
                 .config
                 .tokenizer
                 .encode(&sample.caption, self.config.context_length),
             key: sample.key,
-        }
+        })
     }
 }
 
@@ -175,7 +252,7 @@ impl Stage for Augmenter {
 
     fn process(&mut self, item: Self::In, out: &mut Emitter<Self::Out>) -> Result<()> {
         let augmented = match item {
-            SampleOrSkip::Sample(sample) => SampleOrSkip::Sample(self.augment(sample)),
+            SampleOrSkip::Sample(sample) => SampleOrSkip::Sample(self.augment(sample)?),
             SampleOrSkip::Skipped(bad) => SampleOrSkip::Skipped(bad),
         };
         out.emit(augmented)?;

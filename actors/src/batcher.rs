@@ -16,7 +16,6 @@ use tch::{Device, Kind, Tensor};
 use crate::augmenter::AugmentedSample;
 use crate::bad_data::{BadDataCounts, BadDataPolicy, BadDataTally, SampleOrSkip};
 use crate::runtime::{Emitter, Stage, WorkerInfo};
-use crate::text_settings::{number_in, switch};
 use crate::topology::Settings;
 
 /// One batch, ready for the device.
@@ -50,15 +49,12 @@ impl BatcherConfig {
         let defaults = BadDataPolicy::default();
         let config = BatcherConfig {
             batch_size: settings.required_u64("batch_size")? as usize,
-            drop_last: switch(settings, "drop_last", true)?,
-            pin_memory: switch(settings, "pin_memory", false)?,
+            drop_last: settings.bool("drop_last")?.unwrap_or(true),
+            pin_memory: settings.bool("pin_memory")?.unwrap_or(false),
             bad_data: BadDataPolicy {
-                max_fraction: number_in(
-                    settings,
-                    "max_bad_fraction",
-                    0.0..=1.0,
-                    defaults.max_fraction,
-                )?,
+                max_fraction: settings
+                    .f64_in("max_bad_fraction", 0.0..=1.0)?
+                    .unwrap_or(defaults.max_fraction),
                 min_items: settings
                     .u64("bad_data_min_items")?
                     .unwrap_or(defaults.min_items),

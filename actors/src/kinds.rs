@@ -43,7 +43,7 @@ fn register_loading_kinds(registry: &mut Registry) {
     );
     registry.register_stage(
         "augmenter",
-        "transforms images and tokenizes captions for a model (settings: model, image_mean, image_std, ...)",
+        "transforms images (OpenCLIP's training or validation transform) and tokenizes captions for a model (settings: mode, model, aug_cfg, seed, epoch, image_mean, image_std, ...)",
         Restarts::Allowed,
         |settings| Ok(Augmenter::maker(AugmenterConfig::from_settings(settings)?)),
     );

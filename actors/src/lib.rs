@@ -8,5 +8,4 @@ pub mod decoder;
 pub mod kinds;
 pub mod runtime;
 pub mod shard_reader;
-mod text_settings;
 pub mod topology;

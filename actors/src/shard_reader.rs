@@ -35,7 +35,6 @@ use clipflow_core::model::{ModelConfig, ModelOverrides};
 
 use crate::bad_data::SampleOrSkip;
 use crate::runtime::{Emitter, Source, WorkerInfo};
-use crate::text_settings::{non_empty, switch};
 use crate::topology::Settings;
 
 /// The columns and separator of a CSV dataset (`--csv-*`).
@@ -88,7 +87,8 @@ impl ShardReaderConfig {
     /// `model` (the image size of synthetic data).
     pub fn from_settings(settings: &Settings) -> Result<Self> {
         let data = settings.string("data")?.unwrap_or_default();
-        let dataset_type: DatasetType = non_empty(settings, "dataset_type")?
+        let dataset_type: DatasetType = settings
+            .non_empty_string("dataset_type")?
             .unwrap_or_else(|| "auto".into())
             .parse()?;
         let format = if dataset_type == DatasetType::Synthetic {
@@ -98,7 +98,9 @@ impl ShardReaderConfig {
         } else {
             resolve_data_format(&data, dataset_type)?
         };
-        let model = non_empty(settings, "model")?.unwrap_or_else(|| "RN50".into());
+        let model = settings
+            .non_empty_string("model")?
+            .unwrap_or_else(|| "RN50".into());
         let (height, width) = ModelConfig::by_name(&model, &ModelOverrides::default())?
             .vision_cfg
             .image_size
@@ -107,8 +109,8 @@ impl ShardReaderConfig {
         let config = ShardReaderConfig {
             data,
             format,
-            resampled: switch(settings, "resampled", false)?,
-            upsampling_factors: non_empty(settings, "upsampling_factors")?,
+            resampled: settings.bool("resampled")?.unwrap_or(false),
+            upsampling_factors: settings.non_empty_string("upsampling_factors")?,
             num_samples: settings.u64("num_samples")?.filter(|&n| n > 0),
             batch_size: settings.u64("batch_size")?.unwrap_or(64),
             seed: settings.u64("seed")?.unwrap_or(0),
@@ -119,8 +121,11 @@ impl ShardReaderConfig {
                 separator: settings
                     .string("csv_separator")?
                     .unwrap_or(defaults.separator),
-                image_key: non_empty(settings, "csv_img_key")?.unwrap_or(defaults.image_key),
-                caption_key: non_empty(settings, "csv_caption_key")?
+                image_key: settings
+                    .non_empty_string("csv_img_key")?
+                    .unwrap_or(defaults.image_key),
+                caption_key: settings
+                    .non_empty_string("csv_caption_key")?
                     .unwrap_or(defaults.caption_key),
             },
             synthetic_image_size: (height as u32, width as u32),

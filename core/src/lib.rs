@@ -6,6 +6,7 @@ pub mod data;
 pub mod eval;
 pub mod loss;
 pub mod model;
+pub mod py_literal;
 pub mod shim;
 pub mod tokenizer;
 pub mod transform;

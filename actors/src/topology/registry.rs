@@ -175,6 +175,11 @@ impl Settings {
         self.values.get(key)
     }
 
+    /// The line a setting is on, if it is present and has one.
+    fn line(&self, key: &str) -> Option<usize> {
+        self.values.get(key).and_then(|(_, line)| *line)
+    }
+
     fn error(&self, key: &str, line: Option<usize>, message: String) -> SettingError {
         SettingError {
             key: key.to_string(),
@@ -215,6 +220,86 @@ impl Settings {
         }
     }
 
+    /// A string where empty (or blank) text means "not given", as a
+    /// `"${flag}"` whose flag was left at `""` gives.
+    pub fn non_empty_string(&self, key: &str) -> Result<Option<String>, SettingError> {
+        Ok(self.string(key)?.filter(|text| !text.trim().is_empty()))
+    }
+
+    /// A non-empty string (see [`Settings::non_empty_string`]) read by
+    /// `parse`; its error becomes this setting's error, with its line.
+    pub fn parsed<T>(
+        &self,
+        key: &str,
+        parse: impl FnOnce(&str) -> anyhow::Result<T>,
+    ) -> Result<Option<T>, SettingError> {
+        let Some(text) = self.non_empty_string(key)? else {
+            return Ok(None);
+        };
+        parse(&text)
+            .map(Some)
+            .map_err(|error| self.error(key, self.line(key), format!("{error:#}")))
+    }
+
+    /// A switch: a TOML boolean, or the text a `"${flag}"` substitution
+    /// yields: `true`/`false` (any case), `1`/`0`, `yes`/`no`; empty text
+    /// counts as not given.
+    pub fn bool(&self, key: &str) -> Result<Option<bool>, SettingError> {
+        let Some((value, line)) = self.get(key) else {
+            return Ok(None);
+        };
+        let text = match value {
+            toml::Value::Boolean(yes) => return Ok(Some(*yes)),
+            toml::Value::String(text) => text.trim().to_ascii_lowercase(),
+            _ => String::new(),
+        };
+        match (value, text.as_str()) {
+            (toml::Value::String(_), "") => Ok(None),
+            (_, "true" | "1" | "yes") => Ok(Some(true)),
+            (_, "false" | "0" | "no") => Ok(Some(false)),
+            _ => Err(self.error(key, *line, format!("expected true or false, got {value}"))),
+        }
+    }
+
+    /// A finite number: a TOML float or integer, or its text (`"0.25"`, as
+    /// a `"${flag}"` substitution yields); empty text counts as not given.
+    pub fn f64(&self, key: &str) -> Result<Option<f64>, SettingError> {
+        let Some((value, line)) = self.get(key) else {
+            return Ok(None);
+        };
+        let number = match value {
+            toml::Value::Float(x) => Some(*x),
+            toml::Value::Integer(n) => Some(*n as f64),
+            toml::Value::String(text) if text.trim().is_empty() => return Ok(None),
+            toml::Value::String(text) => text.trim().parse().ok(),
+            _ => None,
+        };
+        match number {
+            Some(x) if x.is_finite() => Ok(Some(x)),
+            _ => Err(self.error(key, *line, format!("expected a number, got {value}"))),
+        }
+    }
+
+    /// A number within `range` (see [`Settings::f64`]).
+    pub fn f64_in(
+        &self,
+        key: &str,
+        range: std::ops::RangeInclusive<f64>,
+    ) -> Result<Option<f64>, SettingError> {
+        match self.f64(key)? {
+            Some(x) if !range.contains(&x) => Err(self.error(
+                key,
+                self.line(key),
+                format!(
+                    "expected a number from {} to {}, got {x}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+            number => Ok(number),
+        }
+    }
+
     /// A list of non-negative integers.
     pub fn u64_list(&self, key: &str) -> Result<Option<Vec<u64>>, SettingError> {
         match self.get(key) {
@@ -250,5 +335,74 @@ impl Settings {
             .filter(|(key, _)| !read.contains(*key))
             .map(|(key, (_, line))| (key.clone(), *line))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings holding `key = value` on line 7.
+    fn one(key: &str, value: toml::Value) -> Settings {
+        let mut settings = Settings::new();
+        settings.insert(key, value, Some(7));
+        settings
+    }
+
+    #[test]
+    fn bool_takes_toml_booleans_and_the_text_of_substituted_flags() {
+        assert_eq!(one("on", true.into()).bool("on").unwrap(), Some(true));
+        for (text, expected) in [
+            ("true", Some(true)),
+            ("No", Some(false)),
+            ("0", Some(false)),
+        ] {
+            assert_eq!(one("on", text.into()).bool("on").unwrap(), expected);
+        }
+        assert_eq!(one("on", " ".into()).bool("on").unwrap(), None);
+        assert_eq!(Settings::new().bool("on").unwrap(), None);
+        for bad in ["maybe".into(), toml::Value::Integer(2)] {
+            let error = one("on", bad).bool("on").unwrap_err();
+            assert_eq!((error.key.as_str(), error.line), ("on", Some(7)));
+            assert!(error.message.contains("true or false"), "{error}");
+        }
+    }
+
+    #[test]
+    fn f64_takes_toml_numbers_and_their_text() {
+        assert_eq!(one("x", 0.25.into()).f64("x").unwrap(), Some(0.25));
+        assert_eq!(one("x", 1.into()).f64("x").unwrap(), Some(1.0));
+        assert_eq!(one("x", " 0.5 ".into()).f64("x").unwrap(), Some(0.5));
+        assert_eq!(one("x", "".into()).f64("x").unwrap(), None);
+        for bad in ["a quarter".into(), "inf".into(), toml::Value::Boolean(true)] {
+            let error = one("x", bad).f64("x").unwrap_err();
+            assert_eq!(error.line, Some(7));
+            assert!(error.message.contains("expected a number"), "{error}");
+        }
+        assert_eq!(
+            one("x", "1".into()).f64_in("x", 0.0..=1.0).unwrap(),
+            Some(1.0)
+        );
+        let error = one("x", 1.5.into()).f64_in("x", 0.0..=1.0).unwrap_err();
+        assert_eq!(error.line, Some(7));
+        assert!(error.message.contains("from 0 to 1"), "{error}");
+    }
+
+    #[test]
+    fn parsed_gives_the_parser_error_the_setting_line() {
+        let settings = one("mode", "fast".into());
+        let error = settings
+            .parsed("mode", |text| -> anyhow::Result<()> {
+                anyhow::bail!("no mode {text}")
+            })
+            .unwrap_err();
+        assert_eq!(
+            (error.line, error.message.as_str()),
+            (Some(7), "no mode fast")
+        );
+        assert_eq!(
+            one("mode", "".into()).parsed("mode", |_| Ok(1)).unwrap(),
+            None
+        );
     }
 }

@@ -18,7 +18,7 @@ mod resample;
 mod train;
 mod val;
 
-pub use aug_cfg::AugmentationCfg;
+pub use aug_cfg::{AugCfgEntry, AugSetting, AugmentationCfg};
 pub use decode::{decode_image, decode_image_with_limit, MAX_IMAGE_PIXELS};
 pub use resample::{resize, Interpolation};
 pub use train::{

@@ -1,0 +1,285 @@
+//! The augmenter's training mode in the default loading topology
+//! (topologies/train-data.toml): it applies OpenCLIP's training transform
+//! with the `--aug-cfg` settings, drawing from a random stream per worker
+//! seeded from (seed, epoch, worker index), so a run repeats with its seed
+//! and changes with another; `mode = "val"` applies the validation
+//! transform; bad `--aug-cfg` text is an error naming the key, the file and
+//! the component. The pixels of the training transform itself are compared
+//! with torchvision's in tests/train_transform_parity.rs.
+
+mod common;
+mod loaders_support;
+
+use std::sync::Arc;
+
+use clipflow_actors::augmenter::{
+    normalized_channels_first, AugmentedSample, Augmenter, AugmenterConfig,
+};
+use clipflow_actors::decoder::DecodedSample;
+use clipflow_actors::kinds::standard_registry;
+use clipflow_actors::topology::{FlagValues, Settings, Topology};
+use clipflow_core::transform::{
+    AugmentationCfg, Interpolation, ResizeMode, RgbImage, TrainTransform, ValTransform,
+    OPENAI_DATASET_MEAN, OPENAI_DATASET_STD,
+};
+use loaders_support::{
+    bench_summary, make_test_shards, run_bench, run_train_data, train_data_topology, LoadingRun,
+};
+use rand::{Rng, SeedableRng};
+use tch::Tensor;
+
+/// ViT-B-32's input side.
+const SIDE: i64 = 224;
+
+/// One epoch of 8 photographs in batches of 4 through one worker per stage,
+/// so samples reach the augmenter in the same order on every run.
+fn one_worker_epoch(shards: &str, seed: &str, aug_cfg: &str) -> LoadingRun {
+    run_train_data(&[
+        ("train-data", shards),
+        ("batch-size", "4"),
+        ("workers", "1"),
+        ("model", "ViT-B-32"),
+        ("seed", seed),
+        ("aug-cfg", aug_cfg),
+    ])
+    .unwrap()
+}
+
+/// Every image of a run, in order.
+fn images(run: &LoadingRun) -> Vec<Tensor> {
+    run.batches
+        .iter()
+        .flat_map(|batch| (0..batch.keys.len() as i64).map(|row| batch.images.get(row)))
+        .collect()
+}
+
+#[test]
+fn training_augmentations_repeat_with_the_seed_and_follow_aug_cfg() {
+    let dir = tempfile::tempdir().unwrap();
+    make_test_shards(dir.path(), 2, 4);
+    let shards = format!("{}/shard-{{00000..00001}}.tar", dir.path().display());
+
+    let first = one_worker_epoch(&shards, "1", "");
+    let again = one_worker_epoch(&shards, "1", "");
+    assert_eq!(first.keys().len(), 8);
+    assert_eq!(first.keys(), again.keys());
+    for (a, b) in images(&first).iter().zip(images(&again)) {
+        assert!(a.equal(&b), "the same seed gave different augmentations");
+    }
+
+    // Another seed reorders the epoch too, so compare sample by sample.
+    let reseeded = one_worker_epoch(&shards, "2", "");
+    let by_key = |run: &LoadingRun| -> std::collections::BTreeMap<String, Tensor> {
+        run.keys().into_iter().zip(images(run)).collect()
+    };
+    let (first_by_key, reseeded_by_key) = (by_key(&first), by_key(&reseeded));
+    for (key, image) in &first_by_key {
+        assert!(
+            !image.equal(&reseeded_by_key[key]),
+            "sample {key}: seeds 1 and 2 gave the same crop"
+        );
+    }
+
+    // Same seed and order, smaller crops: every image changes.
+    let zoomed = one_worker_epoch(&shards, "1", "scale=(0.5,0.6)");
+    assert_eq!(first.keys(), zoomed.keys());
+    for (key, (a, b)) in first
+        .keys()
+        .iter()
+        .zip(images(&first).iter().zip(images(&zoomed)))
+    {
+        assert!(!a.equal(&b), "sample {key}: --aug-cfg scale had no effect");
+    }
+}
+
+/// Settings of an augmenter component for ViT-B-32.
+fn augmenter_settings(pairs: &[(&str, toml::Value)]) -> Settings {
+    let mut settings = Settings::new();
+    settings.insert("model", "ViT-B-32".into(), None);
+    for (key, value) in pairs {
+        settings.insert(key, value.clone(), None);
+    }
+    settings
+}
+
+/// Stand-ins for photographs: random pixels in a few shapes, wider and
+/// taller than the output.
+fn noise_samples() -> Vec<DecodedSample> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    [(300, 200), (180, 260), (224, 224), (640, 100)]
+        .into_iter()
+        .enumerate()
+        .map(|(index, (width, height))| {
+            let pixels = (0..width * height * 3).map(|_| rng.random()).collect();
+            DecodedSample {
+                key: format!("{index:04}"),
+                origin: "noise".into(),
+                image: RgbImage::from_raw(width, height, pixels).unwrap(),
+                caption: "a photo of noise".into(),
+            }
+        })
+        .collect()
+}
+
+fn as_tensor(sample: &AugmentedSample) -> Tensor {
+    let (height, width) = sample.image_size;
+    Tensor::from_slice(&sample.image).view([3, height as i64, width as i64])
+}
+
+#[test]
+fn train_mode_is_the_training_transform_with_aug_cfg_and_the_worker_stream() {
+    let aug_cfg = "scale=(0.3, 0.5) color_jitter=(0.4,0.4,0.4,0.1) color_jitter_prob=0.8 \
+                   gray_scale_prob=0.5";
+    let settings = augmenter_settings(&[
+        ("mode", "train".into()),
+        ("seed", 5.into()),
+        ("epoch", 2.into()),
+        ("aug_cfg", aug_cfg.into()),
+    ]);
+    let config = Arc::new(AugmenterConfig::from_settings(&settings).unwrap());
+    // The same settings, written out by hand: parsing must not drop any.
+    let expected_cfg = AugmentationCfg {
+        scale: (0.3, 0.5),
+        color_jitter: Some(vec![0.4, 0.4, 0.4, 0.1]),
+        color_jitter_prob: Some(0.8),
+        gray_scale_prob: Some(0.5),
+        ..AugmentationCfg::default()
+    };
+    let side = SIDE as u32;
+    let transform = TrainTransform::new(
+        (side, side),
+        OPENAI_DATASET_MEAN,
+        OPENAI_DATASET_STD,
+        &expected_cfg,
+    )
+    .unwrap();
+
+    for worker in [0, 3] {
+        let mut augmenter = Augmenter::new(Arc::clone(&config), worker);
+        let mut rng = config.worker_rng(worker);
+        for sample in noise_samples() {
+            let expected = transform.apply(&sample.image, &mut rng).unwrap();
+            let augmented = augmenter.augment(sample).unwrap();
+            // The same draws and the same pixel operations: bit-identical.
+            assert!(as_tensor(&augmented).equal(&expected));
+            assert_eq!(augmented.tokens.len(), 77);
+        }
+    }
+
+    // Each worker, seed and epoch draws its own numbers.
+    let first_draws = |config: &AugmenterConfig, worker| -> Vec<u64> {
+        let mut rng = config.worker_rng(worker);
+        (0..4).map(|_| rng.random()).collect()
+    };
+    let reference = first_draws(&config, 0);
+    assert_ne!(reference, first_draws(&config, 1));
+    for (key, value) in [("seed", 6), ("epoch", 3)] {
+        let mut pairs = vec![("seed", 5.into()), ("epoch", 2.into())];
+        pairs.retain(|(k, _)| *k != key);
+        pairs.push((key, value.into()));
+        let other = AugmenterConfig::from_settings(&augmenter_settings(&pairs)).unwrap();
+        assert_ne!(
+            reference,
+            first_draws(&other, 0),
+            "{key} left the draws alone"
+        );
+    }
+}
+
+#[test]
+fn val_mode_is_the_validation_transform_and_takes_no_aug_cfg() {
+    let settings = augmenter_settings(&[
+        ("mode", "val".into()),
+        ("image_resize_mode", "squash".into()),
+    ]);
+    let config = Arc::new(AugmenterConfig::from_settings(&settings).unwrap());
+    let side = SIDE as u32;
+    let transform = ValTransform::new(
+        (side, side),
+        OPENAI_DATASET_MEAN,
+        OPENAI_DATASET_STD,
+        Interpolation::Bicubic,
+        ResizeMode::Squash,
+    );
+    let mut augmenter = Augmenter::new(config, 0);
+    for sample in noise_samples() {
+        let pixels = transform.resize_and_crop(&sample.image);
+        let expected = normalized_channels_first(&pixels, transform.mean, transform.std);
+        assert_eq!(augmenter.augment(sample).unwrap().image, expected);
+    }
+
+    let refused = AugmenterConfig::from_settings(&augmenter_settings(&[
+        ("mode", "val".into()),
+        ("aug_cfg", "scale=(0.5,1.0)".into()),
+    ]));
+    let message = format!("{:#}", refused.err().expect("aug_cfg in val mode"));
+    assert!(message.contains("aug_cfg"), "{message}");
+}
+
+/// The errors of loading topologies/train-data.toml with `flags`.
+fn load_errors(flags: &[(&str, &str)]) -> String {
+    let mut values = FlagValues::new();
+    for (name, value) in flags {
+        values.set(name, value);
+    }
+    let registry = standard_registry();
+    match Topology::load(&train_data_topology(), &values, &registry) {
+        Ok(_) => panic!("flags {flags:?} were accepted"),
+        Err(errors) => errors.to_string(),
+    }
+}
+
+#[test]
+fn bad_aug_cfg_is_an_error_naming_the_key_file_and_stage() {
+    let synthetic = [("dataset-type", "synthetic"), ("train-num-samples", "4")];
+    let with = |aug_cfg| {
+        let mut flags = synthetic.to_vec();
+        flags.push(("aug-cfg", aug_cfg));
+        load_errors(&flags)
+    };
+    // The error points at the aug_cfg line of the augmenter's table.
+    let unknown = with("scale=(0.5,1.0) flip_prob=0.5");
+    let aug_cfg_line = std::fs::read_to_string(train_data_topology())
+        .unwrap()
+        .lines()
+        .position(|line| line.starts_with("aug_cfg"))
+        .unwrap()
+        + 1;
+    let place = format!("train-data.toml:{aug_cfg_line}: stage 'augmenter'");
+    for part in [
+        &place,
+        "setting 'aug_cfg'",
+        "--aug-cfg flip_prob",
+        "unknown key",
+    ] {
+        assert!(unknown.contains(part), "{part:?} missing from: {unknown}");
+    }
+    // A value out of range, and a key only timm's pipeline reads.
+    for (aug_cfg, key) in [
+        ("gray_scale_prob=2", "gray_scale_prob"),
+        ("re_prob=0.25", "re_prob"),
+    ] {
+        let message = with(aug_cfg);
+        assert!(
+            message.contains(&place) && message.contains(key),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn bench_data_runs_with_colour_jitter_and_grey_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    make_test_shards(dir.path(), 2, 4);
+    let shards = format!("{}/shard-{{00000..00001}}.tar", dir.path().display());
+    #[rustfmt::skip]
+    let (ok, stdout, stderr) = run_bench(&[
+        "--train-data", &shards, "--batch-size", "4", "--workers", "2", "--model", "ViT-B-32",
+        "--aug-cfg", "color_jitter=(0.4,0.4,0.4,0.1)", "color_jitter_prob=0.8",
+        "gray_scale_prob=0.2",
+    ]);
+    assert!(ok, "bench failed: {stderr}");
+    let summary = bench_summary(&stdout);
+    assert_eq!(summary["images"], 8);
+    assert_eq!(summary["batches"], 2);
+}
