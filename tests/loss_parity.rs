@@ -1,7 +1,7 @@
 //! Losses and their gradients equal OpenCLIP's `ClipLoss` and `SigLipLoss`
 //! on the same random inputs: on one process, and on 2 and 3 ranks, where
 //! the oracle runs OpenCLIP in a gloo process group
-//! (tests/oracle/loss_parity.py) and clipflow runs a `ThreadGroup`.
+//! (tests/oracle/loss_parity.py) and clipflow runs a `thread_group`.
 //!
 //! Tolerances (fp32): losses within 1e-6 relative. Gradients within 1e-6 of
 //! the larger of 1 and the largest gradient entry of the same tensor: both
@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use clipflow_core::collective::{Collective, SingleProcess, ThreadGroup};
+use clipflow_core::collective::{thread_group, Collective, SingleProcess};
 use clipflow_core::loss::{
     create_loss, ClipLoss, ClipLossOptions, Loss, LossInputs, LossOptions, SigLipDistImpl,
     SigLipLoss,
@@ -190,7 +190,7 @@ fn compare(world_size: usize, cases: &[Case]) {
             cases,
         )]
     } else {
-        let group = ThreadGroup::new(world_size).unwrap();
+        let group = thread_group(world_size).unwrap();
         std::thread::scope(|scope| {
             let handles: Vec<_> = group
                 .into_iter()
@@ -307,7 +307,7 @@ fn create_loss_refuses_what_clipflow_lacks() {
 
 #[test]
 fn thread_group_refuses_mismatched_shapes() {
-    let group = ThreadGroup::new(2).unwrap();
+    let group = thread_group(2).unwrap();
     let errors: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = group
             .into_iter()

@@ -1,7 +1,7 @@
 //! Collective operations between the ranks of a data-parallel group: the
 //! `Collective` trait that losses (feature all-gathers) and, later, the step
 //! executor (gradient all-reduce) use, with two implementations that need no
-//! network: `SingleProcess` (world size 1) and `ThreadGroup` (N ranks as
+//! network: `SingleProcess` (world size 1) and `thread_group` (N ranks as
 //! threads of one process, exchanging tensors through shared slots and a
 //! barrier). A multi-process backend (NCCL or gloo through libtorch's c10d)
 //! plugs in by implementing the same trait.
@@ -68,40 +68,35 @@ impl Collective for SingleProcess {
     }
 }
 
-/// What the ranks of a `ThreadGroup` share: one slot per rank for the tensor
+/// What the ranks of a `thread_group` share: one slot per rank for the tensor
 /// it contributes to the current collective, and a barrier between phases.
 struct Exchange {
     slots: Mutex<Vec<Option<Tensor>>>,
     barrier: Barrier,
 }
 
-/// N ranks as threads of one process. `ThreadGroup::new(n)` hands out one
-/// `ThreadRank` per rank; move each into its own thread. If one rank stops
-/// calling collectives (it failed), the others wait forever, as
-/// `torch.distributed` ranks do without a timeout.
-pub struct ThreadGroup;
-
-impl ThreadGroup {
-    /// The handles of a group of `world_size` ranks, in rank order.
-    pub fn new(world_size: usize) -> Result<Vec<ThreadRank>> {
-        if world_size == 0 {
-            bail!("a thread group needs at least one rank");
-        }
-        let exchange = Arc::new(Exchange {
-            slots: Mutex::new((0..world_size).map(|_| None).collect()),
-            barrier: Barrier::new(world_size),
-        });
-        Ok((0..world_size)
-            .map(|rank| ThreadRank {
-                rank,
-                world_size,
-                exchange: Arc::clone(&exchange),
-            })
-            .collect())
+/// A group of `world_size` ranks as threads of one process: one
+/// `ThreadRank` per rank, in rank order; move each into its own thread. If
+/// one rank stops calling collectives (it failed), the others wait forever,
+/// as `torch.distributed` ranks do without a timeout.
+pub fn thread_group(world_size: usize) -> Result<Vec<ThreadRank>> {
+    if world_size == 0 {
+        bail!("a thread group needs at least one rank");
     }
+    let exchange = Arc::new(Exchange {
+        slots: Mutex::new((0..world_size).map(|_| None).collect()),
+        barrier: Barrier::new(world_size),
+    });
+    Ok((0..world_size)
+        .map(|rank| ThreadRank {
+            rank,
+            world_size,
+            exchange: Arc::clone(&exchange),
+        })
+        .collect())
 }
 
-/// One rank of a `ThreadGroup`.
+/// One rank of a `thread_group`.
 pub struct ThreadRank {
     rank: usize,
     world_size: usize,
@@ -158,7 +153,7 @@ impl Collective for ThreadRank {
         // Summed in rank order on every rank, so all ranks get the same bits.
         let mut sum = gathered[0].shallow_clone();
         for t in &gathered[1..] {
-            sum = sum + t;
+            sum += t;
         }
         Ok(sum)
     }

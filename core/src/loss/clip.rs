@@ -78,23 +78,22 @@ impl ClipLoss {
         // OpenCLIP writes `logit_scale * a @ b.T`, which Python evaluates as
         // `(logit_scale * a) @ b.T`; the same order gives the same rounding.
         let scaled_product = |a: &Tensor, b: &Tensor| (logit_scale * a).matmul(&b.tr());
-        if self.collective.world_size() == 1 {
-            let per_image = scaled_product(image_features, text_features);
-            let per_text = scaled_product(text_features, image_features);
-            return Ok(match logit_bias {
+        // This rank's images against `texts`, its texts against `images`.
+        let both_ways = |images: &Tensor, texts: &Tensor| {
+            let per_image = scaled_product(image_features, texts);
+            let per_text = scaled_product(text_features, images);
+            match logit_bias {
                 Some(bias) => (per_image + bias, per_text + bias),
                 None => (per_image, per_text),
-            });
+            }
+        };
+        if self.collective.world_size() == 1 {
+            return Ok(both_ways(image_features, text_features));
         }
         let (all_images, all_texts) =
             self.gather_features(gather, image_features, text_features)?;
         if self.options.local_loss {
-            let per_image = scaled_product(image_features, &all_texts);
-            let per_text = scaled_product(text_features, &all_images);
-            return Ok(match logit_bias {
-                Some(bias) => (per_image + bias, per_text + bias),
-                None => (per_image, per_text),
-            });
+            return Ok(both_ways(&all_images, &all_texts));
         }
         let per_image = scaled_product(&all_images, &all_texts);
         // OpenCLIP's logits_per_text is a view of logits_per_image here, and

@@ -89,7 +89,7 @@ impl<'a> GatherScope<'a> {
         let mut grads = Tensor::f_run_backward(&[&loss], &leaves, true, false)
             .context("gradient of the loss with respect to the gathered features")?
             .into_iter();
-        let mut carried = loss;
+        let mut carried = Vec::with_capacity(self.with_grad.len());
         for gathered in &self.with_grad {
             let chunks: Vec<Tensor> = gathered
                 .others
@@ -102,8 +102,8 @@ impl<'a> GatherScope<'a> {
             let incoming = self.collective.reduce_scatter_sum(&chunks)?;
             let local = gathered.local.to_kind(Kind::Float);
             let term = (local * incoming.to_kind(Kind::Float)).sum(Kind::Float);
-            carried = carried + (&term - term.detach());
+            carried.push(&term - term.detach());
         }
-        Ok(carried)
+        Ok(carried.into_iter().fold(loss, |total, zero| total + zero))
     }
 }

@@ -119,16 +119,20 @@ impl SigLipLoss {
 impl Loss for SigLipLoss {
     fn forward(&self, inputs: &LossInputs) -> Result<Tensor> {
         let images = inputs.image_features;
-        let mut loss = Self::pair_loss(inputs, images, inputs.text_features, false);
+        let loss = Self::pair_loss(inputs, images, inputs.text_features, false);
         let world_size = self.collective.world_size();
         if world_size == 1 {
             return Ok(loss);
         }
         let mut gather = GatherScope::new(self.collective.as_ref());
         let texts = gather.with_grad(inputs.text_features)?;
-        for other in self.dist_impl.partners(self.collective.rank(), world_size) {
-            loss = loss + Self::pair_loss(inputs, images, &texts[other], true);
-        }
+        let loss = self
+            .dist_impl
+            .partners(self.collective.rank(), world_size)
+            .into_iter()
+            .fold(loss, |loss, other| {
+                loss + Self::pair_loss(inputs, images, &texts[other], true)
+            });
         gather.settle(loss)
     }
 }
