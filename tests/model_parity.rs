@@ -12,8 +12,10 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
-use clipflow_core::loss::clip_loss;
+use clipflow_core::collective::SingleProcess;
+use clipflow_core::loss::{ClipLoss, Loss, LossInputs};
 use clipflow_core::model::load::load_strict;
 use clipflow_core::model::{Clip, ImageSize, ModelConfig, ModelOverrides};
 use tch::{nn::VarStore, Device, Tensor};
@@ -74,11 +76,16 @@ fn check_model(name: &str, config_file: Option<&str>, kwargs: &str, overrides: M
     );
 
     let output = model.forward_t(&inputs["images"], &inputs["text"], false);
-    let loss = clip_loss(
-        &output.image_features,
-        &output.text_features,
-        &output.logit_scale,
-    );
+    // The oracle calls ClipLoss without logit_bias.
+    let loss_inputs = LossInputs {
+        image_features: &output.image_features,
+        text_features: &output.text_features,
+        logit_scale: &output.logit_scale,
+        logit_bias: None,
+    };
+    let loss = ClipLoss::new(Default::default(), Arc::new(SingleProcess))
+        .forward(&loss_inputs)
+        .unwrap();
     let loss_diff = max_abs_diff(&loss, &expected["loss"]);
     assert!(
         loss_diff <= TOLERANCE,

@@ -1,7 +1,9 @@
 //! clipflow-core: tensors and maths only. Models (with OpenCLIP's module tree
-//! and parameter names), model configs, the CLIP tokenizer, image transforms
-//! and weight-file formats. Knows nothing of actors or the CLI.
+//! and parameter names), model configs, losses and the collectives between
+//! ranks, the CLIP tokenizer, image transforms and weight-file formats. Knows
+//! nothing of actors or the CLI.
 
+pub mod collective;
 pub mod data;
 pub mod eval;
 pub mod loss;

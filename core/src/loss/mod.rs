@@ -1,0 +1,107 @@
+//! Training losses, as OpenCLIP's `open_clip.loss` computes them: `ClipLoss`
+//! (softmax contrastive, with `--local-loss` and `--gather-with-grad`) and
+//! `SigLipLoss` (`--siglip`, with the `--loss-dist-impl` exchanges), on one
+//! process or across the ranks of a `Collective`. `create_loss` picks one
+//! from the training flags as OpenCLIP's `create_loss` does.
+
+mod clip;
+mod gather;
+mod siglip;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use tch::Tensor;
+
+use crate::collective::Collective;
+use crate::model::ClipOutput;
+
+pub use clip::{ClipLoss, ClipLossOptions};
+pub use siglip::{SigLipDistImpl, SigLipLoss};
+
+/// What a loss reads from the model's forward pass: L2-normalised features
+/// of this rank's batch, the exponentiated `logit_scale` and the optional
+/// `logit_bias`.
+#[derive(Clone, Copy)]
+pub struct LossInputs<'a> {
+    pub image_features: &'a Tensor,
+    pub text_features: &'a Tensor,
+    pub logit_scale: &'a Tensor,
+    pub logit_bias: Option<&'a Tensor>,
+}
+
+impl<'a> From<&'a ClipOutput> for LossInputs<'a> {
+    fn from(output: &'a ClipOutput) -> Self {
+        LossInputs {
+            image_features: &output.image_features,
+            text_features: &output.text_features,
+            logit_scale: &output.logit_scale,
+            logit_bias: output.logit_bias.as_ref(),
+        }
+    }
+}
+
+/// A training loss. On a group of several ranks, every rank calls `forward`
+/// for every batch (it exchanges features), and `backward()` on the result
+/// gives this rank's gradients as OpenCLIP's loss does on that rank.
+pub trait Loss: Send + Sync {
+    /// The loss of this rank's batch.
+    fn forward(&self, inputs: &LossInputs) -> Result<Tensor>;
+
+    /// The loss terms by OpenCLIP's names (its `output_dict=True`), which
+    /// training sums into the total loss.
+    fn forward_dict(&self, inputs: &LossInputs) -> Result<BTreeMap<&'static str, Tensor>> {
+        Ok(BTreeMap::from([(
+            "contrastive_loss",
+            self.forward(inputs)?,
+        )]))
+    }
+}
+
+/// The training flags that choose and configure the loss.
+#[derive(Debug, Clone, Default)]
+pub struct LossOptions {
+    /// `--model`: CoCa models (name containing "coca") need the captioning
+    /// loss, which clipflow does not have.
+    pub model_name: String,
+    /// `--siglip`
+    pub siglip: bool,
+    /// `--local-loss`
+    pub local_loss: bool,
+    /// `--gather-with-grad`
+    pub gather_with_grad: bool,
+    /// `--loss-dist-impl` (SigLIP only; default bidir)
+    pub siglip_dist_impl: Option<SigLipDistImpl>,
+    /// `--distill-model` was given.
+    pub distill: bool,
+}
+
+/// The loss OpenCLIP's `create_loss` builds for these flags, on the ranks
+/// of `collective`. Labels are cached, as OpenCLIP's training does.
+pub fn create_loss(
+    options: &LossOptions,
+    collective: Arc<dyn Collective>,
+) -> Result<Box<dyn Loss>> {
+    if options.distill {
+        bail!("--distill-model: distillation (OpenCLIP's DistillClipLoss) is not supported by clipflow");
+    }
+    if options.model_name.to_lowercase().contains("coca") {
+        bail!(
+            "--model {}: CoCa models need the captioning loss (OpenCLIP's CoCaLoss), which clipflow does not support",
+            options.model_name
+        );
+    }
+    if options.siglip {
+        return Ok(Box::new(SigLipLoss::new(
+            options.siglip_dist_impl.unwrap_or_default(),
+            collective,
+        )));
+    }
+    let clip_options = ClipLossOptions {
+        local_loss: options.local_loss,
+        gather_with_grad: options.gather_with_grad,
+        cache_labels: true,
+    };
+    Ok(Box::new(ClipLoss::new(clip_options, collective)))
+}
