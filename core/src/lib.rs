@@ -1,11 +1,13 @@
 //! clipflow-core: tensors and maths only. Models (with OpenCLIP's module tree
-//! and parameter names), model configs, the CLIP tokenizer, image transforms
-//! and weight-file formats. Knows nothing of actors or the CLI.
+//! and parameter names), model configs, the CLIP tokenizer, image transforms,
+//! weight-file formats, and training's checkpoint and run-folder layout.
+//! Knows nothing of actors or the CLI.
 
 pub mod data;
 pub mod loss;
 pub mod model;
 pub mod shim;
 pub mod tokenizer;
+pub mod train;
 pub mod transform;
 pub mod weights;
