@@ -1,63 +1,15 @@
 //! Weights move both ways between clipflow and OpenCLIP with strict key
-//! matching, and give the same features on both sides.
-//!
-//! Tolerance: 1e-4 absolute on features. Both sides run the same libtorch
-//! fp32 CPU kernels on identical weights; only summation order inside fused
-//! kernels differs (~1e-6 relative), far below 1e-4 for features of order 1.
+//! matching, and give the same features on both sides (tolerance: see
+//! tests/common/model.rs).
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::process::Command;
 
 use clipflow_core::model::load::load_strict;
-use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};
 use clipflow_core::weights::{read_weights, write_safetensors};
-use tch::{nn::VarStore, Device, Tensor};
-
-const TOLERANCE: f64 = 1e-4;
-
-fn config_path(file: &str) -> String {
-    format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn build(name: &str, config_file: Option<&str>) -> (VarStore, Clip) {
-    let config = match config_file {
-        Some(f) => {
-            let path = config_path(f);
-            ModelConfig::from_json(
-                &std::fs::read_to_string(&path).unwrap(),
-                &path,
-                &Default::default(),
-            )
-        }
-        None => ModelConfig::by_name(name, &ModelOverrides::default()),
-    }
-    .unwrap();
-    let vs = VarStore::new(Device::Cpu);
-    let model = Clip::new(&vs.root(), &config).unwrap();
-    (vs, model)
-}
-
-fn assert_same_features(model: &Clip, features_file: &Path, what: &str) {
-    let f: HashMap<String, Tensor> = Tensor::read_safetensors(features_file)
-        .unwrap()
-        .into_iter()
-        .collect();
-    let image = tch::no_grad(|| model.encode_image(&f["images"], false));
-    let text = tch::no_grad(|| model.encode_text(&f["text"]));
-    let image_diff = (image - &f["image_features"]).abs().max().double_value(&[]);
-    let text_diff = (text - &f["text_features"]).abs().max().double_value(&[]);
-    assert!(
-        image_diff <= TOLERANCE,
-        "{what}: image features differ by {image_diff}"
-    );
-    assert!(
-        text_diff <= TOLERANCE,
-        "{what}: text features differ by {text_diff}"
-    );
-}
+use common::model::{assert_same_features, build, config_path};
+use tch::Tensor;
 
 /// clipflow writes safetensors; `open_clip.create_model(name, pretrained=path)`
 /// loads them strictly and computes the same features.

@@ -1,7 +1,9 @@
 //! clipflow-core: tensors and maths only. Models (with OpenCLIP's module tree
 //! and parameter names), model configs, losses and the collectives between
-//! ranks, the CLIP tokenizer, image transforms and weight-file formats. Knows
-//! nothing of actors or the CLI.
+//! ranks, training maths (optimisers, schedules, the training step) and the
+//! checkpoint and run-folder layout, evaluation metrics, the CLIP tokenizer,
+//! image transforms and weight-file formats. Knows nothing of actors or the
+//! CLI.
 
 pub mod collective;
 pub mod data;
@@ -11,5 +13,6 @@ pub mod model;
 pub mod py_literal;
 pub mod shim;
 pub mod tokenizer;
+pub mod train;
 pub mod transform;
 pub mod weights;

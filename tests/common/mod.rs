@@ -1,6 +1,9 @@
 //! Shared by the integration tests: running OpenCLIP (the oracle) in the
-//! project's Python environment, and scratch directories.
+//! project's Python environment, scratch directories, and (model.rs)
+//! models with their features compared against the oracle's.
 #![allow(dead_code)] // each test binary uses its own subset
+
+pub mod model;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -34,4 +37,14 @@ pub fn run_oracle(script: &str, args: &[&str]) -> String {
 /// The clipflow binary built for these tests.
 pub fn clipflow_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_clipflow"))
+}
+
+/// The names of the entries in `dir`, sorted.
+pub fn file_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
 }

@@ -5,10 +5,14 @@
 //! their content, not their extension. [`read_checkpoint`] also returns a
 //! training checkpoint's epoch, run name and optimizer state.
 //! [`write_safetensors`] writes a file that OpenCLIP loads with
-//! `create_model(name, pretrained=path)`.
+//! `create_model(name, pretrained=path)`; [`write_torch_checkpoint`] writes
+//! any [`Value`] tree (such as OpenCLIP's training checkpoint dict) as a
+//! `torch.save` archive that `torch.load(path, weights_only=True)` loads.
 
+mod atomic_file;
 mod pickle;
 mod safetensors;
+mod torch_save;
 mod torch_zip;
 mod value;
 
@@ -59,6 +63,18 @@ pub fn read_checkpoint(path: &Path) -> Result<TrainingCheckpoint> {
 /// need not be contiguous.
 pub fn write_safetensors(path: &Path, tensors: &[(String, tch::Tensor)]) -> Result<()> {
     safetensors::write(path, tensors).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+}
+
+/// Writes `value` as `torch.save(value, path)` would, atomically: a
+/// temporary file beside `path` is written, synced and renamed over it, so a
+/// failure leaves an existing `path` intact and no temporary file behind.
+/// Tensors may be of any dtype [`read_weights`] reads, on any device and
+/// non-contiguous; each is stored contiguously in its own storage. A
+/// [`Value::OrderedDict`] (see [`Value::state_dict`]) is written as a
+/// `collections.OrderedDict`, as a module's `state_dict()` is. Errors name
+/// the file and where in `value` the problem is.
+pub fn write_torch_checkpoint(path: &Path, value: &Value) -> Result<()> {
+    torch_save::write(path, value).map_err(|e| anyhow!("{}: {e:#}", path.display()))
 }
 
 /// The formats [`read_weights`] recognises.

@@ -65,22 +65,27 @@ impl Global {
     }
 }
 
+/// torch's typed storage classes (`torch.FloatStorage`, ...) and the element
+/// type each holds: how a `torch.save` pickle names a storage's dtype.
+pub(crate) const STORAGE_CLASSES: [(&str, Kind); 10] = [
+    ("DoubleStorage", Kind::Double),
+    ("FloatStorage", Kind::Float),
+    ("HalfStorage", Kind::Half),
+    ("BFloat16Storage", Kind::BFloat16),
+    ("LongStorage", Kind::Int64),
+    ("IntStorage", Kind::Int),
+    ("ShortStorage", Kind::Int16),
+    ("CharStorage", Kind::Int8),
+    ("ByteStorage", Kind::Uint8),
+    ("BoolStorage", Kind::Bool),
+];
+
 /// The element type of one of torch's typed storage classes.
 fn storage_kind(storage_class: &str) -> Option<Kind> {
-    let kind = match storage_class {
-        "DoubleStorage" => Kind::Double,
-        "FloatStorage" => Kind::Float,
-        "HalfStorage" => Kind::Half,
-        "BFloat16Storage" => Kind::BFloat16,
-        "LongStorage" => Kind::Int64,
-        "IntStorage" => Kind::Int,
-        "ShortStorage" => Kind::Int16,
-        "CharStorage" => Kind::Int8,
-        "ByteStorage" => Kind::Uint8,
-        "BoolStorage" => Kind::Bool,
-        _ => return None,
-    };
-    Some(kind)
+    STORAGE_CLASSES
+        .iter()
+        .find(|(class, _)| *class == storage_class)
+        .map(|&(_, kind)| kind)
 }
 
 /// A Python list, shared by every reference to it.

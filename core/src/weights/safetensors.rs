@@ -5,13 +5,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::Deserialize;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
+use super::atomic_file::write_atomically;
 use super::NamedTensors;
 
 /// The header key that holds free-form string metadata, not a tensor.
@@ -125,29 +126,12 @@ fn dtype_of_kind(kind: Kind) -> Result<&'static str> {
     Ok(dtype)
 }
 
-/// Writes `tensors` to a temporary file beside `path`, syncs it, and renames
-/// it over `path`, so a failed write leaves any previous file untouched.
+/// Writes `tensors` to `path` atomically (see [`write_atomically`]).
 pub(crate) fn write(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("the path does not name a file"))?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(file_name);
-    temp_name.push(format!(".tmp{}", std::process::id()));
-    let temp_path: PathBuf = path.with_file_name(temp_name);
-
-    let written = write_file(&temp_path, tensors).and_then(|()| {
-        std::fs::rename(&temp_path, path).context("renaming the temporary file into place")
-    });
-    if written.is_err() {
-        // The temporary file is only debris at this point; a failure to
-        // remove it must not hide the error that matters.
-        let _ = std::fs::remove_file(&temp_path);
-    }
-    written
+    write_atomically(path, |file| write_file(file, tensors))
 }
 
-fn write_file(temp_path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+fn write_file(file: &File, tensors: &[(String, Tensor)]) -> Result<()> {
     // Wider elements first keeps every tensor's bytes aligned to its element
     // size (the header is padded to 8 bytes), as the Python writer does.
     let mut order: Vec<&(String, Tensor)> = tensors.iter().collect();
@@ -177,8 +161,6 @@ fn write_file(temp_path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let mut header = serde_json::to_vec(&header)?;
     header.resize(header.len().next_multiple_of(8), b' ');
 
-    let file =
-        File::create(temp_path).with_context(|| format!("creating {}", temp_path.display()))?;
     let mut out = BufWriter::new(file);
     out.write_all(&(header.len() as u64).to_le_bytes())?;
     out.write_all(&header)?;
@@ -191,7 +173,6 @@ fn write_file(temp_path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
         contiguous.f_copy_data_u8(&mut bytes, contiguous.numel())?;
         out.write_all(&bytes)?;
     }
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all().context("syncing the file to disk")?;
+    out.flush()?;
     Ok(())
 }

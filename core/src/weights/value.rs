@@ -3,9 +3,9 @@
 
 use tch::Tensor;
 
-/// A Python value read from a weights pickle: containers, scalars and
-/// tensors, nothing else. Dicts keep their pickled order; keys may be any
-/// value (optimizer state is keyed by parameter index).
+/// A Python value read from or written to a weights pickle: containers,
+/// scalars and tensors, nothing else. Dicts keep their order; keys may be
+/// any value (optimizer state is keyed by parameter index).
 #[derive(Debug)]
 pub enum Value {
     None,
@@ -17,13 +17,33 @@ pub enum Value {
     List(Vec<Value>),
     Tuple(Vec<Value>),
     Dict(Vec<(Value, Value)>),
+    /// A `collections.OrderedDict`, the type of a module's `state_dict()`.
+    /// Written as one; reading gives [`Value::Dict`] for both kinds.
+    OrderedDict(Vec<(Value, Value)>),
     Tensor(Tensor),
 }
 
 impl Value {
+    /// A model `state_dict()`: an ordered dict of names to tensors, in the
+    /// order given. The tensors are shallow clones sharing storage with
+    /// `named`.
+    pub fn state_dict(named: &[(String, Tensor)]) -> Value {
+        Value::OrderedDict(
+            named
+                .iter()
+                .map(|(name, tensor)| {
+                    (
+                        Value::Str(name.clone()),
+                        Value::Tensor(tensor.shallow_clone()),
+                    )
+                })
+                .collect(),
+        )
+    }
+
     /// The value under the string `key`, if this is a dict that has it.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        let Value::Dict(items) = self else {
+        let (Value::Dict(items) | Value::OrderedDict(items)) = self else {
             return None;
         };
         items
