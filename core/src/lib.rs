@@ -7,5 +7,6 @@ pub mod loss;
 pub mod model;
 pub mod shim;
 pub mod tokenizer;
+pub mod train;
 pub mod transform;
 pub mod weights;
