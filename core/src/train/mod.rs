@@ -1,4 +1,8 @@
-//! training: what `python -m open_clip_train.main` does around the model,
-//! kept free of actors and the CLI.
+//! Training: what `python -m open_clip_train.main` does around the model,
+//! as tensors and numbers, kept free of actors and the CLI: learning-rate
+//! schedules, optimisers, the gradient scaler, tower locking, one training
+//! step, and the checkpoint and run-folder layout.
 
 pub mod checkpoint;
+pub mod optimizer;
+pub mod schedule;

@@ -52,4 +52,13 @@ impl Value {
             .find(|(k, _)| matches!(k, Value::Str(s) if s == key))
             .map(|(_, v)| v)
     }
+
+    /// The number this holds, if it is an int or a float.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::Int(i) => Some(i as f64),
+            Value::Float(f) => Some(f),
+            _ => None,
+        }
+    }
 }
