@@ -114,7 +114,7 @@ impl WandbSidecar {
             ]
             .into_iter(),
         );
-        sidecar.send(&command)?;
+        sidecar.send("init", &command)?;
         sidecar.await_ok("init")?;
         Ok(sidecar)
     }
@@ -144,7 +144,10 @@ impl WandbSidecar {
 
     /// `wandb.finish()`, then waits for the sidecar to exit.
     pub fn finish(mut self) -> Result<()> {
-        self.send(&json_object([("op", json_string("finish"))].into_iter()))?;
+        self.send(
+            "finish",
+            &json_object([("op", json_string("finish"))].into_iter()),
+        )?;
         self.await_ok("finish")?;
         self.input = None;
         let status = self.child.wait().context("waiting for the wandb sidecar")?;
@@ -174,10 +177,11 @@ impl WandbSidecar {
         let step = step.map_or("null".to_string(), |step| step.to_string());
         let command =
             json_object([("op", json_string("log")), ("data", data), ("step", step)].into_iter());
-        self.send(&command)
+        self.send("log", &command)
     }
 
-    fn send(&mut self, command: &str) -> Result<()> {
+    /// Sends one command line for `op`; a sidecar gone by then is reported.
+    fn send(&mut self, op: &str, command: &str) -> Result<()> {
         let input = self
             .input
             .as_mut()
@@ -187,7 +191,7 @@ impl WandbSidecar {
             .and_then(|()| input.write_all(b"\n"))
             .and_then(|()| input.flush());
         if sent.is_err() {
-            return Err(self.death_report("while clipflow was sending it metrics"));
+            return Err(self.death_report(&format!("during wandb.{op}")));
         }
         Ok(())
     }
@@ -196,7 +200,7 @@ impl WandbSidecar {
     fn check_for_error(&mut self) -> Result<()> {
         match self.replies.try_recv() {
             Ok(Reply::Error(message)) => bail!("wandb sidecar: {message}"),
-            Ok(Reply::Closed) => Err(self.death_report("while the run was logging")),
+            Ok(Reply::Closed) => Err(self.death_report("during wandb.log")),
             Ok(Reply::Ok(op)) => bail!("the wandb sidecar answered an unexpected {op:?}"),
             Err(_) => Ok(()),
         }
