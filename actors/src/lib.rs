@@ -6,6 +6,7 @@ pub mod bad_data;
 pub mod batcher;
 pub mod decoder;
 pub mod kinds;
+pub mod report;
 pub mod runtime;
 pub mod shard_reader;
 pub mod topology;

@@ -74,6 +74,13 @@ fn draw_until_stopped(stats: &[Arc<StageStats>], stopped: &Receiver<()>) {
     }
 }
 
+/// `#########-----------`: a bar `width` characters wide, filled to
+/// `fraction` (clamped to 0..=1).
+pub(crate) fn bar(fraction: f64, width: usize) -> String {
+    let filled = (fraction.clamp(0.0, 1.0) * width as f64).round() as usize;
+    format!("{}{}", "#".repeat(filled), "-".repeat(width - filled))
+}
+
 /// `decode  [#########-----------]  45% busy  1234.0/s  in 5678  out 5678  queue 12/64`
 fn status_line(
     now: &StageSnapshot,
@@ -85,8 +92,7 @@ fn status_line(
     let busy = ((now.busy - before.busy).as_secs_f64() / (seconds * now.parallelism as f64))
         .clamp(0.0, 1.0);
     let rate = (now.items_handled() - before.items_handled()) as f64 / seconds;
-    let filled = (busy * BAR_WIDTH as f64).round() as usize;
-    let bar = format!("{}{}", "#".repeat(filled), "-".repeat(BAR_WIDTH - filled));
+    let bar = bar(busy, BAR_WIDTH);
     let queue = match (now.queue_len, now.capacity) {
         (Some(len), Some(cap)) => format!("  queue {len}/{cap}"),
         _ => String::new(),

@@ -6,7 +6,7 @@
 
 pub mod generic;
 mod graph;
-mod live;
+pub(crate) mod live;
 mod stage;
 mod stats;
 mod supervisor;
