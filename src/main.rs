@@ -1,8 +1,9 @@
 //! The `clipflow` command: a drop-in for `python -m open_clip_train.main`
-//! plus tools around it (`embed`, `tokenize`, `convert`, `models`).
+//! plus tools around it (`embed`, `tokenize`, `convert`, `models`, `run`,
+//! `bench`, `make-scenes`).
 
 use clap::{Parser, Subcommand};
-use clipflow::commands::{bench, check, convert, embed, models, run, tokenize, train};
+use clipflow::commands::{bench, check, convert, embed, make_scenes, models, run, tokenize, train};
 use clipflow::telemetry::{Telemetry, TelemetryArgs};
 use clipflow::train_args::TrainArgs;
 
@@ -37,6 +38,9 @@ enum Command {
     Check(run::RunArgs),
     /// Benchmarks: `bench data` times the loading path alone.
     Bench(bench::BenchArgs),
+    /// Write the quickstart's dataset: rendered shapes with captions as
+    /// WebDataset shards, and a held-out zero-shot set.
+    MakeScenes(make_scenes::MakeScenesArgs),
 }
 
 /// True when stdout's reader went away (`clipflow models | head`): not an error.
@@ -57,6 +61,7 @@ impl Command {
             Command::Run(_) => "run",
             Command::Check(_) => "check",
             Command::Bench(_) => "bench",
+            Command::MakeScenes(_) => "make-scenes",
         }
     }
 
@@ -70,6 +75,7 @@ impl Command {
             Command::Run(args) => run::run(&args),
             Command::Check(args) => check::run(&args),
             Command::Bench(args) => bench::run(args),
+            Command::MakeScenes(args) => make_scenes::run(&args),
         }
     }
 }

@@ -9,7 +9,9 @@
 //! - the sample shuffle buffer: [`shuffle_buffer`];
 //! - CSV and synthetic datasets: [`csv_source`], [`synthetic`];
 //! - `--dataset-type auto` detection: [`dataset_type`];
-//! - dataset sizes (`sizes.json`, `__len__`, epoch rounding): [`sizes`].
+//! - dataset sizes (`sizes.json`, `__len__`, epoch rounding): [`sizes`];
+//! - writing shards ([`tar_writer`]) and the rendered-scenes dataset the
+//!   quickstart trains on ([`rendered_scenes`]).
 //!
 //! Everything here is plain Rust iterators; the actors wrap them. Bad data is
 //! never fatal here: a source yields [`SourceItem::Skipped`] naming the kind,
@@ -17,12 +19,14 @@
 
 pub mod csv_source;
 pub mod dataset_type;
+pub mod rendered_scenes;
 pub mod shard_list;
 pub mod shard_stream;
 pub mod shuffle_buffer;
 pub mod sizes;
 pub mod synthetic;
 pub mod tar_samples;
+pub mod tar_writer;
 
 use std::collections::BTreeMap;
 use std::fmt;
