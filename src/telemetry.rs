@@ -14,9 +14,10 @@
 //! `main` calls it before exiting, on errors too.
 
 use std::fs::File;
+use std::future::Future;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -75,7 +76,13 @@ impl TelemetryArgs {
 #[must_use = "call shutdown() before exiting, or the last spans are lost"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// The first export failure of any exporter, reported at shutdown.
+    export_error: ExportError,
 }
+
+/// Where exporters leave the first error they meet (the SDK's batch
+/// processors drop them otherwise).
+type ExportError = Arc<Mutex<Option<String>>>;
 
 impl Telemetry {
     /// Installs the global `tracing` subscriber the options ask for, with
@@ -84,8 +91,12 @@ impl Telemetry {
     pub fn start(args: &TelemetryArgs, command: &str) -> Result<Telemetry> {
         let otlp = args.otlp_enabled();
         if !otlp && args.otel_file.is_none() {
-            return Ok(Telemetry { provider: None });
+            return Ok(Telemetry {
+                provider: None,
+                export_error: ExportError::default(),
+            });
         }
+        let export_error = ExportError::default();
         let batch_config = || {
             let mut config = BatchConfigBuilder::default();
             if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
@@ -104,16 +115,19 @@ impl Telemetry {
                 .build()
                 .context("--otel: setting up the OTLP exporter")?;
             provider = provider.with_span_processor(
-                BatchSpanProcessor::builder(exporter)
+                BatchSpanProcessor::builder(ErrorKeeping::new(exporter, &export_error))
                     .with_batch_config(batch_config())
                     .build(),
             );
         }
         if let Some(path) = &args.otel_file {
             provider = provider.with_span_processor(
-                BatchSpanProcessor::builder(JsonLinesExporter::create(path)?)
-                    .with_batch_config(batch_config())
-                    .build(),
+                BatchSpanProcessor::builder(ErrorKeeping::new(
+                    JsonLinesExporter::create(path)?,
+                    &export_error,
+                ))
+                .with_batch_config(batch_config())
+                .build(),
             );
         }
         let provider = provider.build();
@@ -138,17 +152,22 @@ impl Telemetry {
             .context("installing the tracing subscriber")?;
         Ok(Telemetry {
             provider: Some(provider),
+            export_error,
         })
     }
 
-    /// Exports the spans still buffered and stops the exporters. Spans that
-    /// have not ended by now (the caller's own) are not exported.
+    /// Exports the spans still buffered and stops the exporters; an error
+    /// if any export failed (the collector unreachable, the file full).
+    /// Spans that have not ended by now (the caller's own) are not exported.
     pub fn shutdown(mut self) -> Result<()> {
-        match self.provider.take() {
-            Some(provider) => provider
+        if let Some(provider) = self.provider.take() {
+            provider
                 .shutdown_with_timeout(SHUTDOWN_TIMEOUT)
-                .context("exporting the last traces"),
-            None => Ok(()),
+                .context("exporting the last traces")?;
+        }
+        match self.export_error.lock().map(|mut e| e.take()) {
+            Ok(Some(error)) => Err(anyhow::anyhow!("some traces were not exported: {error}")),
+            _ => Ok(()),
         }
     }
 }
@@ -159,6 +178,50 @@ impl Drop for Telemetry {
         if let Some(provider) = self.provider.take() {
             let _ = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
         }
+    }
+}
+
+/// An exporter that keeps the first error of its inner exporter.
+#[derive(Debug)]
+struct ErrorKeeping<E> {
+    inner: E,
+    first_error: ExportError,
+}
+
+impl<E: SpanExporter> ErrorKeeping<E> {
+    fn new(inner: E, first_error: &ExportError) -> Self {
+        ErrorKeeping {
+            inner,
+            first_error: Arc::clone(first_error),
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for ErrorKeeping<E> {
+    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
+        let exported = self.inner.export(batch);
+        let first_error = Arc::clone(&self.first_error);
+        async move {
+            let result = exported.await;
+            if let Err(error) = &result {
+                if let Ok(mut slot) = first_error.lock() {
+                    slot.get_or_insert_with(|| error.to_string());
+                }
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
@@ -238,10 +301,7 @@ impl JsonLinesExporter {
 }
 
 impl SpanExporter for JsonLinesExporter {
-    fn export(
-        &self,
-        batch: Vec<SpanData>,
-    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
         let result = self.write_batch(&batch).map_err(|error| {
             OTelSdkError::InternalFailure(format!(
                 "--otel-file: writing {}: {error}",

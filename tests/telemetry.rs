@@ -2,7 +2,8 @@
 //! command, the graph run, every stage worker and every item, nested in that
 //! order and named after the topology's stages, also when a stage fails (the
 //! exporter flushes on error exits); OTLP export posts protobuf to
-//! `/v1/traces` of the endpoint `OTEL_EXPORTER_OTLP_ENDPOINT` names.
+//! `/v1/traces` of the endpoint `OTEL_EXPORTER_OTLP_ENDPOINT` names; lost
+//! traces are reported without failing the run.
 
 mod common;
 
@@ -302,4 +303,35 @@ fn otlp_endpoint_variable_sends_protobuf_to_v1_traces() {
     // Protobuf keeps strings as bytes: the stage names are in the body.
     let body = String::from_utf8_lossy(&request.body);
     assert!(body.contains("square") && body.contains("clipflow"));
+}
+
+#[test]
+fn export_failures_are_reported_not_fatal() {
+    // A port nothing listens on: the run succeeds and says its traces were lost.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let out = clipflow(
+        &["run", "--otel", DEMO, "--count", "5"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("traces were not exported"));
+
+    // A span file that cannot be created is an error naming the option.
+    let dir = tempfile::tempdir().unwrap();
+    let unwritable = dir.path().join("no-such-folder").join("traces.jsonl");
+    let out = clipflow(
+        &["run", "--otel-file", unwritable.to_str().unwrap(), DEMO],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--otel-file"));
 }
