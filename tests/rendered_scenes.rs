@@ -149,8 +149,8 @@ fn features(path: &Path) -> [f32; 5] {
     for (x, y, pixel) in image.enumerate_pixels() {
         let far = (0..3).any(|c| (i32::from(pixel.0[c]) - background[c]).abs() > 40);
         if far {
-            for c in 0..3 {
-                sum[c] += f32::from(pixel.0[c]) / 255.0;
+            for (total, value) in sum.iter_mut().zip(pixel.0) {
+                *total += f32::from(value) / 255.0;
             }
             count += 1.0;
             (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
