@@ -1,6 +1,8 @@
 //! The clipflow command line as a library: flag definitions and the
-//! subcommands behind `clipflow train`, `embed`, `tokenize`, `convert`, `models`.
+//! subcommands behind `clipflow train`, `embed`, `tokenize`, `convert`, `models`,
+//! `run`, `bench`, and the tracing export they share.
 
 pub mod commands;
 pub mod runtime;
+pub mod telemetry;
 pub mod train_args;

@@ -1,8 +1,10 @@
 //! The `clipflow` command: a drop-in for `python -m open_clip_train.main`
-//! plus tools around it (`embed`, `tokenize`, `convert`, `models`).
+//! plus tools around it (`embed`, `tokenize`, `convert`, `models`, `run`,
+//! `bench`, `make-scenes`).
 
 use clap::{Parser, Subcommand};
-use clipflow::commands::{bench, check, convert, embed, models, run, tokenize, train};
+use clipflow::commands::{bench, check, convert, embed, make_scenes, models, run, tokenize, train};
+use clipflow::telemetry::{Telemetry, TelemetryArgs};
 use clipflow::train_args::TrainArgs;
 
 #[derive(Parser)]
@@ -14,6 +16,8 @@ use clipflow::train_args::TrainArgs;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
 }
 
 #[derive(Subcommand)]
@@ -34,6 +38,9 @@ enum Command {
     Check(run::RunArgs),
     /// Benchmarks: `bench data` times the loading path alone.
     Bench(bench::BenchArgs),
+    /// Write the quickstart's dataset: rendered shapes with captions as
+    /// WebDataset shards, and a held-out zero-shot set.
+    MakeScenes(make_scenes::MakeScenesArgs),
 }
 
 /// True when stdout's reader went away (`clipflow models | head`): not an error.
@@ -42,17 +49,68 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
+impl Command {
+    /// The subcommand as typed: names the root span and the trace's resource.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Train(_) => "train",
+            Command::Embed(_) => "embed",
+            Command::Tokenize(_) => "tokenize",
+            Command::Convert(_) => "convert",
+            Command::Models => "models",
+            Command::Run(_) => "run",
+            Command::Check(_) => "check",
+            Command::Bench(_) => "bench",
+            Command::MakeScenes(_) => "make-scenes",
+        }
+    }
+
+    fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::Train(args) => train::run(args),
+            Command::Embed(args) => embed::run(&args),
+            Command::Tokenize(args) => tokenize::run(&args),
+            Command::Convert(args) => convert::run(&args),
+            Command::Models => models::run(),
+            Command::Run(args) => run::run(&args),
+            Command::Check(args) => check::run(&args),
+            Command::Bench(args) => bench::run(args),
+            Command::MakeScenes(args) => make_scenes::run(&args),
+        }
+    }
+}
+
+/// Runs the command inside a root span `clipflow <command>`, which ends with
+/// an error status when the command fails.
+fn run_traced(command: Command) -> anyhow::Result<()> {
+    let span = tracing::info_span!(
+        "command",
+        otel.name = %format!("clipflow {}", command.name()),
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    let result = span.in_scope(|| command.run());
+    if let Err(err) = &result {
+        span.record("otel.status_code", "error");
+        span.record("otel.status_description", format!("{err:#}"));
+    }
+    result
+}
+
 fn main() {
-    let result = match Cli::parse().command {
-        Command::Train(args) => train::run(args),
-        Command::Embed(args) => embed::run(&args),
-        Command::Tokenize(args) => tokenize::run(&args),
-        Command::Convert(args) => convert::run(&args),
-        Command::Models => models::run(),
-        Command::Run(args) => run::run(&args),
-        Command::Check(args) => check::run(&args),
-        Command::Bench(args) => bench::run(args),
+    let cli = Cli::parse();
+    let telemetry = match Telemetry::start(&cli.telemetry, cli.command.name()) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::exit(1);
+        }
     };
+    let result = run_traced(cli.command);
+    // Flushed before any exit, so a failed run's spans are exported too.
+    if let Err(err) = telemetry.shutdown() {
+        eprintln!("clipflow: warning: {err:#}");
+    }
     if let Err(err) = result {
         if !is_broken_pipe(&err) {
             eprintln!("error: {err:#}");

@@ -211,7 +211,7 @@ impl ShardReader {
         };
         let samples = ShardSamples::new(shard_order, Arc::clone(&self.opener));
         let shuffled = shuffle_samples(samples, config.seed, config.epoch, slot);
-        emit_all(shuffled, Some(limit), out)
+        emit_all(shuffled, Some(limit), self.worker.index, out)
     }
 
     fn read_csv(&self, out: &mut Emitter<SampleOrSkip<Sample>>) -> Result<()> {
@@ -223,7 +223,7 @@ impl ShardReader {
             .skip(self.worker.index)
             .step_by(self.worker.count)
             .collect();
-        emit_all(dataset.samples(order), None, out)
+        emit_all(dataset.samples(order), None, self.worker.index, out)
     }
 
     fn load_csv(&self) -> Result<Arc<CsvDataset>> {
@@ -250,7 +250,7 @@ impl ShardReader {
             .samples(config.rank as u64, config.world_size as u64)
             .skip(self.worker.index)
             .step_by(self.worker.count);
-        emit_all(share, None, out)
+        emit_all(share, None, self.worker.index, out)
     }
 }
 
@@ -276,14 +276,18 @@ impl Source for ShardReader {
 }
 
 /// Sends every item downstream, stopping after `limit` samples (skips do
-/// not count towards it).
+/// not count towards it). Reading each item (shard I/O, tar parsing, the
+/// shuffle buffer) runs in a trace-level `read` span naming the worker.
 fn emit_all(
-    items: impl Iterator<Item = SourceItem>,
+    mut items: impl Iterator<Item = SourceItem>,
     limit: Option<u64>,
+    worker: usize,
     out: &mut Emitter<SampleOrSkip<Sample>>,
 ) -> Result<()> {
     let mut samples = 0u64;
-    for item in items {
+    let mut read_next =
+        || tracing::trace_span!("read", worker = worker as i64).in_scope(|| items.next());
+    while let Some(item) = read_next() {
         match item {
             SourceItem::Sample(sample) => {
                 out.emit(SampleOrSkip::Sample(sample))?;

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod convert;
 pub mod embed;
+pub mod make_scenes;
 pub mod models;
 pub mod run;
 pub mod tokenize;

@@ -280,6 +280,10 @@ impl Graph {
     /// until one fails (after its restarts); every worker thread has been
     /// joined when it returns. Must not be called from inside a tokio
     /// runtime (use `spawn_blocking` there).
+    ///
+    /// The run is a `graph` span (child of the caller's current span), the
+    /// parent of each worker's `stage` span, itself the parent of the
+    /// trace-level span of every item the worker handles.
     pub fn run(self) -> Result<RunReport, RunError> {
         self.check_complete().map_err(RunError::Invalid)?;
         let stats = self.stats();
@@ -287,6 +291,7 @@ impl Graph {
             .live_status
             .then(|| LiveStatus::start(stats.clone()))
             .flatten();
+        let graph_span = tracing::info_span!("graph", stages = self.nodes.len());
         let started = Instant::now();
         let stages = self
             .nodes
@@ -297,9 +302,10 @@ impl Graph {
                 restarts: node.options.restarts,
                 spawner: (node.wire)(node.output),
                 stats: node.stats,
+                graph_span: graph_span.clone(),
             })
             .collect();
-        let failure = supervisor::run_stages(stages);
+        let failure = graph_span.in_scope(|| supervisor::run_stages(stages));
         let elapsed = started.elapsed();
         if let Some(live) = live {
             live.stop();

@@ -25,6 +25,8 @@ pub(crate) struct StageLaunch {
     pub restarts: u32,
     pub spawner: Box<dyn WorkerSpawner>,
     pub stats: Arc<StageStats>,
+    /// The graph run's span, parent of every worker's span.
+    pub graph_span: tracing::Span,
 }
 
 /// The first failure that stopped a graph.
@@ -240,6 +242,7 @@ impl Actor for StageSupervisor {
                 workers: launch.parallelism,
                 shutdown: args.stop_signal,
                 stats: launch.stats,
+                graph_span: launch.graph_span,
             },
             graph: args.graph,
         };

@@ -34,6 +34,8 @@ pub(crate) struct WorkerEnv {
     pub workers: usize,
     pub shutdown: Receiver<()>,
     pub stats: Arc<StageStats>,
+    /// The graph run's span: each worker's `stage` span is its child.
+    pub graph_span: tracing::Span,
 }
 
 /// Starts worker threads of one stage; owns the stage's channel endpoints,
@@ -67,7 +69,13 @@ fn spawn_thread(
     std::thread::Builder::new()
         .name(format!("{}#{index}", env.stage))
         .spawn(move || {
-            let span = tracing::info_span!("stage", stage = %env.stage, worker = index);
+            let span = tracing::info_span!(
+                parent: &env.graph_span,
+                "stage",
+                otel.name = %env.stage,
+                stage = %env.stage,
+                worker = index as i64,
+            );
             let _entered = span.enter();
             let outcome = catch_unwind(AssertUnwindSafe(|| body(&env))).unwrap_or_else(|panic| {
                 let message = panic
@@ -149,7 +157,7 @@ impl<S: Stage> WorkerSpawner for StageSpawner<S> {
                 Err(failed) => return failed,
             };
             let mut out = Emitter::new(output, env.shutdown.clone(), Arc::clone(&env.stats));
-            outcome_of(feed_stage(&mut stage, &input, &mut out, env))
+            outcome_of(feed_stage(&mut stage, index, &input, &mut out, env))
         })
     }
 }
@@ -172,25 +180,37 @@ fn next_item<T>(input: &Receiver<T>, env: &WorkerEnv) -> Result<Option<T>, Stopp
     next
 }
 
+/// Feeds worker `index` of a stage every item of its input, then calls
+/// `finish`; each call runs in a trace-level span (`item`, `finish`) that
+/// names the stage and worker, child of the worker's `stage` span. (Span
+/// fields take the worker as `i64`: OpenTelemetry has no unsigned integers.)
 fn feed_stage<S: Stage>(
     stage: &mut S,
+    index: usize,
     input: &Receiver<S::In>,
     out: &mut Emitter<S::Out>,
     env: &WorkerEnv,
 ) -> anyhow::Result<()> {
     while let Some(item) = next_item(input, env)? {
         env.stats.add_items_in(1);
-        let _item_span = tracing::trace_span!("item").entered();
-        let started = Instant::now();
-        let waited_before = out.time_waiting();
-        let result = stage.process(item, out);
-        let waited = out.time_waiting() - waited_before;
-        env.stats.add_busy(started.elapsed().saturating_sub(waited));
-        result?;
+        let _span =
+            tracing::trace_span!("item", stage = %env.stage, worker = index as i64).entered();
+        timed_busy(out, env, |out| stage.process(item, out))?;
     }
+    let _span = tracing::trace_span!("finish", stage = %env.stage, worker = index as i64).entered();
+    timed_busy(out, env, |out| stage.finish(out))
+}
+
+/// Runs `work`, counting its time as busy except what it spent blocked on
+/// a full output queue.
+fn timed_busy<T>(
+    out: &mut Emitter<T>,
+    env: &WorkerEnv,
+    work: impl FnOnce(&mut Emitter<T>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let waited_before = out.time_waiting();
-    let result = stage.finish(out);
+    let result = work(out);
     let waited = out.time_waiting() - waited_before;
     env.stats.add_busy(started.elapsed().saturating_sub(waited));
     result

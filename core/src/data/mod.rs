@@ -11,7 +11,9 @@
 //! - `--dataset-type auto` detection: [`dataset_type`];
 //! - the class-labelled image folders of `--imagenet-val` / `--imagenet-v2`:
 //!   [`image_folder`];
-//! - dataset sizes (`sizes.json`, `__len__`, epoch rounding): [`sizes`].
+//! - dataset sizes (`sizes.json`, `__len__`, epoch rounding): [`sizes`];
+//! - writing shards ([`tar_writer`]) and the rendered-scenes dataset the
+//!   quickstart trains on ([`rendered_scenes`]).
 //!
 //! Everything here is plain Rust iterators; the actors wrap them. Bad data in
 //! a sample source is never fatal: a source yields [`SourceItem::Skipped`] naming the kind,
@@ -20,12 +22,14 @@
 pub mod csv_source;
 pub mod dataset_type;
 pub mod image_folder;
+pub mod rendered_scenes;
 pub mod shard_list;
 pub mod shard_stream;
 pub mod shuffle_buffer;
 pub mod sizes;
 pub mod synthetic;
 pub mod tar_samples;
+pub mod tar_writer;
 
 use std::collections::BTreeMap;
 use std::fmt;
