@@ -6,3 +6,4 @@ pub mod commands;
 pub mod runtime;
 pub mod telemetry;
 pub mod train_args;
+pub mod training;

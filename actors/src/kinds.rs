@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use crate::augmenter::{Augmenter, AugmenterConfig};
 use crate::batcher::{BatchSink, Batcher, BatcherConfig, LoadingLedger};
+use crate::checkpointer::{Checkpointer, CheckpointerConfig};
 use crate::decoder::Decoder;
+use crate::evaluator::{Evaluator, EvaluatorConfig};
 use crate::runtime::generic::{Counter, Null, Work};
 use crate::shard_reader::{ShardReader, ShardReaderConfig};
+use crate::step_executor::{EpochPlan, SharedTrainer, StepExecutor};
+use crate::train_logger::{SharedTrainLog, TrainLogger};
 use crate::topology::{Registry, Restarts};
 
 /// Every kind clipflow knows.
@@ -70,6 +74,56 @@ pub fn register_batcher(registry: &mut Registry, ledger: Arc<LoadingLedger>) {
                 Arc::clone(&ledger),
             ))
         },
+    );
+}
+
+/// What the training kinds of one epoch's graph share with the program that
+/// runs training: the trainer, the epoch, and the evaluator's, checkpointer's
+/// and logger's settings and state, which live across epochs.
+pub struct TrainingStages {
+    pub trainer: SharedTrainer,
+    pub plan: EpochPlan,
+    pub evaluator: Arc<EvaluatorConfig>,
+    pub checkpointer: CheckpointerConfig,
+    pub logger: SharedTrainLog,
+}
+
+/// The kinds of `topologies/train.toml` after the batcher: `step-executor`,
+/// `evaluator`, `checkpointer` and `train-logger`, bound to one run and
+/// epoch.
+pub fn register_training_kinds(registry: &mut Registry, stages: TrainingStages) {
+    let TrainingStages {
+        trainer,
+        plan,
+        evaluator,
+        checkpointer,
+        logger,
+    } = stages;
+    let step_trainer = trainer.clone();
+    registry.register_stage(
+        "step-executor",
+        "trains the model on each batch: forward, loss, backward, optimiser step (one per device)",
+        Restarts::Forbidden,
+        move |_settings| Ok(StepExecutor::maker(step_trainer.clone(), plan)),
+    );
+    let eval_trainer = trainer.clone();
+    registry.register_stage(
+        "evaluator",
+        "evaluates the model after an epoch when due (validation loss, retrieval, zero-shot)",
+        Restarts::Forbidden,
+        move |_settings| Ok(Evaluator::maker(eval_trainer.clone(), Arc::clone(&evaluator))),
+    );
+    registry.register_stage(
+        "checkpointer",
+        "writes epoch_N.pt / epoch_latest.pt atomically after an epoch",
+        Restarts::Forbidden,
+        move |_settings| Ok(Checkpointer::maker(trainer.clone(), checkpointer.clone())),
+    );
+    registry.register_stage(
+        "train-logger",
+        "writes the training and evaluation lines, TensorBoard scalars and wandb metrics",
+        Restarts::Forbidden,
+        move |_settings| Ok(TrainLogger::maker(logger.clone())),
     );
 }
 

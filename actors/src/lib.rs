@@ -4,9 +4,13 @@
 pub mod augmenter;
 pub mod bad_data;
 pub mod batcher;
+pub mod checkpointer;
 pub mod decoder;
+pub mod evaluator;
 pub mod kinds;
 pub mod report;
 pub mod runtime;
 pub mod shard_reader;
+pub mod step_executor;
 pub mod topology;
+pub mod train_logger;

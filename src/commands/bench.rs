@@ -125,7 +125,7 @@ fn bench_data(args: BenchDataArgs) -> Result<()> {
 
 /// The topology flags `clipflow train`'s flags stand for. `--workers 0`
 /// (OpenCLIP: load in the main process) runs one worker thread per stage.
-fn topology_flags(train: &TrainArgs) -> FlagValues {
+pub(crate) fn topology_flags(train: &TrainArgs) -> FlagValues {
     let mut flags = FlagValues::new();
     let join = |values: &[f64]| {
         values

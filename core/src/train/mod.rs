@@ -4,5 +4,8 @@
 //! step, and the checkpoint and run-folder layout.
 
 pub mod checkpoint;
+pub mod grad_scaler;
+pub mod lock;
 pub mod optimizer;
 pub mod schedule;
+pub mod trainer;

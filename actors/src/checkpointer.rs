@@ -1,0 +1,83 @@
+//! The checkpointer: at the end of each epoch it writes OpenCLIP's training
+//! checkpoint (`{"epoch", "name", "state_dict", "optimizer", "scaler"}`) to
+//! `checkpoints/epoch_N.pt` and `epoch_latest.pt` as `--save-frequency`,
+//! `--save-most-recent` and `--delete-previous-checkpoint` say. Every file is
+//! written atomically (temporary file, fsync, rename), so a run killed at any
+//! instant leaves the previous checkpoint valid. Every event passes through.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clipflow_core::train::checkpoint::{checkpoint_dict, CheckpointPolicy};
+
+use crate::runtime::{Emitter, Stage, WorkerInfo};
+use crate::step_executor::{SharedTrainer, TrainEvent};
+
+/// Where and when checkpoints are written.
+#[derive(Debug, Clone)]
+pub struct CheckpointerConfig {
+    /// `<logs>/<name>/checkpoints`; `None` when `--logs none` (nothing saved).
+    pub dir: Option<PathBuf>,
+    /// `--name`, stored in the checkpoint.
+    pub run_name: String,
+    pub policy: CheckpointPolicy,
+    /// `--epochs`.
+    pub epochs: u64,
+}
+
+pub struct Checkpointer {
+    trainer: SharedTrainer,
+    config: CheckpointerConfig,
+}
+
+impl Checkpointer {
+    pub fn maker(trainer: SharedTrainer, config: CheckpointerConfig) -> impl Fn(WorkerInfo) -> Result<Checkpointer> {
+        move |worker| {
+            anyhow::ensure!(
+                worker.count == 1,
+                "a checkpointer runs as one worker (parallelism = 1), not {}",
+                worker.count
+            );
+            Ok(Checkpointer {
+                trainer: trainer.clone(),
+                config: config.clone(),
+            })
+        }
+    }
+
+    /// Writes what the policy asks for after `completed_epoch` epochs.
+    fn save(&self, completed_epoch: u64) -> Result<()> {
+        let Some(dir) = &self.config.dir else {
+            return Ok(());
+        };
+        let _span = tracing::info_span!("save_checkpoint", epoch = completed_epoch).entered();
+        let trainer = self.trainer.lock()?;
+        let mut state_dict: Vec<(String, tch::Tensor)> = trainer.vs.variables().into_iter().collect();
+        state_dict.sort_by(|a, b| a.0.cmp(&b.0));
+        let checkpoint = checkpoint_dict(
+            completed_epoch as i64,
+            &self.config.run_name,
+            &state_dict,
+            trainer.optimizer.state_dict(),
+            trainer.scaler.as_ref().map(|scaler| scaler.state_dict()),
+        );
+        drop(trainer);
+        self.config
+            .policy
+            .save_after_epoch(dir, completed_epoch as i64, self.config.epochs as i64, &checkpoint)
+            .with_context(|| format!("saving the checkpoint of epoch {completed_epoch} in {}", dir.display()))
+    }
+}
+
+impl Stage for Checkpointer {
+    type In = TrainEvent;
+    type Out = TrainEvent;
+
+    fn process(&mut self, event: TrainEvent, out: &mut Emitter<TrainEvent>) -> Result<()> {
+        if let TrainEvent::EpochEnd(plan) = &event {
+            self.save(plan.epoch + 1)?;
+        }
+        out.emit(event)?;
+        Ok(())
+    }
+}

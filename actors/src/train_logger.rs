@@ -1,0 +1,241 @@
+//! The training logger, the last stage of a training graph: it writes what
+//! OpenCLIP's `train_one_epoch` and `evaluate` report, in their formats:
+//! the `Train Epoch: ...` line every `--log-every-n-steps` steps and at the
+//! end of the epoch (out.log and the terminal, with a progress line and ETA
+//! on a terminal), `train/...` TensorBoard scalars and wandb metrics at each
+//! logged step, and the `Eval Epoch: ...` line with `val/...` scalars after
+//! an evaluation.
+//!
+//! Its state (the log file, the TensorBoard and wandb writers, the running
+//! means of an epoch) outlives one epoch's graph in a [`SharedTrainLog`].
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use anyhow::Result;
+
+use crate::report::{
+    eval_scalars, format_eval_line, format_train_step_line, write_params_txt, LossReading, Meter,
+    ProgressLine, RunLog, TensorboardWriter, TrainStepReport, WandbInit, WandbSidecar,
+};
+use crate::runtime::{Emitter, Stage, WorkerInfo};
+use crate::step_executor::{StepEvent, TrainEvent};
+
+/// Where and how a run logs.
+pub struct TrainLogConfig {
+    /// `out.log` (`None` with `--logs none`).
+    pub log_file: Option<PathBuf>,
+    /// `--debug`: DEBUG records too.
+    pub debug: bool,
+    /// params.txt and its `name: value` lines (Python's `str` of each value).
+    pub params_txt: Option<PathBuf>,
+    pub params: Vec<(String, String)>,
+    /// `<run>/tensorboard` with `--report-to tensorboard`.
+    pub tensorboard_dir: Option<PathBuf>,
+    /// `--report-to wandb`.
+    pub wandb: Option<WandbInit>,
+    pub log_every_n_steps: u64,
+    pub batch_size: u64,
+    pub accum_freq: u64,
+    pub world_size: u64,
+}
+
+/// The run's logs and the running means of the current epoch.
+pub struct TrainLog {
+    run_log: RunLog,
+    tensorboard: Option<TensorboardWriter>,
+    wandb: Option<WandbSidecar>,
+    config: TrainLogConfig,
+    /// The epoch the meters belong to.
+    epoch: Option<u64>,
+    data_time: Meter,
+    batch_time: Meter,
+    loss: Meter,
+    /// Steps per epoch of the last step seen (for evaluation's wandb step).
+    steps_per_epoch: Option<u64>,
+}
+
+/// The [`TrainLog`] shared by the logger stages of successive epochs and the
+/// program running them.
+#[derive(Clone)]
+pub struct SharedTrainLog(Arc<Mutex<TrainLog>>);
+
+impl SharedTrainLog {
+    /// Opens out.log, writes params.txt (logging each parameter, as
+    /// OpenCLIP does), and starts TensorBoard and wandb when asked.
+    pub fn open(config: TrainLogConfig) -> Result<Self> {
+        let run_log = RunLog::open(config.log_file.as_deref(), config.debug)?;
+        if let Some(path) = &config.params_txt {
+            run_log.info("Params:")?;
+            for line in write_params_txt(path, &config.params)? {
+                run_log.info(&format!("  {line}"))?;
+            }
+        }
+        let tensorboard = match &config.tensorboard_dir {
+            Some(dir) => Some(TensorboardWriter::create(dir)?),
+            None => None,
+        };
+        let wandb = match &config.wandb {
+            Some(init) => Some(WandbSidecar::start(init)?),
+            None => None,
+        };
+        Ok(SharedTrainLog(Arc::new(Mutex::new(TrainLog {
+            run_log,
+            tensorboard,
+            wandb,
+            config,
+            epoch: None,
+            data_time: Meter::default(),
+            batch_time: Meter::default(),
+            loss: Meter::default(),
+            steps_per_epoch: None,
+        }))))
+    }
+
+    /// The log; a stage that panicked while holding it leaves it usable.
+    pub fn lock(&self) -> MutexGuard<'_, TrainLog> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl TrainLog {
+    /// An INFO record in out.log and on the terminal. A log that cannot be
+    /// written is reported on stderr, not fatal.
+    pub fn info(&self, message: &str) {
+        if let Err(error) = self.run_log.info(message) {
+            eprintln!("clipflow: writing the log: {error:#}");
+        }
+    }
+
+    /// Records one optimiser step; logs it when it is a logging step.
+    pub fn step(&mut self, event: &StepEvent) -> Result<()> {
+        if self.epoch != Some(event.plan.epoch) {
+            self.epoch = Some(event.plan.epoch);
+            self.loss.reset();
+            self.data_time.reset();
+            self.batch_time.reset();
+            self.run_log
+                .attach_progress(ProgressLine::start(&format!("epoch {}", event.plan.epoch), event.plan.steps_per_epoch));
+        }
+        self.steps_per_epoch = Some(event.plan.steps_per_epoch);
+        self.data_time.update(event.data_time.as_secs_f64(), 1);
+        self.batch_time.update(event.batch_time.as_secs_f64(), 1);
+        let batch_count = event.steps_done;
+        let last_of_epoch = batch_count == event.plan.steps_per_epoch;
+        if (batch_count - 1) % self.config.log_every_n_steps.max(1) != 0 && !last_of_epoch {
+            return Ok(());
+        }
+        let report = &event.report;
+        if !report.skipped_non_finite {
+            self.loss.update(report.loss, event.batch_size as u64);
+        } else {
+            self.run_log.warning(&format!(
+                "step {}: the loss was not finite; the step was skipped",
+                report.step
+            ))?;
+        }
+        let line_report = TrainStepReport {
+            epoch: event.plan.epoch,
+            step: report.step,
+            batch_count,
+            num_batches_per_epoch: event.plan.steps_per_epoch,
+            samples_per_epoch: event.plan.samples_per_epoch,
+            last_batch_size: event.batch_size as u64,
+            batch_size: self.config.batch_size,
+            accum_freq: self.config.accum_freq,
+            world_size: self.config.world_size,
+            data_time: self.data_time.clone(),
+            batch_time: self.batch_time.clone(),
+            lr: report.lr,
+            logit_scale: report.logit_scale,
+            losses: vec![
+                LossReading {
+                    name: "contrastive_loss".into(),
+                    last: report.loss,
+                    average: self.loss.average(),
+                },
+                LossReading {
+                    name: "loss".into(),
+                    last: report.loss,
+                    average: self.loss.average(),
+                },
+            ],
+        };
+        self.run_log.info(&format_train_step_line(&line_report))?;
+        let scalars = line_report.scalars();
+        if let Some(tensorboard) = &mut self.tensorboard {
+            tensorboard.add_scalars(report.step as i64, &scalars)?;
+        }
+        if let Some(wandb) = &mut self.wandb {
+            wandb.log_train(report.step, &scalars)?;
+        }
+        // OpenCLIP resets the time meters after each log line.
+        self.data_time.reset();
+        self.batch_time.reset();
+        if last_of_epoch {
+            self.run_log.attach_progress(None);
+        }
+        Ok(())
+    }
+
+    /// Logs an evaluation's metrics after `completed_epoch` epochs.
+    pub fn evaluation(&mut self, completed_epoch: u64, metrics: &[(String, f64)]) -> Result<()> {
+        if metrics.is_empty() {
+            return Ok(());
+        }
+        self.run_log.info(&format_eval_line(completed_epoch, metrics))?;
+        let scalars = eval_scalars(metrics);
+        if let Some(tensorboard) = &mut self.tensorboard {
+            tensorboard.add_scalars(completed_epoch as i64, &scalars)?;
+        }
+        if let Some(wandb) = &mut self.wandb {
+            let step = self.steps_per_epoch.map(|steps| steps * completed_epoch);
+            wandb.log_eval(completed_epoch, step, &scalars)?;
+        }
+        Ok(())
+    }
+
+    /// Closes wandb (`wandb.finish()`); the files are already flushed.
+    pub fn finish(&mut self) -> Result<()> {
+        self.run_log.attach_progress(None);
+        match self.wandb.take() {
+            Some(wandb) => wandb.finish(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Hands each event to the shared [`TrainLog`].
+pub struct TrainLogger {
+    log: SharedTrainLog,
+}
+
+impl TrainLogger {
+    pub fn maker(log: SharedTrainLog) -> impl Fn(WorkerInfo) -> Result<TrainLogger> {
+        move |worker| {
+            anyhow::ensure!(
+                worker.count == 1,
+                "a train logger runs as one worker (parallelism = 1), not {}",
+                worker.count
+            );
+            Ok(TrainLogger { log: log.clone() })
+        }
+    }
+}
+
+impl Stage for TrainLogger {
+    type In = TrainEvent;
+    type Out = ();
+
+    fn process(&mut self, event: TrainEvent, _out: &mut Emitter<()>) -> Result<()> {
+        let mut log = self.log.lock();
+        match event {
+            TrainEvent::Step(step) => log.step(&step),
+            TrainEvent::Evaluation {
+                completed_epoch,
+                metrics,
+            } => log.evaluation(completed_epoch, &metrics),
+            TrainEvent::EpochEnd(_) => Ok(()),
+        }
+    }
+}

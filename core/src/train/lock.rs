@@ -1,0 +1,109 @@
+//! `--lock-image` and `--lock-text` (LiT-style tower locking): which
+//! parameters stop taking gradients, by OpenCLIP's rules. A tower is split
+//! into groups from input to output; everything is frozen, then the last
+//! `unlocked` groups are trainable again.
+//!
+//! Image tower (ViT): [conv1, class_embedding, positional_embedding, ln_pre],
+//! one group per residual block but the last, [last block, ln_post], proj.
+//! ModifiedResNet can only be locked whole. Text tower: [token_embedding,
+//! positional_embedding, cls_emb], one group per block but the last, [last
+//! block, ln_final], text_projection.
+
+use anyhow::{bail, Result};
+use tch::nn::VarStore;
+
+use crate::model::config::VisionLayers;
+use crate::model::ModelConfig;
+
+/// A group: parameter names, or name prefixes when they end with `.`.
+type Group = Vec<String>;
+
+fn in_group(name: &str, group: &Group) -> bool {
+    group.iter().any(|entry| {
+        if entry.ends_with('.') {
+            name.starts_with(entry.as_str())
+        } else {
+            name == entry
+        }
+    })
+}
+
+/// Freezes every parameter under `tower_prefixes`, then unfreezes the last
+/// `unlocked` of `groups`.
+fn lock(vs: &VarStore, tower_prefixes: &[String], groups: &[Group], unlocked: usize) {
+    let unlocked_groups = &groups[groups.len().saturating_sub(unlocked)..];
+    for (name, tensor) in vs.variables() {
+        if !tower_prefixes.iter().any(|prefix| name.starts_with(prefix.as_str())) {
+            continue;
+        }
+        let trainable = unlocked_groups.iter().any(|group| in_group(&name, group));
+        let _ = tensor.set_requires_grad(trainable);
+    }
+}
+
+/// `model.lock_image_tower(unlocked_groups)`.
+pub fn lock_image_tower(vs: &VarStore, config: &ModelConfig, unlocked_groups: usize) -> Result<()> {
+    let layers = match config.vision_cfg.layers {
+        VisionLayers::Transformer(layers) => layers as usize,
+        VisionLayers::ResNet(_) => {
+            if unlocked_groups != 0 {
+                bail!(
+                    "--lock-image-unlocked-groups {unlocked_groups}: a ModifiedResNet image tower \
+                     can only be locked whole (OpenCLIP does not support partial locking for it)"
+                );
+            }
+            0
+        }
+    };
+    let mut groups: Vec<Group> = vec![vec![
+        "visual.conv1.".into(),
+        "visual.class_embedding".into(),
+        "visual.positional_embedding".into(),
+        "visual.ln_pre.".into(),
+    ]];
+    for block in 0..layers.saturating_sub(1) {
+        groups.push(vec![format!("visual.transformer.resblocks.{block}.")]);
+    }
+    if layers > 0 {
+        groups.push(vec![
+            format!("visual.transformer.resblocks.{}.", layers - 1),
+            "visual.ln_post.".into(),
+        ]);
+        groups.push(vec!["visual.proj".into()]);
+    }
+    lock(vs, &["visual.".into()], &groups, unlocked_groups);
+    Ok(())
+}
+
+/// `model.lock_text_tower(unlocked_layers)`; OpenCLIP requires
+/// `freeze_layer_norm` (layer norms are locked like any other weight).
+pub fn lock_text_tower(vs: &VarStore, config: &ModelConfig, unlocked_layers: usize) {
+    let root = if config.custom_text { "text." } else { "" };
+    let layers = config.text_cfg.layers as usize;
+    let name = |suffix: &str| format!("{root}{suffix}");
+    let mut groups: Vec<Group> = vec![vec![
+        name("token_embedding."),
+        name("positional_embedding"),
+        name("cls_emb"),
+    ]];
+    for block in 0..layers.saturating_sub(1) {
+        groups.push(vec![name(&format!("transformer.resblocks.{block}."))]);
+    }
+    groups.push(vec![
+        name(&format!("transformer.resblocks.{}.", layers.saturating_sub(1))),
+        name("ln_final."),
+    ]);
+    groups.push(vec![name("text_projection"), name("text_projection.")]);
+    let tower: Vec<String> = [
+        "token_embedding.",
+        "positional_embedding",
+        "cls_emb",
+        "transformer.",
+        "ln_final.",
+        "text_projection",
+    ]
+    .iter()
+    .map(|suffix| name(suffix))
+    .collect();
+    lock(vs, &tower, &groups, unlocked_layers);
+}

@@ -1,0 +1,301 @@
+//! One optimiser step of `open_clip_train.train.train_one_epoch`, on one
+//! device: learning rate from the schedule, forward under the precision's
+//! autocast, loss, backward (scaled for fp16), `--accum-freq` with OpenCLIP's
+//! feature caching, `--grad-clip-norm`, optimiser step, and the clamp of
+//! `logit_scale` to [0, ln 100].
+//!
+//! One thing OpenCLIP does not do: a non-finite loss skips the step (no
+//! gradient reaches the weights) and is reported; more than
+//! `max_non_finite_in_a_row` such steps in a row stop training with an error,
+//! so the last checkpoint written stays the last good one.
+
+use anyhow::{bail, Result};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use super::grad_scaler::GradScaler;
+use super::optimizer::Optimizer;
+use super::schedule::LrSchedule;
+use crate::loss::{Loss, LossInputs};
+use crate::model::clip::l2_normalize;
+use crate::model::{Clip, ClipOutput};
+use crate::shim::AutocastGuard;
+
+/// How the trainer runs each step; from the training flags.
+#[derive(Debug, Clone)]
+pub struct TrainerSettings {
+    pub device: Device,
+    /// `--accum-freq`: batches per optimiser step.
+    pub accum_freq: usize,
+    /// `--grad-clip-norm`.
+    pub grad_clip_norm: Option<f64>,
+    /// The autocast dtype of `--precision amp` (fp16) or `amp_bf16`.
+    pub autocast: Option<Kind>,
+    /// The dtype images are cast to (bf16/fp16 for the low-precision modes).
+    pub input_kind: Kind,
+    /// `--precision amp`: scale the loss with a [`GradScaler`].
+    pub grad_scaler: bool,
+    /// `--skip-scheduler`: keep the optimiser's learning rate as it is.
+    pub skip_scheduler: bool,
+    /// `--lock-image-freeze-bn-stats`: the image tower's batch norms use their
+    /// running statistics while training.
+    pub freeze_image_bn_stats: bool,
+    /// Non-finite steps in a row that stop training.
+    pub max_non_finite_in_a_row: usize,
+}
+
+/// What one optimiser step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// The schedule's step index (OpenCLIP's `step`).
+    pub step: u64,
+    /// The loss of the step's last batch (OpenCLIP logs that one).
+    pub loss: f64,
+    /// The learning rate of the first parameter group.
+    pub lr: f64,
+    /// `exp(logit_scale)` as the forward pass used it.
+    pub logit_scale: f64,
+    /// The loss was not finite, so the weights were left as they were.
+    pub skipped_non_finite: bool,
+}
+
+/// The model, its optimiser and schedule, and the state of an accumulation
+/// window.
+pub struct Trainer {
+    pub vs: VarStore,
+    pub model: Clip,
+    pub optimizer: Optimizer,
+    pub scaler: Option<GradScaler>,
+    loss: Box<dyn Loss>,
+    schedule: Option<LrSchedule>,
+    settings: TrainerSettings,
+    /// Batches of the current accumulation window, on the device.
+    window: Vec<(Tensor, Tensor)>,
+    /// Their features from the gradient-free first pass.
+    cached: Vec<(Tensor, Tensor)>,
+    non_finite_in_a_row: usize,
+}
+
+impl Trainer {
+    pub fn new(
+        vs: VarStore,
+        model: Clip,
+        optimizer: Optimizer,
+        loss: Box<dyn Loss>,
+        schedule: Option<LrSchedule>,
+        settings: TrainerSettings,
+    ) -> Result<Self> {
+        if settings.accum_freq == 0 {
+            bail!("--accum-freq must be at least 1");
+        }
+        let scaler = settings.grad_scaler.then(|| GradScaler::new(settings.device));
+        Ok(Trainer {
+            vs,
+            model,
+            optimizer,
+            scaler,
+            loss,
+            schedule,
+            settings,
+            window: Vec::new(),
+            cached: Vec::new(),
+            non_finite_in_a_row: 0,
+        })
+    }
+
+    pub fn settings(&self) -> &TrainerSettings {
+        &self.settings
+    }
+
+    /// Trains on one batch (`images` [N, 3, H, W] f32, `texts` [N, L] token
+    /// ids, on any device). `step` is OpenCLIP's schedule step,
+    /// `num_batches_per_epoch * epoch + batch_index / accum_freq`. Returns
+    /// the step's report when this batch completed an optimiser step.
+    pub fn train_batch(&mut self, step: u64, images: &Tensor, texts: &Tensor) -> Result<Option<StepReport>> {
+        if let (Some(schedule), false) = (&self.schedule, self.settings.skip_scheduler) {
+            self.optimizer.set_lr(schedule.lr_at(step));
+        }
+        let images = images.to_device(self.settings.device).to_kind(self.settings.input_kind);
+        let texts = texts.to_device(self.settings.device);
+
+        self.optimizer.zero_grad();
+        let (loss, logit_scale) = if self.settings.accum_freq == 1 {
+            let out = self.forward(&images, &texts)?;
+            let loss = self.total_loss(&out)?;
+            let finite = self.backward(&loss)?;
+            (finite.then_some(loss), out.logit_scale)
+        } else {
+            let out = tch::no_grad(|| self.forward(&images, &texts))?;
+            self.cached.push((out.image_features, out.text_features));
+            self.window.push((images, texts));
+            if self.window.len() < self.settings.accum_freq {
+                return Ok(None);
+            }
+            self.accumulated_backward()?
+        };
+        let report = self.finish_step(step, loss, &logit_scale)?;
+        Ok(Some(report))
+    }
+
+    /// The model's forward pass in training mode under the precision's
+    /// autocast.
+    fn forward(&self, images: &Tensor, texts: &Tensor) -> Result<ClipOutput> {
+        let _autocast = match self.settings.autocast {
+            Some(kind) => Some(AutocastGuard::new(self.settings.device, kind)?),
+            None => None,
+        };
+        // Frozen batch-norm statistics are what the image tower's eval mode
+        // uses; nothing else in a tower that has batch norms (ModifiedResNet)
+        // depends on the mode.
+        let image_train = !self.settings.freeze_image_bn_stats;
+        Ok(ClipOutput {
+            image_features: l2_normalize(&self.model.encode_image(images, image_train)),
+            text_features: l2_normalize(&self.model.encode_text(texts)),
+            logit_scale: self.model.logit_scale.exp(),
+            logit_bias: self.model.logit_bias.as_ref().map(Tensor::shallow_clone),
+        })
+    }
+
+    /// OpenCLIP's second pass over an accumulation window: each batch again
+    /// with gradients, its fresh features put in place of its cached ones
+    /// among all the window's, and backward on each loss.
+    fn accumulated_backward(&mut self) -> Result<(Option<Tensor>, Tensor)> {
+        self.optimizer.zero_grad();
+        let window = std::mem::take(&mut self.window);
+        let cached = std::mem::take(&mut self.cached);
+        let mut last = None;
+        let mut all_finite = true;
+        for (j, (images, texts)) in window.iter().enumerate() {
+            let out = self.forward(images, texts)?;
+            let with_fresh = |fresh: &Tensor, pick: fn(&(Tensor, Tensor)) -> &Tensor| {
+                let parts: Vec<Tensor> = cached
+                    .iter()
+                    .enumerate()
+                    .map(|(k, features)| {
+                        if k == j {
+                            fresh.shallow_clone()
+                        } else {
+                            pick(features).shallow_clone()
+                        }
+                    })
+                    .collect();
+                Tensor::cat(&parts, 0)
+            };
+            let window_out = ClipOutput {
+                image_features: with_fresh(&out.image_features, |f| &f.0),
+                text_features: with_fresh(&out.text_features, |f| &f.1),
+                logit_scale: out.logit_scale.shallow_clone(),
+                logit_bias: out.logit_bias.as_ref().map(Tensor::shallow_clone),
+            };
+            let loss = self.total_loss(&window_out)?;
+            all_finite &= self.backward(&loss)?;
+            last = Some((loss, out.logit_scale));
+        }
+        let (loss, logit_scale) = last.expect("accum_freq >= 1 batches in the window");
+        Ok((all_finite.then_some(loss), logit_scale))
+    }
+
+    /// The sum of the loss's terms (OpenCLIP's `total_loss`).
+    fn total_loss(&self, out: &ClipOutput) -> Result<Tensor> {
+        let terms = self.loss.forward_dict(&LossInputs::from(out))?;
+        let mut terms = terms.into_values();
+        let first = terms.next().expect("a loss has at least one term");
+        Ok(terms.fold(first, |total, term| total + term))
+    }
+
+    /// Backward on `loss` (scaled when a scaler is on); false, with no
+    /// backward, when the loss is not finite.
+    fn backward(&mut self, loss: &Tensor) -> Result<bool> {
+        if loss.isfinite().all().int64_value(&[]) == 0 {
+            return Ok(false);
+        }
+        match &self.scaler {
+            Some(scaler) => scaler.scale_loss(loss).f_backward()?,
+            None => loss.f_backward()?,
+        }
+        Ok(true)
+    }
+
+    /// The gradients of the trainable parameters (handles sharing their
+    /// storage, so scaling them scales the parameters' `.grad`).
+    fn gradients(&self) -> Vec<Tensor> {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .filter(|param| param.requires_grad())
+            .map(Tensor::grad)
+            .filter(Tensor::defined)
+            .collect()
+    }
+
+    /// Clip, step, scaler update and logit-scale clamp; or the skip of a
+    /// non-finite step.
+    fn finish_step(&mut self, step: u64, loss: Option<Tensor>, logit_scale: &Tensor) -> Result<StepReport> {
+        let lr = self.optimizer.groups().first().map_or(0.0, |group| group.lr());
+        let logit_scale = logit_scale.double_value(&[]);
+        let Some(loss) = loss else {
+            self.optimizer.zero_grad();
+            self.non_finite_in_a_row += 1;
+            if self.non_finite_in_a_row > self.settings.max_non_finite_in_a_row {
+                bail!(
+                    "the loss was not finite {} steps in a row (last at step {step}); stopping \
+                     (the last checkpoint written is from before this); try a lower --lr, \
+                     --grad-clip-norm, or another --precision",
+                    self.non_finite_in_a_row
+                );
+            }
+            return Ok(StepReport {
+                step,
+                loss: f64::NAN,
+                lr,
+                logit_scale,
+                skipped_non_finite: true,
+            });
+        };
+        self.non_finite_in_a_row = 0;
+        let mut grads = self.gradients();
+        let step_allowed = match &mut self.scaler {
+            Some(scaler) => {
+                // GradScaler.step unscales when the clip did not.
+                scaler.unscale(&mut grads);
+                scaler.step_allowed()?
+            }
+            None => true,
+        };
+        if let Some(max_norm) = self.settings.grad_clip_norm {
+            clip_grad_norm(&mut grads, max_norm);
+        }
+        if step_allowed {
+            self.optimizer.step()?;
+        }
+        if let Some(scaler) = &mut self.scaler {
+            scaler.update()?;
+        }
+        tch::no_grad(|| {
+            let _ = self.model.logit_scale.clamp_(0.0, 100f64.ln());
+        });
+        Ok(StepReport {
+            step,
+            loss: loss.double_value(&[]),
+            lr,
+            logit_scale,
+            skipped_non_finite: false,
+        })
+    }
+}
+
+/// `torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=2)`: the
+/// 2-norm of all gradients together; when above `max_norm`, every gradient
+/// is scaled by `max_norm / (norm + 1e-6)`.
+pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> f64 {
+    if grads.is_empty() {
+        return 0.0;
+    }
+    let norms: Vec<Tensor> = grads.iter().map(|g| g.norm().to_kind(Kind::Float)).collect();
+    let total = Tensor::stack(&norms, 0).norm();
+    let coefficient = (max_norm / (&total + 1e-6)).clamp_max(1.0);
+    for grad in grads.iter_mut() {
+        let _ = grad.g_mul_(&coefficient.to_kind(grad.kind()));
+    }
+    total.double_value(&[])
+}

@@ -1,0 +1,112 @@
+//! `clipflow train`, the drop-in for `python -m open_clip_train.main`: sets up
+//! the run as OpenCLIP's `main` does (run folder, params.txt, model with
+//! `--pretrained`, precision, locked towers, optimiser, schedule, loss,
+//! `--resume`), then runs `topologies/train.toml` once per epoch around a
+//! trainer, evaluator settings and logs that live across epochs.
+
+mod epoch_size;
+mod params;
+mod precision;
+mod setup;
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clipflow_actors::evaluator::evaluate;
+use clipflow_actors::kinds::{register_training_kinds, standard_registry, TrainingStages};
+use clipflow_actors::runtime::RunError;
+use clipflow_actors::step_executor::{EpochPlan, SharedTrainer};
+use clipflow_actors::topology::Topology;
+
+use crate::commands::bench::topology_flags;
+use crate::train_args::TrainArgs;
+
+/// The default training topology, as the binary carries it.
+const TRAIN_TOPOLOGY: &str = include_str!("../../topologies/train.toml");
+const TRAIN_TOPOLOGY_NAME: &str = "topologies/train.toml";
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let args = args
+        .resolve_defaults_and_validate()
+        .unwrap_or_else(|e| e.exit());
+    let unsupported = args.unsupported_flags();
+    if !unsupported.is_empty() {
+        let lines: Vec<String> = unsupported.iter().map(ToString::to_string).collect();
+        bail!("{}", lines.join("\n"));
+    }
+    let mut run = setup::prepare(&args)?;
+    let result = train(&args, &mut run);
+    let finished = run.finish();
+    result.and(finished)
+}
+
+fn train(args: &TrainArgs, run: &mut setup::PreparedRun) -> Result<()> {
+    let shared = SharedTrainer::new(run.take_trainer()?);
+    let Some(epoch_size) = run.epoch_size else {
+        // No training data: evaluate the model once, as OpenCLIP does.
+        let trainer = shared.lock()?;
+        let metrics = evaluate(&trainer.model, &run.evaluator, run.start_epoch)?;
+        run.logger.lock().evaluation(run.start_epoch, &metrics)?;
+        return Ok(());
+    };
+    for epoch in run.start_epoch..args.epochs {
+        run.logger.lock().info(&format!("Start epoch {epoch}"));
+        let plan = EpochPlan {
+            epoch,
+            epochs: args.epochs,
+            steps_per_epoch: epoch_size.num_batches / args.accum_freq as u64,
+            samples_per_epoch: epoch_size.num_samples,
+        };
+        run_epoch(args, run, &shared, plan)?;
+    }
+    Ok(())
+}
+
+/// Builds and runs one epoch's graph.
+fn run_epoch(args: &TrainArgs, run: &setup::PreparedRun, trainer: &SharedTrainer, plan: EpochPlan) -> Result<()> {
+    let mut flags = topology_flags(args);
+    flags.set("epoch", &plan.epoch.to_string());
+    let mut registry = standard_registry();
+    register_training_kinds(
+        &mut registry,
+        TrainingStages {
+            trainer: trainer.clone(),
+            plan,
+            evaluator: Arc::clone(&run.evaluator),
+            checkpointer: run.checkpointer.clone(),
+            logger: run.logger.clone(),
+        },
+    );
+    let topology = Topology::parse(
+        Path::new(TRAIN_TOPOLOGY_NAME),
+        TRAIN_TOPOLOGY,
+        &flags,
+        &registry,
+    )?;
+    let mut graph = topology.into_graph()?;
+    graph.show_live_status(args.debug && std::io::stderr().is_terminal());
+    match graph.run() {
+        Ok(report) => {
+            if args.debug {
+                eprintln!("{report}");
+            }
+            Ok(())
+        }
+        Err(RunError::StageFailed {
+            stage,
+            error,
+            report,
+        }) => {
+            eprintln!("{report}");
+            Err(error).with_context(|| {
+                format!(
+                    "epoch {}: stage '{stage}' of {TRAIN_TOPOLOGY_NAME} failed; training stopped",
+                    plan.epoch
+                )
+            })
+        }
+        Err(error) => Err(error).with_context(|| TRAIN_TOPOLOGY_NAME.to_string()),
+    }
+}

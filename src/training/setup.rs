@@ -1,0 +1,379 @@
+//! Everything `open_clip_train.main` does before its epoch loop, in its
+//! order: run name and folder (refusing to overwrite a run unless resuming),
+//! logs and params.txt, the model (seeded, `--pretrained`, `--precision`,
+//! locked towers), the epoch's size, optimiser, schedule, loss, `--resume`,
+//! and the evaluator's and checkpointer's settings.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clipflow_actors::checkpointer::CheckpointerConfig;
+use clipflow_actors::evaluator::{EvaluatorConfig, ValidationData, ZeroShotData};
+use clipflow_actors::report::WandbInit;
+use clipflow_actors::train_logger::{SharedTrainLog, TrainLogConfig};
+use clipflow_core::collective::SingleProcess;
+use clipflow_core::data::dataset_type::resolve_data_format;
+use clipflow_core::eval::zero_shot::ZeroShotSet;
+use clipflow_core::loss::{create_loss, LossOptions};
+use clipflow_core::model::load::load_strict;
+use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};
+use clipflow_core::tokenizer::ClipTokenizer;
+use clipflow_core::train::checkpoint::{default_run_name, local_now, CheckpointPolicy, RunNameFields, RunPaths};
+use clipflow_core::train::lock::{lock_image_tower, lock_text_tower};
+use clipflow_core::train::optimizer::{Optimizer, OptimizerFlags};
+use clipflow_core::train::schedule::{LrSchedule, LrScheduleKind, ScheduleFlags};
+use clipflow_core::train::trainer::{Trainer, TrainerSettings};
+use clipflow_core::transform::{Interpolation, ResizeMode, ValTransform, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD};
+use clipflow_core::weights::{read_checkpoint, read_weights};
+use tch::nn::VarStore;
+
+use super::epoch_size::{train_epoch, EpochSize};
+use super::params::{run_params, DerivedParams};
+use super::precision::TrainingPrecision;
+use crate::runtime::parse_device;
+use crate::train_args::{LrScheduler, TrainArgs};
+
+/// Non-finite steps in a row that stop training.
+const MAX_NON_FINITE_IN_A_ROW: usize = 5;
+
+/// A run ready for its epoch loop.
+pub struct PreparedRun {
+    trainer: Option<Trainer>,
+    /// `None` without training data (evaluation only).
+    pub epoch_size: Option<EpochSize>,
+    /// The epoch to start from: 0, or the resumed checkpoint's.
+    pub start_epoch: u64,
+    pub evaluator: Arc<EvaluatorConfig>,
+    pub checkpointer: CheckpointerConfig,
+    pub logger: SharedTrainLog,
+}
+
+impl PreparedRun {
+    /// The trainer, once, for the epoch loop to share.
+    pub fn take_trainer(&mut self) -> Result<Trainer> {
+        self.trainer.take().context("the trainer was already taken")
+    }
+
+    /// Flushes and closes the logs (TensorBoard, wandb).
+    pub fn finish(&self) -> Result<()> {
+        self.logger.lock().finish()
+    }
+}
+
+pub fn prepare(args: &TrainArgs) -> Result<PreparedRun> {
+    if std::env::var("WORLD_SIZE").is_ok_and(|size| size.trim() != "1") {
+        bail!(
+            "WORLD_SIZE is {}: clipflow trains in one process for now (multi-process training \
+             over NCCL is not built yet); launch without torchrun",
+            std::env::var("WORLD_SIZE").unwrap_or_default()
+        );
+    }
+    let device = parse_device(&args.device)?;
+    let precision = TrainingPrecision::new(args.precision)?;
+    let lr = args.lr.context("--lr has a default once flags are resolved")?;
+
+    let name = args.name.clone().unwrap_or_else(|| {
+        default_run_name(
+            &RunNameFields {
+                model: &args.model,
+                lr,
+                batch_size: args.batch_size as i64,
+                workers: args.workers as i64,
+                precision: args.precision.as_str(),
+            },
+            local_now(),
+        )
+    });
+    let resume_latest = args.resume.as_deref() == Some("latest");
+    let reports_to = |what: &str| args.report_to.contains(what) || args.report_to.contains("all");
+    let (tensorboard, wandb) = (reports_to("tensorboard"), reports_to("wandb"));
+    let paths = (args.logs.to_lowercase() != "none").then(|| RunPaths::new(Path::new(&args.logs), &name));
+    let log_file = paths.as_ref().map(|paths| paths.log_file(args.log_local, 0));
+    if let (Some(paths), Some(log_file)) = (&paths, &log_file) {
+        paths.check_new_or_resuming(log_file, resume_latest)?;
+        paths.create_dirs(tensorboard)?;
+    }
+    let resume_from = match (&args.resume, &paths) {
+        (Some(resume), Some(paths)) if resume == "latest" => {
+            paths.resume_latest(args.save_most_recent).map(|path| path.display().to_string())
+        }
+        (Some(resume), None) if resume == "latest" => {
+            bail!("--resume latest needs a run folder, but --logs is none")
+        }
+        (resume, _) => resume.clone(),
+    };
+    let path_text = |path: Option<&Path>| path.map(|p| p.display().to_string()).unwrap_or_default();
+    let params = run_params(
+        args,
+        &DerivedParams {
+            name: &name,
+            device: match device {
+                tch::Device::Cuda(index) => format!("cuda:{index}"),
+                _ => "cpu".to_string(),
+            },
+            log_path: log_file.as_ref().map(|path| path.display().to_string()),
+            checkpoint_path: path_text(paths.as_ref().map(|p| p.checkpoints.as_path())),
+            tensorboard_path: if tensorboard {
+                path_text(paths.as_ref().map(|p| p.tensorboard.as_path()))
+            } else {
+                String::new()
+            },
+            wandb,
+            tensorboard,
+            resume: resume_from.clone(),
+        },
+    );
+    let logger = SharedTrainLog::open(TrainLogConfig {
+        log_file: log_file.clone(),
+        debug: args.debug,
+        params_txt: paths.as_ref().map(|paths| paths.params_txt.clone()),
+        params: params.iter().map(|(name, value)| (name.clone(), value.to_string())).collect(),
+        tensorboard_dir: paths.as_ref().filter(|_| tensorboard).map(|paths| paths.tensorboard.clone()),
+        wandb: wandb.then(|| WandbInit {
+            project: args.wandb_project_name.clone(),
+            name: name.clone(),
+            notes: args.wandb_notes.clone(),
+            resume_latest,
+            config: params.clone(),
+            save: paths.iter().map(|paths| paths.params_txt.clone()).collect(),
+        }),
+        log_every_n_steps: args.log_every_n_steps,
+        batch_size: args.batch_size as u64,
+        accum_freq: args.accum_freq as u64,
+        world_size: 1,
+    })?;
+
+    // OpenCLIP seeds torch before building the model (random_seed(seed, 0)).
+    tch::manual_seed(args.seed);
+    let overrides = model_overrides(args)?;
+    let mut config = ModelConfig::by_name(&args.model, &overrides)?;
+    config.ensure_buildable(&args.model)?;
+    if args.siglip {
+        // OpenCLIP builds the model with init_logit_scale ln 10 and
+        // init_logit_bias -10 for --siglip.
+        config.init_logit_bias = Some(-10.0);
+    }
+    let mut vs = VarStore::new(device);
+    let model = Clip::new(&vs.root(), &config).with_context(|| format!("building --model {}", args.model))?;
+    if args.siglip {
+        tch::no_grad(|| {
+            let _ = model.logit_scale.shallow_clone().fill_(10f64.ln());
+        });
+    }
+    if !args.pretrained.is_empty() {
+        let tensors = read_weights(Path::new(&args.pretrained))?;
+        load_strict(&vs, &tensors, &format!("--pretrained {}", args.pretrained))?;
+    }
+    precision.prepare_weights(&mut vs);
+    if args.lock_image {
+        lock_image_tower(&vs, &config, args.lock_image_unlocked_groups)?;
+    }
+    if args.lock_text {
+        if !args.lock_text_freeze_layer_norm {
+            bail!("--lock-text without --lock-text-freeze-layer-norm: OpenCLIP does not support unfreezing layer norms (they are locked like other weights)");
+        }
+        lock_text_tower(&vs, &config, args.lock_text_unlocked_layers);
+    }
+
+    let has_train_data = args.train_data.is_some() || args.dataset_type.as_str() == "synthetic";
+    let epoch_size = has_train_data.then(|| train_epoch(args, 1)).transpose()?;
+    let mut named: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let optimizer = Optimizer::new(
+        &OptimizerFlags {
+            opt: args.opt.clone(),
+            lr: args.lr,
+            beta1: args.beta1,
+            beta2: args.beta2,
+            eps: args.eps,
+            wd: args.wd,
+            momentum: args.momentum,
+        },
+        &named,
+    )?;
+    let schedule = match epoch_size {
+        Some(size) => Some(LrSchedule::from_flags(&schedule_flags(args, lr), size.num_batches)?),
+        None => None,
+    };
+    let loss = create_loss(
+        &LossOptions {
+            model_name: args.model.clone(),
+            siglip: args.siglip,
+            local_loss: args.local_loss,
+            gather_with_grad: args.gather_with_grad,
+            siglip_dist_impl: args.loss_dist_impl.map(|d| d.as_str().parse()).transpose()?,
+            distill: args.distill_model.is_some(),
+        },
+        Arc::new(SingleProcess),
+    )?;
+    let mut trainer = Trainer::new(
+        vs,
+        model,
+        optimizer,
+        loss,
+        schedule,
+        TrainerSettings {
+            device,
+            accum_freq: args.accum_freq,
+            grad_clip_norm: args.grad_clip_norm,
+            autocast: precision.autocast(),
+            input_kind: precision.forward.input_kind(),
+            grad_scaler: precision.grad_scaler,
+            skip_scheduler: args.skip_scheduler,
+            freeze_image_bn_stats: args.lock_image && args.lock_image_freeze_bn_stats,
+            max_non_finite_in_a_row: MAX_NON_FINITE_IN_A_ROW,
+        },
+    )?;
+    let start_epoch = resume(resume_from.as_deref(), &mut trainer, &logger)?;
+
+    let (height, width) = config.vision_cfg.image_size.height_width();
+    let evaluator = EvaluatorConfig {
+        validation: validation_data(args)?,
+        zero_shot: zero_shot_data(args),
+        val_frequency: args.val_frequency,
+        zeroshot_frequency: args.zeroshot_frequency,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        transform: ValTransform::new(
+            (height as u32, width as u32),
+            channels(args.image_mean.as_deref(), OPENAI_DATASET_MEAN)?,
+            channels(args.image_std.as_deref(), OPENAI_DATASET_STD)?,
+            match args.image_interpolation {
+                Some(interpolation) => interpolation.as_str().parse()?,
+                None => Interpolation::Bicubic,
+            },
+            match args.image_resize_mode {
+                Some(mode) => mode.as_str().parse()?,
+                None => ResizeMode::Shortest,
+            },
+        ),
+        tokenizer: Arc::new(ClipTokenizer::new()?),
+        context_length: config.text_cfg.context_length as usize,
+        device,
+        autocast: precision.autocast(),
+        input_kind: precision.forward.input_kind(),
+    };
+    let checkpointer = CheckpointerConfig {
+        dir: paths.as_ref().map(|paths| paths.checkpoints.clone()),
+        run_name: name,
+        policy: CheckpointPolicy {
+            save_frequency: args.save_frequency as i64,
+            save_most_recent: args.save_most_recent,
+            delete_previous: args.delete_previous_checkpoint,
+        },
+        epochs: args.epochs,
+    };
+    Ok(PreparedRun {
+        trainer: Some(trainer),
+        epoch_size,
+        start_epoch,
+        evaluator: Arc::new(evaluator),
+        checkpointer,
+        logger,
+    })
+}
+
+fn model_overrides(args: &TrainArgs) -> Result<ModelOverrides> {
+    Ok(ModelOverrides {
+        force_quick_gelu: args.force_quick_gelu,
+        force_custom_text: args.force_custom_text,
+        force_patch_dropout: args.force_patch_dropout,
+        force_image_size: match args.force_image_size.as_deref() {
+            None => None,
+            Some([size]) => Some(clipflow_core::model::ImageSize::Square(*size as i64)),
+            Some([height, width]) => Some(clipflow_core::model::ImageSize::HeightWidth([
+                *height as i64,
+                *width as i64,
+            ])),
+            Some(other) => bail!("--force-image-size takes one or two numbers, got {}", other.len()),
+        },
+        force_context_length: args.force_context_length.map(|n| n as i64),
+    })
+}
+
+fn schedule_flags(args: &TrainArgs, lr: f64) -> ScheduleFlags {
+    ScheduleFlags {
+        kind: match args.lr_scheduler {
+            LrScheduler::Cosine => LrScheduleKind::Cosine,
+            LrScheduler::Const => LrScheduleKind::Const,
+            LrScheduler::ConstCooldown => LrScheduleKind::ConstCooldown,
+        },
+        lr,
+        warmup: args.warmup,
+        epochs: args.epochs,
+        epochs_cooldown: args.epochs_cooldown,
+        accum_freq: args.accum_freq as u64,
+        lr_cooldown_power: args.lr_cooldown_power,
+        lr_cooldown_end: args.lr_cooldown_end,
+    }
+}
+
+/// `--image-mean` / `--image-std`: one value for all channels or three.
+fn channels(values: Option<&[f64]>, default: [f64; 3]) -> Result<[f64; 3]> {
+    match values {
+        None => Ok(default),
+        Some([all]) => Ok([*all; 3]),
+        Some([r, g, b]) => Ok([*r, *g, *b]),
+        Some(other) => bail!("--image-mean/--image-std take one or three values, got {}", other.len()),
+    }
+}
+
+/// `--resume` (with `latest` already resolved to a file): loads the
+/// weights, optimiser and scaler state of a training checkpoint and returns
+/// its epoch; a bare state_dict loads weights only and starts at epoch 0.
+fn resume(path: Option<&str>, trainer: &mut Trainer, logger: &SharedTrainLog) -> Result<u64> {
+    let Some(path) = path else {
+        return Ok(0);
+    };
+    let source = format!("--resume {path}");
+    let checkpoint = read_checkpoint(Path::new(path)).with_context(|| source.clone())?;
+    load_strict(&trainer.vs, &checkpoint.state_dict, &source)?;
+    let Some(epoch) = checkpoint.epoch else {
+        logger.lock().info(&format!("=> loaded checkpoint '{path}' (epoch 0)"));
+        return Ok(0);
+    };
+    if let Some(optimizer) = &checkpoint.optimizer {
+        trainer
+            .optimizer
+            .load_state_dict(optimizer)
+            .with_context(|| format!("{source}: the optimizer state"))?;
+    }
+    if let (Some(scaler), Some(state)) = (trainer.scaler.as_mut(), &checkpoint.scaler) {
+        scaler.load_state_dict(state).with_context(|| format!("{source}: the scaler state"))?;
+    }
+    logger.lock().info(&format!("=> resuming checkpoint '{path}' (epoch {epoch})"));
+    Ok(epoch as u64)
+}
+
+fn validation_data(args: &TrainArgs) -> Result<Option<ValidationData>> {
+    let Some(data) = &args.val_data else {
+        return Ok(None);
+    };
+    Ok(Some(ValidationData {
+        data: data.clone(),
+        format: resolve_data_format(data, args.dataset_type.as_str().parse()?)?,
+        csv: (
+            args.csv_separator.clone(),
+            args.csv_img_key.clone(),
+            args.csv_caption_key.clone(),
+        ),
+    }))
+}
+
+fn zero_shot_data(args: &TrainArgs) -> Vec<ZeroShotData> {
+    let sets = [
+        (ZeroShotSet::ImagenetVal, &args.imagenet_val),
+        (ZeroShotSet::ImagenetV2, &args.imagenet_v2),
+    ];
+    sets.into_iter()
+        .filter_map(|(set, root)| {
+            root.as_ref().map(|root| ZeroShotData {
+                set,
+                root: PathBuf::from(root),
+                class_names: None,
+                templates: None,
+            })
+        })
+        .collect()
+}
