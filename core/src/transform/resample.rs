@@ -436,9 +436,9 @@ mod x86 {
 
     /// The horizontal pass with AVX2: for each output pixel, four input
     /// pixels at a time are loaded as 16 bytes, widened to two registers of
-    /// two pixels, and multiplied by their weights (laid out once per pass
-    /// to match); a pixel whose reads would leave `input` takes the portable
-    /// path.
+    /// two pixels and multiplied by their weights (laid out once per pass to
+    /// match). Passes whose taps do not come in groups of four (axes of a
+    /// few pixels, or copies) take the portable path.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn horizontal_pass(
         input: &[u8],
@@ -446,14 +446,13 @@ mod x86 {
         rows: Range<usize>,
         taps: &AxisTaps,
     ) -> Vec<u8> {
-        let (row_len, out_row_len) = (in_width * 3, taps.outputs() * 3);
-        let count = taps.taps;
-        let groups = count / 4;
+        if taps.taps % 4 != 0 {
+            return super::horizontal_pass_portable(input, in_width, rows, taps);
+        }
+        let groups = taps.taps / 4;
         let group_weights: Vec<__m256i> = (0..taps.outputs())
             .flat_map(|index| {
-                let weights = taps.weights_of(index);
-                (0..groups).flat_map(move |group| {
-                    let w = &weights[group * 4..group * 4 + 4];
+                taps.weights_of(index).chunks_exact(4).flat_map(|w| {
                     [
                         _mm256_setr_epi32(w[0], w[0], w[0], 0, w[1], w[1], w[1], 0),
                         _mm256_setr_epi32(w[2], w[2], w[2], 0, w[3], w[3], w[3], 0),
@@ -461,50 +460,96 @@ mod x86 {
                 })
             })
             .collect();
-        let first_pair = _mm256_loadu_si256(FIRST_PAIR.as_ptr() as *const __m256i);
-        let second_pair = _mm256_loadu_si256(SECOND_PAIR.as_ptr() as *const __m256i);
-        let mut output = vec![0u8; rows.len() * out_row_len];
-        for (row, out) in rows.zip(output.chunks_exact_mut(out_row_len)) {
-            for (index, out_pixel) in out.chunks_exact_mut(3).enumerate() {
-                let start = row * row_len + taps.firsts[index] * 3;
-                // The reads end at most 4 bytes after the last pixel's.
-                if start + count * 3 + 4 > input.len() {
-                    let row_pixels = &input[row * row_len..(row + 1) * row_len];
-                    out_pixel.copy_from_slice(&super::resample_pixel(row_pixels, taps, index));
+        let layout = PassLayout {
+            input,
+            row_len: in_width * 3,
+            taps,
+            group_weights: &group_weights,
+        };
+        // The common tap counts get loops the compiler unrolls.
+        match groups {
+            1 => layout.run::<1>(rows),
+            2 => layout.run::<2>(rows),
+            3 => layout.run::<3>(rows),
+            4 => layout.run::<4>(rows),
+            _ => layout.run_with_groups(rows, groups),
+        }
+    }
+
+    /// What the AVX2 horizontal pass reads.
+    struct PassLayout<'a> {
+        input: &'a [u8],
+        /// Bytes per input row.
+        row_len: usize,
+        taps: &'a AxisTaps,
+        /// Two registers of weights per group of four taps, per output.
+        group_weights: &'a [__m256i],
+    }
+
+    impl PassLayout<'_> {
+        #[target_feature(enable = "avx2")]
+        unsafe fn run<const GROUPS: usize>(&self, rows: Range<usize>) -> Vec<u8> {
+            self.run_with_groups(rows, GROUPS)
+        }
+
+        #[inline(always)]
+        unsafe fn run_with_groups(&self, rows: Range<usize>, groups: usize) -> Vec<u8> {
+            let taps = self.taps;
+            let out_row_len = taps.outputs() * 3;
+            let length = rows.len() * out_row_len;
+            // Each pixel is stored as 4 bytes, the last one overwritten by
+            // the next pixel; one spare byte takes the very last store's.
+            let mut output = vec![0u8; length + 1];
+            let first_pair = _mm256_loadu_si256(FIRST_PAIR.as_ptr() as *const __m256i);
+            let second_pair = _mm256_loadu_si256(SECOND_PAIR.as_ptr() as *const __m256i);
+            // Each pixel's reads end 4 bytes after the last pixel it reads.
+            let reads_past_first = taps.taps * 3 + 4;
+            let last_first = taps.firsts.iter().copied().max().unwrap_or(0);
+            for (out_row, row) in rows.enumerate() {
+                let row_start = row * self.row_len;
+                let out_start = out_row * out_row_len;
+                if row_start + last_first * 3 + reads_past_first > self.input.len() {
+                    // The image's last rows: the reads would leave `input`.
+                    let row_pixels = &self.input[row_start..row_start + self.row_len];
+                    for index in 0..taps.outputs() {
+                        let pixel = super::resample_pixel(row_pixels, taps, index);
+                        output[out_start + index * 3..][..3].copy_from_slice(&pixel);
+                    }
                     continue;
                 }
-                let base = input.as_ptr().add(start);
-                let weights = &group_weights[index * groups * 2..(index + 1) * groups * 2];
-                let mut pairs = _mm256_setzero_si256();
-                for (group, pair_weights) in weights.chunks_exact(2).enumerate() {
-                    let bytes = _mm_loadu_si128(base.add(group * 12) as *const __m128i);
-                    let both_halves = _mm256_broadcastsi128_si256(bytes);
-                    let first = _mm256_shuffle_epi8(both_halves, first_pair);
-                    let second = _mm256_shuffle_epi8(both_halves, second_pair);
-                    pairs = _mm256_add_epi32(pairs, _mm256_mullo_epi32(first, pair_weights[0]));
-                    pairs = _mm256_add_epi32(pairs, _mm256_mullo_epi32(second, pair_weights[1]));
+                let row_base = self.input.as_ptr().add(row_start);
+                let out_base = output.as_mut_ptr().add(out_start);
+                for (index, &first) in taps.firsts.iter().enumerate() {
+                    let base = row_base.add(first * 3);
+                    let weights = self.group_weights.as_ptr().add(index * groups * 2);
+                    let mut pairs = _mm256_setzero_si256();
+                    for group in 0..groups {
+                        let bytes = _mm_loadu_si128(base.add(group * 12) as *const __m128i);
+                        let both_halves = _mm256_broadcastsi128_si256(bytes);
+                        let first = _mm256_shuffle_epi8(both_halves, first_pair);
+                        let second = _mm256_shuffle_epi8(both_halves, second_pair);
+                        let products = _mm256_add_epi32(
+                            _mm256_mullo_epi32(first, *weights.add(group * 2)),
+                            _mm256_mullo_epi32(second, *weights.add(group * 2 + 1)),
+                        );
+                        pairs = _mm256_add_epi32(pairs, products);
+                    }
+                    let sums = _mm_add_epi32(
+                        _mm256_castsi256_si128(pairs),
+                        _mm256_extracti128_si256::<1>(pairs),
+                    );
+                    let rounded = _mm_add_epi32(sums, _mm_set1_epi32(HALF));
+                    let shifted = _mm_srai_epi32::<{ PRECISION_BITS as i32 }>(rounded);
+                    // Saturating packs clamp to 0..=255, as `to_pixel` does.
+                    let packed =
+                        _mm_packus_epi16(_mm_packs_epi32(shifted, shifted), _mm_setzero_si128());
+                    (out_base.add(index * 3) as *mut i32)
+                        .write_unaligned(_mm_cvtsi128_si32(packed));
                 }
-                let mut sums = _mm_add_epi32(
-                    _mm256_castsi256_si128(pairs),
-                    _mm256_extracti128_si256::<1>(pairs),
-                );
-                let tap_weights = taps.weights_of(index);
-                for tap in groups * 4..count {
-                    let pixel = (base.add(tap * 3) as *const i32).read_unaligned();
-                    let values = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(pixel));
-                    let weight = _mm_set1_epi32(tap_weights[tap]);
-                    sums = _mm_add_epi32(sums, _mm_mullo_epi32(values, weight));
-                }
-                let rounded = _mm_add_epi32(sums, _mm_set1_epi32(HALF));
-                let shifted = _mm_srai_epi32::<{ PRECISION_BITS as i32 }>(rounded);
-                // Saturating packs clamp to 0..=255, as `to_pixel` does.
-                let packed =
-                    _mm_packus_epi16(_mm_packs_epi32(shifted, shifted), _mm_setzero_si128());
-                let bytes = _mm_cvtsi128_si32(packed).to_le_bytes();
-                out_pixel.copy_from_slice(&bytes[..3]);
             }
+            output.truncate(length);
+            output
         }
-        output
     }
 }
 
