@@ -396,14 +396,12 @@ fn vertical_pass_portable(
 mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
-    use std::sync::OnceLock;
 
     use super::{AxisTaps, HALF, PRECISION_BITS};
 
-    /// Whether this CPU has AVX2 (checked once).
+    /// Whether this CPU has AVX2 (the standard library caches the answer).
     pub(super) fn has_avx2() -> bool {
-        static AVX2: OnceLock<bool> = OnceLock::new();
-        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
+        is_x86_feature_detected!("avx2")
     }
 
     /// The vertical pass, vectorised by the compiler with AVX2.
