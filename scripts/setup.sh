@@ -36,6 +36,19 @@ else
     log "python environment ready: $VENV"
 fi
 
+# The nasm assembler lets the JPEG decoder (mozjpeg-sys) build libjpeg-turbo's
+# SIMD code, about twice as fast as its plain C code with the same pixels.
+# Without nasm the build still works, with the C decoder.
+if ! command -v nasm >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing nasm (SIMD JPEG decoding)"
+        { apt-get install -y -qq nasm || { apt-get update -qq && apt-get install -y -qq nasm; }; } >&2 \
+            || log "could not install nasm: JPEG decoding will use libjpeg's slower C code"
+    else
+        log "nasm not found: install it for SIMD JPEG decoding (the build falls back to C code)"
+    fi
+fi
+
 if [ "${1:-}" = "--print-env" ]; then
     TORCH_LIB="$("$VENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
     echo "export CLIPFLOW_VENV='$VENV'"

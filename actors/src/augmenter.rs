@@ -26,7 +26,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clipflow_core::model::{ModelConfig, ModelOverrides};
 use clipflow_core::tokenizer::{ClipTokenizer, TextTokenizer};
 use clipflow_core::transform::{
-    AugmentationCfg, Interpolation, ResizeMode, RgbImage, TrainTransform, ValTransform,
+    AugmentationCfg, Interpolation, ResizeMode, TrainTransform, ValTransform,
     OPENAI_DATASET_MEAN, OPENAI_DATASET_STD,
 };
 use rand::SeedableRng;
@@ -180,24 +180,9 @@ fn channel_values(settings: &Settings, key: &str) -> Result<Option<[f64; 3]>> {
     }
 }
 
-/// The values of `clipflow_core::transform::to_normalized_tensor` (torchvision's
-/// `ToTensor` then `Normalize`, in f32 and in the same order, so the values
-/// are bit-identical), as a plain buffer the batcher copies straight into
-/// its batch.
-pub fn normalized_channels_first(img: &RgbImage, mean: [f64; 3], std: [f64; 3]) -> Vec<f32> {
-    let plane = img.width() as usize * img.height() as usize;
-    let mut values = vec![0f32; 3 * plane];
-    let (planes_r, rest) = values.split_at_mut(plane);
-    let (planes_g, planes_b) = rest.split_at_mut(plane);
-    let mean = mean.map(|m| m as f32);
-    let std = std.map(|s| s as f32);
-    for (index, pixel) in img.as_raw().chunks_exact(3).enumerate() {
-        planes_r[index] = (pixel[0] as f32 / 255.0 - mean[0]) / std[0];
-        planes_g[index] = (pixel[1] as f32 / 255.0 - mean[1]) / std[1];
-        planes_b[index] = (pixel[2] as f32 / 255.0 - mean[2]) / std[2];
-    }
-    values
-}
+/// The values of `clipflow_core::transform::to_normalized_tensor` as a plain
+/// buffer the batcher copies straight into its batch.
+pub use clipflow_core::transform::normalized_channels_first;
 
 /// Transforms images and tokenizes captions; one per worker, with its own
 /// random stream.

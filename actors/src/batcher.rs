@@ -120,6 +120,7 @@ impl BatchImages {
         let tensor = if pin_memory {
             tensor.f_pin_memory(Device::Cuda(0))?
         } else {
+            advise_huge_pages(&tensor);
             tensor
         };
         Ok(BatchImages {
@@ -141,6 +142,35 @@ impl BatchImages {
         // out, so its storage is `len` initialised-or-not f32 slots that
         // only this `&mut self` borrow can reach.
         unsafe { std::slice::from_raw_parts_mut(self.tensor.data_ptr() as *mut f32, len) }
+    }
+}
+
+/// Asks the kernel to back a fresh, not yet written CPU tensor with
+/// transparent huge pages where it allows them (the common `madvise` mode):
+/// a batch (154 MB for 256 images of 224 x 224) is written once, and with
+/// 2 MB pages that costs about 75 page faults instead of about 37,000.
+/// Only a hint: where the kernel declines, the tensor uses ordinary pages.
+fn advise_huge_pages(tensor: &Tensor) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = tensor.data_ptr() as usize;
+        let end = start + tensor.numel() * tensor.kind().elt_size_in_bytes();
+        // madvise takes whole pages: the ones inside the tensor.
+        let first_page = start.next_multiple_of(PAGE);
+        let last_page = end / PAGE * PAGE;
+        if last_page > first_page {
+            // SAFETY: the range lies inside the tensor's allocation, which
+            // `tensor` keeps alive; MADV_HUGEPAGE changes how the kernel
+            // backs the pages, not their contents or protection.
+            unsafe {
+                libc::madvise(
+                    first_page as *mut libc::c_void,
+                    last_page - first_page,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
     }
 }
 

@@ -9,7 +9,8 @@
 //! - [`ValTransform`]: `open_clip.image_transform(..., is_train=False)`.
 //! - [`TrainTransform`]: `open_clip.image_transform(..., is_train=True)`
 //!   (OpenCLIP's own augmentations, configured by [`AugmentationCfg`]).
-//! - [`to_normalized_tensor`]: torchvision's `ToTensor` + `Normalize`.
+//! - [`to_normalized_tensor`], [`normalized_channels_first`]: torchvision's
+//!   `ToTensor` + `Normalize`.
 
 mod aug_cfg;
 mod decode;
@@ -39,14 +40,27 @@ pub const OPENAI_DATASET_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 /// as torchvision's `ToTensor` followed by `Normalize`, so equal pixels give
 /// bit-identical values.
 pub fn to_normalized_tensor(img: &RgbImage, mean: [f64; 3], std: [f64; 3]) -> Tensor {
-    let (width, height) = (img.width() as usize, img.height() as usize);
-    let plane = width * height;
-    let mut chw = vec![0f32; 3 * plane];
-    for (index, pixel) in img.pixels().enumerate() {
-        for channel in 0..3 {
-            let unit = pixel[channel] as f32 / 255.0;
-            chw[channel * plane + index] = (unit - mean[channel] as f32) / std[channel] as f32;
-        }
+    let (width, height) = (img.width() as i64, img.height() as i64);
+    Tensor::from_slice(&normalized_channels_first(img, mean, std)).view([3, height, width])
+}
+
+/// The values of [`to_normalized_tensor`] as a plain buffer, channels first
+/// (`[3, height, width]` in row-major order). Each channel's 256 possible
+/// values are computed once, with the same f32 operations, and looked up.
+pub fn normalized_channels_first(img: &RgbImage, mean: [f64; 3], std: [f64; 3]) -> Vec<f32> {
+    let tables: [[f32; 256]; 3] = std::array::from_fn(|channel| {
+        let (mean, std) = (mean[channel] as f32, std[channel] as f32);
+        std::array::from_fn(|level| (level as f32 / 255.0 - mean) / std)
+    });
+    let plane = img.width() as usize * img.height() as usize;
+    let mut values = vec![0f32; 3 * plane];
+    let (red, rest) = values.split_at_mut(plane);
+    let (green, blue) = rest.split_at_mut(plane);
+    let planes = red.iter_mut().zip(green.iter_mut()).zip(blue.iter_mut());
+    for (pixel, ((red, green), blue)) in img.as_raw().chunks_exact(3).zip(planes) {
+        *red = tables[0][usize::from(pixel[0])];
+        *green = tables[1][usize::from(pixel[1])];
+        *blue = tables[2][usize::from(pixel[2])];
     }
-    Tensor::from_slice(&chw).view([3, height as i64, width as i64])
+    values
 }

@@ -19,7 +19,7 @@ use rand::Rng;
 use tch::Tensor;
 
 use super::aug_cfg::{AugmentationCfg, JitterStrengths};
-use super::resample::{resize, Interpolation};
+use super::resample::{resize_region, Interpolation};
 use super::to_normalized_tensor;
 
 /// torchvision's `RandomResizedCrop` aspect-ratio range (width / height).
@@ -253,8 +253,8 @@ fn uniform(rng: &mut impl Rng, low: f64, high: f64) -> f64 {
 
 /// torchvision's `resized_crop` on a PIL image: `img.crop(box)` resized to
 /// `width` x `height` with PIL's bicubic filter. The filter reads only the
-/// box (its taps are clamped to the box's edges, as after PIL's crop), so
-/// the rest of the image costs nothing.
+/// box (its taps are clamped to the box's edges, as after PIL's crop), in
+/// place: the crop costs no copy.
 pub fn resized_crop(img: &RgbImage, crop: CropBox, width: u32, height: u32) -> Result<RgbImage> {
     let fits = |start: u32, length: u32, limit: u32| {
         length > 0 && u64::from(start) + u64::from(length) <= u64::from(limit)
@@ -270,31 +270,19 @@ pub fn resized_crop(img: &RgbImage, crop: CropBox, width: u32, height: u32) -> R
             img.height()
         );
     }
-    if (crop.width, crop.height) == img.dimensions() {
-        return Ok(resize(img, width, height, Interpolation::Bicubic));
-    }
-    Ok(resize(
-        &cut_out(img, crop),
-        width,
+    let output = CropBox {
+        top: 0,
+        left: 0,
         height,
+        width,
+    };
+    Ok(resize_region(
+        img,
+        crop,
+        (width, height),
+        output,
         Interpolation::Bicubic,
     ))
-}
-
-/// Copies the pixels of `crop`, which lies inside `img`.
-fn cut_out(img: &RgbImage, crop: CropBox) -> RgbImage {
-    let row_len = img.width() as usize * 3;
-    let (left, width) = (crop.left as usize * 3, crop.width as usize * 3);
-    let mut pixels = Vec::with_capacity(width * crop.height as usize);
-    for row in img
-        .as_raw()
-        .chunks_exact(row_len)
-        .skip(crop.top as usize)
-        .take(crop.height as usize)
-    {
-        pixels.extend_from_slice(&row[left..left + width]);
-    }
-    RgbImage::from_raw(crop.width, crop.height, pixels).expect("the crop lies inside the image")
 }
 
 impl ColorAdjustment {

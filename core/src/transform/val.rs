@@ -9,8 +9,9 @@ use anyhow::bail;
 use image::{Rgb, RgbImage};
 use tch::Tensor;
 
-use super::resample::{resize, Interpolation};
+use super::resample::{resize, resize_region, Interpolation};
 use super::to_normalized_tensor;
+use super::train::CropBox;
 
 /// How the image is fitted to the target size; OpenCLIP's `resize_mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,24 +89,51 @@ impl ValTransform {
                 } else {
                     (target_height, scaled_long)
                 };
-                let resized = resize(img, new_width, new_height, self.interpolation);
-                center_crop_or_pad(&resized, self.image_size, 0)
+                self.resize_then_center(img, (new_width, new_height), self.interpolation, 0)
             }
             ResizeMode::Shortest => {
                 // OpenCLIP builds `ResizeKeepRatio` for non-square targets
                 // without passing its interpolation, so it is always bicubic.
                 let (new_height, new_width) =
                     keep_ratio_size((height, width), self.image_size, false);
-                let resized = resize(img, new_width, new_height, Interpolation::Bicubic);
-                center_crop_or_pad(&resized, self.image_size, 0)
+                self.resize_then_center(img, (new_width, new_height), Interpolation::Bicubic, 0)
             }
             ResizeMode::Longest => {
                 let (new_height, new_width) =
                     keep_ratio_size((height, width), self.image_size, true);
-                let resized = resize(img, new_width, new_height, self.interpolation);
-                center_crop_or_pad(&resized, self.image_size, self.fill_color)
+                let fill = self.fill_color;
+                self.resize_then_center(img, (new_width, new_height), self.interpolation, fill)
             }
         }
+    }
+
+    /// `center_crop_or_pad(&resize(img, size), self.image_size, fill)` for
+    /// `size` (width, height); when nothing needs padding, only the pixels
+    /// the crop keeps are computed.
+    fn resize_then_center(
+        &self,
+        img: &RgbImage,
+        size: (u32, u32),
+        filter: Interpolation,
+        fill: u8,
+    ) -> RgbImage {
+        let (target_height, target_width) = self.image_size;
+        if size.0 < target_width || size.1 < target_height {
+            return center_crop_or_pad(&resize(img, size.0, size.1, filter), self.image_size, fill);
+        }
+        let whole_image = CropBox {
+            top: 0,
+            left: 0,
+            height: img.height(),
+            width: img.width(),
+        };
+        let centred_window = CropBox {
+            top: centred_offset(i64::from(size.1 - target_height)) as u32,
+            left: centred_offset(i64::from(size.0 - target_width)) as u32,
+            height: target_height,
+            width: target_width,
+        };
+        resize_region(img, whole_image, size, centred_window, filter)
     }
 
     /// The transformed image as a `[3, height, width]` f32 tensor, normalised.
@@ -129,6 +157,12 @@ fn keep_ratio_size(source: (u32, u32), target: (u32, u32), fit_longest: bool) ->
     (scaled(source.0), scaled(source.1))
 }
 
+/// torchvision's centred crop offset for `extra` pixels more than the crop:
+/// half of them, rounded half to even.
+fn centred_offset(extra: i64) -> i64 {
+    (extra as f64 / 2.0).round_ties_even() as i64
+}
+
 /// torchvision's `center_crop` (and OpenCLIP's `center_crop_or_pad`): pads
 /// with `fill` where the image is smaller than `size` (height, width), the
 /// odd pixel of padding going right or bottom, then takes the centred window,
@@ -140,7 +174,6 @@ pub fn center_crop_or_pad(img: &RgbImage, size: (u32, u32), fill: u8) -> RgbImag
     let pad_left = ((crop_width - width) / 2).max(0);
     let padded_height = height.max(crop_height);
     let padded_width = width.max(crop_width);
-    let centred_offset = |extra: i64| (extra as f64 / 2.0).round_ties_even() as i64;
     let crop_top = centred_offset(padded_height - crop_height);
     let crop_left = centred_offset(padded_width - crop_width);
     if pad_top == 0 && pad_left == 0 && height >= crop_height && width >= crop_width {
