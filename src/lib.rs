@@ -2,5 +2,7 @@
 //! subcommands behind `clipflow train`, `embed`, `tokenize`, `convert`, `models`.
 
 pub mod commands;
+pub mod remote_sync;
+pub mod run_config;
 pub mod runtime;
 pub mod train_args;

@@ -6,6 +6,8 @@ pub mod bad_data;
 pub mod batcher;
 pub mod decoder;
 pub mod kinds;
+pub mod remote_folder;
+pub mod remote_syncer;
 pub mod runtime;
 pub mod shard_reader;
 pub mod topology;
