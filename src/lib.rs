@@ -3,6 +3,8 @@
 //! `run`, `bench`, and the tracing export they share.
 
 pub mod commands;
+pub mod remote_sync;
+pub mod run_config;
 pub mod runtime;
 pub mod telemetry;
 pub mod train_args;

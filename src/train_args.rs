@@ -350,7 +350,7 @@ pub struct TrainArgs {
     #[arg(long, help_heading = "Logging")]
     pub debug: bool,
 
-    /// Copy the training code into the experiment folder and run from there.
+    /// Copy the topology and the resolved flags into <logs>/<name>/code (OpenCLIP copies its source tree).
     #[arg(long, help_heading = "Logging")]
     pub copy_codebase: bool,
 
@@ -616,12 +616,6 @@ impl TrainArgs {
             found.push(unsupported(
                 "--use-bnb-linear",
                 "bitsandbytes layers are Python/Triton code; train with --precision amp_bf16 or amp instead",
-            ));
-        }
-        if self.copy_codebase {
-            found.push(unsupported(
-                "--copy-codebase",
-                "it copies OpenCLIP's Python source tree; clipflow is a single binary, so drop the flag",
             ));
         }
         found

@@ -8,6 +8,8 @@ pub mod checkpointer;
 pub mod decoder;
 pub mod evaluator;
 pub mod kinds;
+pub mod remote_folder;
+pub mod remote_syncer;
 pub mod report;
 pub mod runtime;
 pub mod shard_reader;
