@@ -2,6 +2,7 @@
 //! and parameter names), model configs, the CLIP tokenizer, image transforms
 //! and weight-file formats. Knows nothing of actors or the CLI.
 
+pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod loss;
