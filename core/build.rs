@@ -8,13 +8,15 @@ fn main() {
     build_shim();
 }
 
-/// Compiles shim/shim.cpp into a static library that core/src/shim.rs binds.
+/// Compiles shim/*.cpp into a static library that core/src/shim.rs and
+/// core/src/checkpoint.rs bind.
 fn build_shim() {
     let torch_include = torch_lib_dir().join("..").join("include");
     println!("cargo:rerun-if-changed=shim");
     cc::Build::new()
         .cpp(true)
         .file("shim/shim.cpp")
+        .file("shim/checkpoint.cpp")
         .include(&torch_include)
         .include(torch_include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -5,8 +5,8 @@
 //   which tch only exposes for CUDA and without a dtype;
 // - the fused AdamW kernel (`at::_fused_adamw_`), which tch's generator skips.
 //
-// Every function catches C++ exceptions and reports them as a heap-allocated
-// message (free it with clipflow_shim_free_error); a null return means success.
+// Every function reports C++ exceptions as errors.h describes.
+// Activation checkpointing lives in checkpoint.cpp.
 // Tensors arrive as tch's handles, which are `at::Tensor*` (see torch-sys's
 // libtch/torch_api.h).
 
@@ -15,35 +15,13 @@
 #include <ATen/ops/_foreach_add.h>
 #include <ATen/ops/_fused_adamw.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <vector>
 
+#include "errors.h"
+
+using clipflow_shim::catch_errors;
+
 namespace {
-
-char *copy_message(const char *message) {
-  const size_t length = std::strlen(message);
-  char *copy = static_cast<char *>(std::malloc(length + 1));
-  if (copy != nullptr) {
-    std::memcpy(copy, message, length + 1);
-  }
-  return copy;
-}
-
-// Runs `body`, turning any exception into an error message for Rust.
-template <typename Body> char *catch_errors(Body body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const c10::Error &error) {
-    return copy_message(error.what_without_backtrace());
-  } catch (const std::exception &error) {
-    return copy_message(error.what());
-  } catch (...) {
-    return copy_message("unknown C++ exception in clipflow's libtorch shim");
-  }
-}
 
 c10::DeviceType autocast_device_type(int device_type) {
   const auto type = static_cast<c10::DeviceType>(device_type);

@@ -8,6 +8,9 @@
 //! - [`fused_adamw_step`]: one step of `torch.optim.AdamW(fused=True)`
 //!   through libtorch's fused kernel (`_fused_adamw_`, on CPU and CUDA).
 //!
+//! Activation checkpointing, also in the shim, has its own module:
+//! [`crate::checkpoint`].
+//!
 //! Errors raised inside libtorch come back as `anyhow` errors, never aborts.
 //! Autocast state is per thread, like libtorch's, so the guard is not `Send`.
 
@@ -19,7 +22,7 @@ use tch::{Device, Kind, Tensor};
 
 /// What tch's `C_tensor` handles point to: an `at::Tensor`, opaque here.
 #[repr(C)]
-struct AtTensor {
+pub(crate) struct AtTensor {
     _private: [u8; 0],
 }
 
@@ -49,7 +52,7 @@ extern "C" {
 
 /// Turns the shim's error convention (null on success, else a message the
 /// caller frees) into a `Result`.
-fn check(error: *mut c_char) -> Result<()> {
+pub(crate) fn check(error: *mut c_char) -> Result<()> {
     if error.is_null() {
         return Ok(());
     }

@@ -55,6 +55,15 @@ impl Clip {
         })
     }
 
+    /// `--grad-checkpointing` (OpenCLIP's `CLIP.set_grad_checkpointing`): each
+    /// residual block of the ViT image tower and of the text tower recomputes
+    /// its activations during backward instead of keeping them. Gradients
+    /// are unchanged; it only acts while gradients are recorded.
+    pub fn set_grad_checkpointing(&mut self, enable: bool) {
+        self.visual.set_grad_checkpointing(enable);
+        self.text.set_grad_checkpointing(enable);
+    }
+
     /// Image features [N, embed_dim], not normalised (OpenCLIP's `encode_image`).
     pub fn encode_image(&self, images: &Tensor, train: bool) -> Tensor {
         self.visual.forward_t(images, train)

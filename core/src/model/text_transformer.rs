@@ -132,6 +132,11 @@ impl TextTransformer {
         })
     }
 
+    /// Checkpoints the transformer's blocks (OpenCLIP's `set_grad_checkpointing`).
+    pub fn set_grad_checkpointing(&mut self, enable: bool) {
+        self.transformer.set_grad_checkpointing(enable);
+    }
+
     fn pool(&self, x: &Tensor, text: &Tensor) -> Tensor {
         let rows = || Tensor::arange(x.size()[0], (Kind::Int64, x.device()));
         match self.pool {

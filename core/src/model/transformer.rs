@@ -3,12 +3,15 @@
 //! `ResidualAttentionBlock` (`ln_1`, `attn`, `ls_1`, `ln_2`, `mlp.c_fc`,
 //! `mlp.c_proj`, `ls_2`), multi-head attention with PyTorch's
 //! `nn.MultiheadAttention` parameter names (`in_proj_weight`, `out_proj`), and
-//! the attentional pooler.
+//! the attentional pooler. With grad checkpointing on, each residual block of
+//! the stack runs under [`checkpoint`], as OpenCLIP's
+//! `Transformer.grad_checkpointing` does (the pooler is not checkpointed).
 
 use tch::nn::{self, Init, Module};
 use tch::Tensor;
 
 use super::config::{ActKwargs, NormKwargs};
+use crate::checkpoint::checkpoint;
 
 /// The MLP activation: `nn.GELU` (exact or tanh-approximated) or OpenAI's QuickGELU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +65,20 @@ impl Module for LayerNorm {
     }
 }
 
+impl LayerNorm {
+    fn shallow_clone(&self) -> Self {
+        LayerNorm {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.shallow_clone(),
+            ..*self
+        }
+    }
+
+    fn parameters(&self) -> [&Tensor; 2] {
+        [&self.weight, &self.bias]
+    }
+}
+
 /// LayerNorm with OpenCLIP's eps (1e-5 unless the config's norm_kwargs say otherwise).
 pub fn layer_norm(p: nn::Path, dim: i64, norm_kwargs: Option<&NormKwargs>) -> LayerNorm {
     LayerNorm {
@@ -92,6 +109,17 @@ pub fn linear(p: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
             bias: true,
         },
     )
+}
+
+fn shallow_clone_linear(linear: &nn::Linear) -> nn::Linear {
+    nn::Linear {
+        ws: linear.ws.shallow_clone(),
+        bs: linear.bs.as_ref().map(Tensor::shallow_clone),
+    }
+}
+
+fn linear_parameters(linear: &nn::Linear) -> impl Iterator<Item = &Tensor> {
+    std::iter::once(&linear.ws).chain(linear.bs.as_ref())
 }
 
 /// Splits [N, L, heads*head_dim] into [N, heads, L, head_dim].
@@ -166,6 +194,21 @@ impl MultiheadAttention {
         );
         self.out_proj.forward(&merge_heads(&out))
     }
+
+    fn shallow_clone(&self) -> Self {
+        MultiheadAttention {
+            in_proj_weight: self.in_proj_weight.shallow_clone(),
+            in_proj_bias: self.in_proj_bias.shallow_clone(),
+            out_proj: shallow_clone_linear(&self.out_proj),
+            heads: self.heads,
+        }
+    }
+
+    fn parameters(&self) -> impl Iterator<Item = &Tensor> {
+        [&self.in_proj_weight, &self.in_proj_bias]
+            .into_iter()
+            .chain(linear_parameters(&self.out_proj))
+    }
 }
 
 /// `LayerScale`: a learned per-channel scale `gamma` (present when the config
@@ -184,6 +227,12 @@ impl LayerScale {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x * &self.gamma
+    }
+
+    fn shallow_clone(&self) -> Self {
+        LayerScale {
+            gamma: self.gamma.shallow_clone(),
+        }
     }
 }
 
@@ -206,6 +255,18 @@ impl Mlp {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.c_proj.forward(&self.act.apply(&self.c_fc.forward(x)))
+    }
+
+    fn shallow_clone(&self) -> Self {
+        Mlp {
+            c_fc: shallow_clone_linear(&self.c_fc),
+            c_proj: shallow_clone_linear(&self.c_proj),
+            act: self.act,
+        }
+    }
+
+    fn parameters(&self) -> impl Iterator<Item = &Tensor> {
+        linear_parameters(&self.c_fc).chain(linear_parameters(&self.c_proj))
     }
 }
 
@@ -259,12 +320,55 @@ impl ResidualAttentionBlock {
         let mlp_out = self.mlp.forward(&self.ln_2.forward(&x));
         &x + scale(&self.ls_2, mlp_out)
     }
+
+    /// `forward` under [`checkpoint`]: the block's activations are recomputed
+    /// during backward instead of kept. The mask, a constant, travels with
+    /// the closure; OpenCLIP passes it to `checkpoint` alongside `x`.
+    fn forward_checkpointed(&self, x: &Tensor, attn_mask: Option<&Tensor>) -> Tensor {
+        let block = self.shallow_clone();
+        let mask = attn_mask.map(Tensor::shallow_clone);
+        checkpoint(&[x], &self.parameters(), move |inputs| {
+            block.forward(&inputs[0], mask.as_ref())
+        })
+        // The plain forward panics on the errors tch reports inside it;
+        // checkpointing returns them instead, and the block keeps the same
+        // contract.
+        .unwrap_or_else(|error| panic!("{error:#}"))
+    }
+
+    /// Every tensor `forward` reads that may need a gradient.
+    fn parameters(&self) -> Vec<&Tensor> {
+        let layer_scales = [&self.ls_1, &self.ls_2];
+        self.ln_1
+            .parameters()
+            .into_iter()
+            .chain(self.attn.parameters())
+            .chain(self.ln_2.parameters())
+            .chain(self.mlp.parameters())
+            .chain(layer_scales.into_iter().flatten().map(|ls| &ls.gamma))
+            .collect()
+    }
+
+    /// A block sharing this one's weights, for the checkpointed closure to own:
+    /// the closure must be `'static + Send`, and tch tensors are not `Sync`,
+    /// so it can neither borrow the block nor share it through an `Arc`.
+    fn shallow_clone(&self) -> Self {
+        ResidualAttentionBlock {
+            ln_1: self.ln_1.shallow_clone(),
+            attn: self.attn.shallow_clone(),
+            ls_1: self.ls_1.as_ref().map(LayerScale::shallow_clone),
+            ln_2: self.ln_2.shallow_clone(),
+            mlp: self.mlp.shallow_clone(),
+            ls_2: self.ls_2.as_ref().map(LayerScale::shallow_clone),
+        }
+    }
 }
 
 /// `Transformer`: `resblocks.0 .. resblocks.{layers-1}`, batch first.
 #[derive(Debug)]
 pub struct Transformer {
     resblocks: Vec<ResidualAttentionBlock>,
+    grad_checkpointing: bool,
 }
 
 impl Transformer {
@@ -274,7 +378,14 @@ impl Transformer {
             resblocks: (0..cfg.layers)
                 .map(|i| ResidualAttentionBlock::new(&blocks / i, cfg))
                 .collect(),
+            grad_checkpointing: false,
         }
+    }
+
+    /// Runs each block under [`checkpoint`] from now on (or no longer). It
+    /// only changes anything while gradients are recorded.
+    pub fn set_grad_checkpointing(&mut self, enable: bool) {
+        self.grad_checkpointing = enable;
     }
 
     /// Re-initialises the block weights the way OpenCLIP's
@@ -315,7 +426,11 @@ impl Transformer {
     pub fn forward(&self, x: &Tensor, attn_mask: Option<&Tensor>) -> Tensor {
         let mut x = x.shallow_clone();
         for block in &self.resblocks {
-            x = block.forward(&x, attn_mask);
+            x = if self.grad_checkpointing {
+                block.forward_checkpointed(&x, attn_mask)
+            } else {
+                block.forward(&x, attn_mask)
+            };
         }
         x
     }

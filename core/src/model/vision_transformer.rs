@@ -160,6 +160,11 @@ impl VisionTransformer {
         })
     }
 
+    /// Checkpoints the transformer's blocks (OpenCLIP's `set_grad_checkpointing`).
+    pub fn set_grad_checkpointing(&mut self, enable: bool) {
+        self.transformer.set_grad_checkpointing(enable);
+    }
+
     fn global_pool(&self, x: &Tensor) -> Tensor {
         match self.pool {
             Pool::ClassToken => x.select(1, 0),

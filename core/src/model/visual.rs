@@ -39,6 +39,15 @@ impl VisualTower {
         }
     }
 
+    /// Checkpoints a ViT's transformer blocks; a ModifiedResNet ignores it,
+    /// as OpenCLIP's does.
+    pub fn set_grad_checkpointing(&mut self, enable: bool) {
+        match self {
+            VisualTower::VisionTransformer(vit) => vit.set_grad_checkpointing(enable),
+            VisualTower::ModifiedResNet(_) => {}
+        }
+    }
+
     pub fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
         match self {
             VisualTower::VisionTransformer(vit) => vit.forward_t(images, train),

@@ -1,0 +1,324 @@
+//! `--grad-checkpointing`: the checkpoint primitive (core/src/checkpoint.rs
+//! over the C++ shim) and the model's checkpointed residual blocks.
+//!
+//! Checkpointing must not change any number: the recomputation runs the same
+//! fp32 kernels on the same values in the same order, so losses and gradients
+//! are compared for exact equality. What it changes is memory, measured as
+//! the peak resident set of a child process running one training step.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use clipflow_core::checkpoint::checkpoint;
+use clipflow_core::loss::clip_loss;
+use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};
+use clipflow_core::shim::AutocastGuard;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+fn assert_same(a: &Tensor, b: &Tensor, what: &str) {
+    assert_eq!(a.size(), b.size(), "{what}: shapes");
+    let diff = (a - b).abs().max().double_value(&[]);
+    assert_eq!(diff, 0.0, "{what}: differs by {diff}");
+}
+
+fn leaf(shape: &[i64]) -> Tensor {
+    Tensor::randn(shape, (Kind::Float, Device::Cpu)).set_requires_grad(true)
+}
+
+/// A copy of `tensor`'s gradient, which is then zeroed for the next run.
+fn take_grad(tensor: &Tensor) -> Tensor {
+    let mut grad = tensor.grad();
+    assert!(grad.defined(), "a gradient reached the tensor");
+    let copy = grad.copy();
+    let _ = grad.zero_();
+    copy
+}
+
+/// A small block-like function: matmul with a weight, GELU, scale.
+fn block(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    x.matmul(w).gelu("none") * b
+}
+
+#[test]
+fn backward_recomputes_once_and_gradients_match() {
+    tch::manual_seed(0);
+    let x = leaf(&[4, 8]);
+    let (w, b) = (leaf(&[8, 8]), leaf(&[8]));
+
+    block(&x, &w, &b).sum(None).backward();
+    let plain = [take_grad(&x), take_grad(&w), take_grad(&b)];
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (counter, w2, b2) = (calls.clone(), w.shallow_clone(), b.shallow_clone());
+    let y = checkpoint(&[&x], &[&w, &b], move |inputs| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        block(&inputs[0], &w2, &b2)
+    })
+    .unwrap();
+    assert!(y.requires_grad());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "forward runs the function once"
+    );
+    assert_same(&y, &block(&x, &w, &b), "output");
+    y.sum(None).backward();
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "backward runs it again");
+    for (name, (tensor, expected)) in ["x", "w", "b"].iter().zip([&x, &w, &b].iter().zip(&plain)) {
+        assert_same(&take_grad(tensor), expected, &format!("gradient of {name}"));
+    }
+}
+
+#[test]
+fn parameters_get_gradients_when_no_input_requires_grad() {
+    // As after a partially locked tower: the block's input is constant.
+    let x = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
+    let (w, b) = (leaf(&[8, 8]), leaf(&[8]));
+    block(&x, &w, &b).sum(None).backward();
+    let plain = take_grad(&w);
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (counter, w2, b2) = (calls.clone(), w.shallow_clone(), b.shallow_clone());
+    let y = checkpoint(&[&x], &[&w, &b], move |inputs| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        block(&inputs[0], &w2, &b2)
+    })
+    .unwrap();
+    y.sum(None).backward();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "checkpointed, not run plainly"
+    );
+    assert_same(&take_grad(&w), &plain, "gradient of w");
+}
+
+#[test]
+fn without_gradients_the_function_runs_once() {
+    let x = leaf(&[2, 8]);
+    let w = leaf(&[8, 8]);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (counter, w2) = (calls.clone(), w.shallow_clone());
+    let y = tch::no_grad(|| {
+        checkpoint(&[&x], &[&w], move |inputs| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            inputs[0].matmul(&w2)
+        })
+        .unwrap()
+    });
+    assert!(!y.requires_grad());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn recomputation_replays_the_random_draws_and_leaves_the_rng_where_it_was() {
+    let x = leaf(&[64, 32]);
+    let w = leaf(&[32, 32]);
+    let dropped = |x: &Tensor, w: &Tensor| x.matmul(w).dropout(0.5, true);
+
+    tch::manual_seed(7);
+    dropped(&x, &w).sum(None).backward();
+    let plain = take_grad(&w);
+    let next_draw = Tensor::rand([4], (Kind::Float, Device::Cpu));
+
+    tch::manual_seed(7);
+    let w2 = w.shallow_clone();
+    let y = checkpoint(&[&x], &[&w], move |inputs| dropped(&inputs[0], &w2)).unwrap();
+    y.sum(None).backward();
+    // Without restoring the forward's RNG state, backward would draw another
+    // dropout mask and the gradient would differ.
+    assert_same(&take_grad(&w), &plain, "gradient through dropout");
+    let after = Tensor::rand([4], (Kind::Float, Device::Cpu));
+    assert_same(&after, &next_draw, "the RNG stream after backward");
+}
+
+#[test]
+fn recomputation_runs_under_the_forwards_autocast_state() {
+    let x = leaf(&[4, 16]);
+    let w = leaf(&[16, 16]);
+    let step = |checkpointed: bool, backward_inside_autocast: bool| -> Tensor {
+        let guard = AutocastGuard::new(Device::Cpu, Kind::BFloat16).unwrap();
+        let y = if checkpointed {
+            let w2 = w.shallow_clone();
+            checkpoint(&[&x], &[&w], move |inputs| inputs[0].matmul(&w2).relu()).unwrap()
+        } else {
+            x.matmul(&w).relu()
+        };
+        assert_eq!(y.kind(), Kind::BFloat16, "autocast applies in the forward");
+        let loss = y.to_kind(Kind::Float).sum(None);
+        if backward_inside_autocast {
+            loss.backward();
+            drop(guard);
+        } else {
+            drop(guard);
+            loss.backward();
+        }
+        take_grad(&w)
+    };
+    let plain = step(false, false);
+    // Recomputed outside any autocast region: an fp32 recomputation would
+    // give other gradients than the bf16 forward's.
+    assert_same(&step(true, false), &plain, "backward after autocast");
+    // Recomputed inside the forward's region (a nested one): the weight's
+    // cast must still carry its gradient to w.
+    assert_same(&step(true, true), &plain, "backward inside autocast");
+}
+
+#[test]
+fn a_panic_in_the_function_becomes_an_error() {
+    let x = leaf(&[2, 4]);
+    let error = checkpoint(&[&x], &[], |_| panic!("bad block on the forward call")).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("bad block on the forward call"),
+        "{error:#}"
+    );
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let y = checkpoint(&[&x], &[], move |inputs| {
+        if counter.fetch_add(1, Ordering::SeqCst) > 0 {
+            panic!("bad block on the recomputation");
+        }
+        &inputs[0] * 2.0
+    })
+    .unwrap();
+    let error = y.sum(None).f_backward().unwrap_err();
+    assert!(
+        error.to_string().contains("bad block on the recomputation"),
+        "{error}"
+    );
+}
+
+fn tiny_vit() -> ModelConfig {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-vit.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    ModelConfig::from_json(&text, path, &ModelOverrides::default()).unwrap()
+}
+
+/// One CLIP training step's loss on random images and captions of `batch`.
+fn clip_step(model: &Clip, config: &ModelConfig, batch: i64) -> Tensor {
+    let (height, width) = config.vision_cfg.image_size.height_width();
+    let images = Tensor::randn([batch, 3, height, width], (Kind::Float, Device::Cpu));
+    let context = config.text_cfg.context_length;
+    let text = Tensor::randint_low(1, 1000, [batch, context], (Kind::Int64, Device::Cpu));
+    let output = model.forward_t(&images, &text, true);
+    clip_loss(
+        &output.image_features,
+        &output.text_features,
+        &output.logit_scale,
+    )
+}
+
+/// Both towers' blocks (the text tower's with its causal mask) give the
+/// same loss and the same gradient for every parameter.
+#[test]
+fn tiny_vit_loss_and_gradients_are_unchanged() {
+    let config = tiny_vit();
+    tch::manual_seed(1);
+    let vs = VarStore::new(Device::Cpu);
+    let mut model = Clip::new(&vs.root(), &config).unwrap();
+
+    let run = |model: &Clip| {
+        tch::manual_seed(2);
+        let loss = clip_step(model, &config, 4);
+        loss.backward();
+        let grads: BTreeMap<String, Tensor> = vs
+            .variables()
+            .into_iter()
+            .map(|(name, value)| (name, take_grad(&value)))
+            .collect();
+        (loss, grads)
+    };
+    let (plain_loss, plain_grads) = run(&model);
+    model.set_grad_checkpointing(true);
+    let (loss, grads) = run(&model);
+
+    assert_same(&loss, &plain_loss, "loss");
+    let mut block_params = 0;
+    for ((name, grad), (_, expected)) in grads.iter().zip(&plain_grads) {
+        assert_same(grad, expected, &format!("gradient of {name}"));
+        block_params += usize::from(name.contains("resblocks"));
+    }
+    // 2 ViT blocks of 14 tensors (with LayerScale), 2 text blocks of 12.
+    assert_eq!(block_params, 2 * 14 + 2 * 12);
+}
+
+/// The probe the memory test runs in a child process (a fresh allocator per
+/// measurement): one training step of a ViT wide and deep enough that its
+/// block activations dominate, printing how far the peak resident set rose
+/// above the resident set before the step.
+#[test]
+#[ignore = "run in a child process by checkpointing_lowers_peak_memory"]
+fn peak_memory_probe() {
+    let checkpointed = std::env::var("CLIPFLOW_PROBE_CHECKPOINTING").unwrap() == "1";
+    let config = ModelConfig::from_json(
+        r#"{"embed_dim": 64,
+            "vision_cfg": {"image_size": 64, "layers": 8, "width": 128,
+                           "head_width": 32, "patch_size": 8},
+            "text_cfg": {"context_length": 8, "vocab_size": 1000, "width": 32,
+                         "heads": 2, "layers": 1}}"#,
+        "probe config",
+        &ModelOverrides::default(),
+    )
+    .unwrap();
+    tch::manual_seed(0);
+    let vs = VarStore::new(Device::Cpu);
+    let mut model = Clip::new(&vs.root(), &config).unwrap();
+    model.set_grad_checkpointing(checkpointed);
+    // Warm up libtorch (thread pools, kernels) on a small batch.
+    clip_step(&model, &config, 2).backward();
+
+    // "5" resets the peak resident set to the current one.
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let before = status_kib("VmRSS");
+    clip_step(&model, &config, 32).backward();
+    let peak = status_kib("VmHWM");
+    println!("peak rise KiB: {}", peak - before);
+}
+
+fn status_kib(field: &str) -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("/proc/self/status has no {field}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn probe_peak_rise_kib(checkpointed: bool) -> i64 {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["peak_memory_probe", "--exact", "--ignored", "--nocapture"])
+        .env(
+            "CLIPFLOW_PROBE_CHECKPOINTING",
+            if checkpointed { "1" } else { "0" },
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "probe failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("peak rise KiB: "))
+        .unwrap_or_else(|| panic!("probe printed no measurement:\n{stdout}"))
+        .parse()
+        .unwrap()
+}
+
+/// Without checkpointing a step keeps every block's activations until
+/// backward (~16 MiB per block here); with it, only each block's input and
+/// one block's activations at a time.
+#[test]
+fn checkpointing_lowers_peak_memory() {
+    let plain = probe_peak_rise_kib(false);
+    let checkpointed = probe_peak_rise_kib(true);
+    assert!(
+        checkpointed * 2 < plain,
+        "peak rise with checkpointing {checkpointed} KiB, without {plain} KiB"
+    );
+}
