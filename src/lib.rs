@@ -3,6 +3,7 @@
 //! `run`, `bench`, and the tracing export they share.
 
 pub mod commands;
+pub mod plot;
 pub mod remote_sync;
 pub mod run_config;
 pub mod runtime;

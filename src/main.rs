@@ -1,9 +1,11 @@
 //! The `clipflow` command: a drop-in for `python -m open_clip_train.main`
-//! plus tools around it (`embed`, `tokenize`, `convert`, `models`, `run`,
-//! `bench`, `make-scenes`).
+//! plus tools around it (`quickstart`, `embed`, `tokenize`, `convert`,
+//! `models`, `run`, `bench`, `make-scenes`).
 
 use clap::{Parser, Subcommand};
-use clipflow::commands::{bench, check, convert, embed, make_scenes, models, run, tokenize, train};
+use clipflow::commands::{
+    bench, check, convert, embed, make_scenes, models, quickstart, run, tokenize, train,
+};
 use clipflow::telemetry::{Telemetry, TelemetryArgs};
 use clipflow::train_args::TrainArgs;
 
@@ -22,6 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job on an embedded default: render a small dataset, train a
+    /// small CLIP on it (CPU, a few minutes), report zero-shot accuracy.
+    Quickstart(quickstart::QuickstartArgs),
     /// Train a model with open_clip_train.main's flags.
     Train(TrainArgs),
     /// Images and captions to OpenCLIP's encode_image / encode_text features.
@@ -53,6 +58,7 @@ impl Command {
     /// The subcommand as typed: names the root span and the trace's resource.
     fn name(&self) -> &'static str {
         match self {
+            Command::Quickstart(_) => "quickstart",
             Command::Train(_) => "train",
             Command::Embed(_) => "embed",
             Command::Tokenize(_) => "tokenize",
@@ -67,6 +73,7 @@ impl Command {
 
     fn run(self) -> anyhow::Result<()> {
         match self {
+            Command::Quickstart(args) => quickstart::run(&args),
             Command::Train(args) => train::run(args),
             Command::Embed(args) => embed::run(&args),
             Command::Tokenize(args) => tokenize::run(&args),

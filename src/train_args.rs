@@ -575,10 +575,12 @@ impl TrainArgs {
     pub fn unsupported_flags(&self) -> Vec<UnsupportedFlag> {
         let unsupported = |flag, reason| UnsupportedFlag { flag, reason };
         let mut found = Vec::new();
-        if self.opt.to_lowercase().starts_with("timm/") {
+        if self.opt.to_lowercase().starts_with("timm/")
+            && clipflow_core::train::optimizer::OptimizerKind::from_opt_flag(&self.opt).is_err()
+        {
             found.push(unsupported(
                 "--opt",
-                "timm optimisers are Python code that clipflow does not carry; use --opt adamw",
+                "of timm's optimisers clipflow has timm/sgd, timm/nesterov and timm/momentum; use one of those or --opt adamw",
             ));
         }
         if self.pretrained_image {

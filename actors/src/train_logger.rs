@@ -53,6 +53,10 @@ pub struct TrainLog {
     loss: Meter,
     /// Steps per epoch of the last step seen (for evaluation's wandb step).
     steps_per_epoch: Option<u64>,
+    /// (step, loss) of every logged step, for plots and summaries.
+    losses: Vec<(u64, f64)>,
+    /// (completed epoch, metrics) of every evaluation.
+    evaluations: Vec<(u64, Vec<(String, f64)>)>,
 }
 
 /// The [`TrainLog`] shared by the logger stages of successive epochs and the
@@ -89,6 +93,8 @@ impl SharedTrainLog {
             batch_time: Meter::default(),
             loss: Meter::default(),
             steps_per_epoch: None,
+            losses: Vec::new(),
+            evaluations: Vec::new(),
         }))))
     }
 
@@ -128,6 +134,7 @@ impl TrainLog {
         let report = &event.report;
         if !report.skipped_non_finite {
             self.loss.update(report.loss, event.batch_size as u64);
+            self.losses.push((report.step, report.loss));
         } else {
             self.run_log.warning(&format!(
                 "step {}: the loss was not finite; the step was skipped",
@@ -183,6 +190,7 @@ impl TrainLog {
         if metrics.is_empty() {
             return Ok(());
         }
+        self.evaluations.push((completed_epoch, metrics.to_vec()));
         self.run_log.info(&format_eval_line(completed_epoch, metrics))?;
         let scalars = eval_scalars(metrics);
         if let Some(tensorboard) = &mut self.tensorboard {
@@ -193,6 +201,16 @@ impl TrainLog {
             wandb.log_eval(completed_epoch, step, &scalars)?;
         }
         Ok(())
+    }
+
+    /// (step, loss) of every logged training step so far.
+    pub fn losses(&self) -> &[(u64, f64)] {
+        &self.losses
+    }
+
+    /// (completed epoch, metrics) of every evaluation so far.
+    pub fn evaluations(&self) -> &[(u64, Vec<(String, f64)>)] {
+        &self.evaluations
     }
 
     /// Closes wandb (`wandb.finish()`); the files are already flushed.

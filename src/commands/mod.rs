@@ -6,6 +6,7 @@ pub mod convert;
 pub mod embed;
 pub mod make_scenes;
 pub mod models;
+pub mod quickstart;
 pub mod run;
 pub mod tokenize;
 pub mod train;

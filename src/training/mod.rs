@@ -10,7 +10,7 @@ mod precision;
 mod setup;
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -24,10 +24,28 @@ use crate::commands::bench::topology_flags;
 use crate::train_args::TrainArgs;
 
 /// The default training topology, as the binary carries it.
-const TRAIN_TOPOLOGY: &str = include_str!("../../topologies/train.toml");
-const TRAIN_TOPOLOGY_NAME: &str = "topologies/train.toml";
+pub(crate) const TRAIN_TOPOLOGY: &str = include_str!("../../topologies/train.toml");
+pub(crate) const TRAIN_TOPOLOGY_NAME: &str = "topologies/train.toml";
+
+pub use setup::ZeroShotLabels;
+
+/// What a finished run leaves for a caller that wants to show it.
+pub struct RunSummary {
+    /// `<--logs>/<name>`, unless `--logs none`.
+    pub run_dir: Option<PathBuf>,
+    /// (step, loss) at every logged step.
+    pub losses: Vec<(u64, f64)>,
+    /// (completed epoch, metrics) of every evaluation.
+    pub evaluations: Vec<(u64, Vec<(String, f64)>)>,
+}
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    run_with(args, None).map(|_| ())
+}
+
+/// Trains with `args`; `labels` replaces the class names and prompt
+/// templates of `--imagenet-val` (the quickstart's own classes).
+pub fn run_with(args: TrainArgs, labels: Option<ZeroShotLabels>) -> Result<RunSummary> {
     let args = args
         .resolve_defaults_and_validate()
         .unwrap_or_else(|e| e.exit());
@@ -36,10 +54,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let lines: Vec<String> = unsupported.iter().map(ToString::to_string).collect();
         bail!("{}", lines.join("\n"));
     }
-    let mut run = setup::prepare(&args)?;
+    let mut run = setup::prepare(&args, labels)?;
     let result = train(&args, &mut run);
     let finished = run.finish();
-    result.and(finished)
+    result.and(finished)?;
+    let log = run.logger.lock();
+    Ok(RunSummary {
+        run_dir: run.run_dir.clone(),
+        losses: log.losses().to_vec(),
+        evaluations: log.evaluations().to_vec(),
+    })
 }
 
 fn train(args: &TrainArgs, run: &mut setup::PreparedRun) -> Result<()> {

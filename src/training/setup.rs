@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clipflow_actors::checkpointer::CheckpointerConfig;
 use clipflow_actors::evaluator::{EvaluatorConfig, ValidationData, ZeroShotData};
+use clipflow_actors::remote_syncer::RemoteSyncer;
 use clipflow_actors::report::WandbInit;
 use clipflow_actors::train_logger::{SharedTrainLog, TrainLogConfig};
 use clipflow_core::collective::SingleProcess;
@@ -31,15 +32,29 @@ use tch::nn::VarStore;
 use super::epoch_size::{train_epoch, EpochSize};
 use super::params::{run_params, DerivedParams};
 use super::precision::TrainingPrecision;
+use crate::remote_sync::{fetch_latest_remote_checkpoint, start_remote_sync};
+use crate::run_config::copy_run_configuration;
 use crate::runtime::parse_device;
 use crate::train_args::{LrScheduler, TrainArgs};
 
 /// Non-finite steps in a row that stop training.
 const MAX_NON_FINITE_IN_A_ROW: usize = 5;
 
+/// Class names and prompt templates (with `{}` for the name) for the
+/// zero-shot set, in place of OpenAI's ImageNet ones.
+#[derive(Debug, Clone)]
+pub struct ZeroShotLabels {
+    pub class_names: Vec<String>,
+    pub templates: Vec<String>,
+}
+
 /// A run ready for its epoch loop.
 pub struct PreparedRun {
+    /// `<--logs>/<name>`, unless `--logs none`.
+    pub run_dir: Option<PathBuf>,
     trainer: Option<Trainer>,
+    /// `--remote-sync`: mirrors the run folder until [`PreparedRun::finish`].
+    remote_sync: Option<RemoteSyncer>,
     /// `None` without training data (evaluation only).
     pub epoch_size: Option<EpochSize>,
     /// The epoch to start from: 0, or the resumed checkpoint's.
@@ -55,13 +70,22 @@ impl PreparedRun {
         self.trainer.take().context("the trainer was already taken")
     }
 
-    /// Flushes and closes the logs (TensorBoard, wandb).
-    pub fn finish(&self) -> Result<()> {
-        self.logger.lock().finish()
+    /// Flushes and closes the logs (TensorBoard, wandb), then makes the
+    /// final remote sync.
+    pub fn finish(&mut self) -> Result<()> {
+        let logs = self.logger.lock().finish();
+        let sync = match self.remote_sync.take() {
+            Some(syncer) => {
+                self.logger.lock().info("Final remote sync.");
+                syncer.finish().map(|_| ())
+            }
+            None => Ok(()),
+        };
+        logs.and(sync)
     }
 }
 
-pub fn prepare(args: &TrainArgs) -> Result<PreparedRun> {
+pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<PreparedRun> {
     if std::env::var("WORLD_SIZE").is_ok_and(|size| size.trim() != "1") {
         bail!(
             "WORLD_SIZE is {}: clipflow trains in one process for now (multi-process training \
@@ -71,7 +95,11 @@ pub fn prepare(args: &TrainArgs) -> Result<PreparedRun> {
     }
     let device = parse_device(&args.device)?;
     let precision = TrainingPrecision::new(args.precision)?;
-    let lr = args.lr.context("--lr has a default once flags are resolved")?;
+    let Some(lr) = args.lr else {
+        // OpenCLIP leaves --lr unset for timm optimisers, and its scheduler
+        // then fails on the first step.
+        bail!("--opt {}: give --lr (timm optimisers have no model-dependent default)", args.opt);
+    };
 
     let name = args.name.clone().unwrap_or_else(|| {
         default_run_name(
@@ -86,9 +114,8 @@ pub fn prepare(args: &TrainArgs) -> Result<PreparedRun> {
         )
     });
     let resume_latest = args.resume.as_deref() == Some("latest");
-    let reports_to = |what: &str| args.report_to.contains(what) || args.report_to.contains("all");
-    let (tensorboard, wandb) = (reports_to("tensorboard"), reports_to("wandb"));
-    let paths = (args.logs.to_lowercase() != "none").then(|| RunPaths::new(Path::new(&args.logs), &name));
+    let (tensorboard, wandb) = (args.reports_to_tensorboard(), args.reports_to_wandb());
+    let paths = args.logs_dir().map(|logs| RunPaths::new(Path::new(logs), &name));
     let log_file = paths.as_ref().map(|paths| paths.log_file(args.log_local, 0));
     if let (Some(paths), Some(log_file)) = (&paths, &log_file) {
         paths.check_new_or_resuming(log_file, resume_latest)?;
@@ -96,7 +123,12 @@ pub fn prepare(args: &TrainArgs) -> Result<PreparedRun> {
     }
     let resume_from = match (&args.resume, &paths) {
         (Some(resume), Some(paths)) if resume == "latest" => {
-            paths.resume_latest(args.save_most_recent).map(|path| path.display().to_string())
+            // With --remote-sync the remote holds the latest checkpoint, as
+            // in OpenCLIP; it is fetched into the local folder first.
+            let remote = fetch_latest_remote_checkpoint(args, &name, &paths.run_dir)?;
+            remote
+                .or_else(|| paths.resume_latest(args.save_most_recent))
+                .map(|path| path.display().to_string())
         }
         (Some(resume), None) if resume == "latest" => {
             bail!("--resume latest needs a run folder, but --logs is none")
@@ -144,6 +176,19 @@ pub fn prepare(args: &TrainArgs) -> Result<PreparedRun> {
         world_size: 1,
     })?;
 
+    if let (true, Some(paths)) = (args.copy_codebase, &paths) {
+        let flags: Vec<(String, String)> = params.iter().map(|(name, value)| (name.clone(), value.to_string())).collect();
+        let topology = Path::new(super::TRAIN_TOPOLOGY_NAME).file_name().and_then(|n| n.to_str()).unwrap_or("train.toml");
+        // OpenCLIP reports a taken code/ folder and trains on.
+        if let Err(error) = copy_run_configuration(&paths.run_dir, topology, super::TRAIN_TOPOLOGY, &flags) {
+            logger.lock().info(&format!("{error:#}"));
+        }
+    }
+    let remote_sync = match &paths {
+        Some(paths) => start_remote_sync(args, &name, &paths.run_dir)?,
+        None => None,
+    };
+
     // OpenCLIP seeds torch before building the model (random_seed(seed, 0)).
     tch::manual_seed(args.seed);
     let overrides = model_overrides(args)?;
@@ -155,7 +200,8 @@ pub fn prepare(args: &TrainArgs) -> Result<PreparedRun> {
         config.init_logit_bias = Some(-10.0);
     }
     let mut vs = VarStore::new(device);
-    let model = Clip::new(&vs.root(), &config).with_context(|| format!("building --model {}", args.model))?;
+    let mut model = Clip::new(&vs.root(), &config).with_context(|| format!("building --model {}", args.model))?;
+    model.set_grad_checkpointing(args.grad_checkpointing);
     if args.siglip {
         tch::no_grad(|| {
             let _ = model.logit_scale.shallow_clone().fill_(10f64.ln());
@@ -176,8 +222,7 @@ pub fn prepare(args: &TrainArgs) -> Result<PreparedRun> {
         lock_text_tower(&vs, &config, args.lock_text_unlocked_layers);
     }
 
-    let has_train_data = args.train_data.is_some() || args.dataset_type.as_str() == "synthetic";
-    let epoch_size = has_train_data.then(|| train_epoch(args, 1)).transpose()?;
+    let epoch_size = args.trains().then(|| train_epoch(args, 1)).transpose()?;
     let mut named: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let optimizer = Optimizer::new(
@@ -230,7 +275,7 @@ pub fn prepare(args: &TrainArgs) -> Result<PreparedRun> {
     let (height, width) = config.vision_cfg.image_size.height_width();
     let evaluator = EvaluatorConfig {
         validation: validation_data(args)?,
-        zero_shot: zero_shot_data(args),
+        zero_shot: zero_shot_data(args, labels),
         val_frequency: args.val_frequency,
         zeroshot_frequency: args.zeroshot_frequency,
         epochs: args.epochs,
@@ -265,6 +310,8 @@ pub fn prepare(args: &TrainArgs) -> Result<PreparedRun> {
         epochs: args.epochs,
     };
     Ok(PreparedRun {
+        run_dir: paths.as_ref().map(|paths| paths.run_dir.clone()),
+        remote_sync,
         trainer: Some(trainer),
         epoch_size,
         start_epoch,
@@ -361,7 +408,7 @@ fn validation_data(args: &TrainArgs) -> Result<Option<ValidationData>> {
     }))
 }
 
-fn zero_shot_data(args: &TrainArgs) -> Vec<ZeroShotData> {
+fn zero_shot_data(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Vec<ZeroShotData> {
     let sets = [
         (ZeroShotSet::ImagenetVal, &args.imagenet_val),
         (ZeroShotSet::ImagenetV2, &args.imagenet_v2),
@@ -371,8 +418,8 @@ fn zero_shot_data(args: &TrainArgs) -> Vec<ZeroShotData> {
             root.as_ref().map(|root| ZeroShotData {
                 set,
                 root: PathBuf::from(root),
-                class_names: None,
-                templates: None,
+                class_names: labels.as_ref().map(|labels| labels.class_names.clone()),
+                templates: labels.as_ref().map(|labels| labels.templates.clone()),
             })
         })
         .collect()
