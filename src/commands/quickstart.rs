@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clipflow_core::data::rendered_scenes::{write_scene_dataset, SceneDatasetSpec};
+use clipflow_core::train::checkpoint::local_now;
 
 use crate::plot::write_curves_png;
 use crate::train_args::parse_train_args;
@@ -69,6 +70,7 @@ pub fn run(args: &QuickstartArgs) -> Result<()> {
         ("--warmup", "50".into()),
         ("--seed", args.seed.to_string()),
         ("--logs", text(&logs)),
+        ("--name", format!("quickstart-{}", local_now().format("%Y_%m_%d-%H_%M_%S"))),
         ("--report-to", "tensorboard".into()),
         ("--imagenet-val", text(&dataset.zeroshot_dir)),
         ("--zeroshot-frequency", "1".into()),

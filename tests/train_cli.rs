@@ -1,0 +1,146 @@
+//! `clipflow train` from the command line on a tiny model and rendered
+//! scenes: validation metrics, every `--precision` the CPU runs, the
+//! non-finite-loss stop, and the errors a user meets first (a run that
+//! already exists, training data that is not there).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::clipflow_bin;
+
+/// Rendered scenes, 32 px: 256 training pairs in 2 shards.
+fn scenes(dir: &Path) -> String {
+    let out = Command::new(clipflow_bin())
+        .args(["make-scenes", "--samples", "256", "--samples-per-shard", "128"])
+        .args(["--image-size", "32", "--zeroshot-per-class", "2"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    format!("{}/shards/scenes-{{00000..00001}}.tar", dir.display())
+}
+
+/// A tiny ViT CLIP with LayerScale (which OpenCLIP's `bf16` precision
+/// cannot run: it leaves the scales in fp32), and the quickstart's model
+/// (which it can).
+fn model(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(file)
+}
+const TINY_VIT: &str = "tests/data/tiny-vit.json";
+const QUICKSTART_VIT: &str = "src/commands/quickstart_model.json";
+
+/// `clipflow train` on the tiny model with `extra` flags, logging to
+/// `logs/<name>`.
+fn train(shards: &str, logs: &Path, name: &str, extra: &[&str]) -> Output {
+    train_model(TINY_VIT, shards, logs, name, extra)
+}
+
+fn train_model(config: &str, shards: &str, logs: &Path, name: &str, extra: &[&str]) -> Output {
+    Command::new(clipflow_bin())
+        .arg("train")
+        .arg("--model")
+        .arg(model(config))
+        .args(["--train-data", shards, "--dataset-type", "webdataset"])
+        .args(["--batch-size", "32", "--workers", "1", "--epochs", "1"])
+        .args(["--device", "cpu", "--warmup", "1", "--lr", "1e-3"])
+        .arg("--logs")
+        .arg(logs)
+        .args(["--name", name])
+        .args(extra)
+        .output()
+        .expect("running clipflow train")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn validation_data_gives_openclip_metrics_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = scenes(dir.path());
+    let logs = dir.path().join("logs");
+    let out = train(
+        &shards,
+        &logs,
+        "val",
+        &["--precision", "fp32", "--val-data", &shards, "--train-num-samples", "64"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = std::fs::read_to_string(logs.join("val/out.log")).unwrap();
+    let eval = log
+        .lines()
+        .find(|line| line.contains("Eval Epoch: 1 "))
+        .unwrap_or_else(|| panic!("no Eval line in\n{log}"));
+    for metric in [
+        "image_to_text_mean_rank",
+        "image_to_text_R@1",
+        "text_to_image_median_rank",
+        "clip_val_loss",
+        "num_samples: 256.0000",
+    ] {
+        assert!(eval.contains(metric), "{metric} missing from {eval}");
+    }
+}
+
+#[test]
+fn every_precision_the_cpu_runs_trains_with_a_finite_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = scenes(dir.path());
+    let logs = dir.path().join("logs");
+    for precision in ["fp32", "amp", "amp_bf16", "bf16", "pure_bf16"] {
+        let out = train_model(
+            QUICKSTART_VIT,
+            &shards,
+            &logs,
+            precision,
+            &["--precision", precision, "--train-num-samples", "64", "--log-every-n-steps", "1"],
+        );
+        assert!(out.status.success(), "--precision {precision}: {}", stderr(&out));
+        let log = std::fs::read_to_string(logs.join(precision).join("out.log")).unwrap();
+        let steps = log.lines().filter(|line| line.contains("Train Epoch: 0")).count();
+        assert_eq!(steps, 2, "--precision {precision}: two logged steps in\n{log}");
+        assert!(!log.contains("not finite"), "--precision {precision}:\n{log}");
+    }
+}
+
+#[test]
+fn a_loss_that_stays_non_finite_stops_the_run_and_writes_no_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = scenes(dir.path());
+    let logs = dir.path().join("logs");
+    // An absurd learning rate sends the weights to infinity after a step or
+    // two; every later loss is NaN.
+    let out = train(
+        &shards,
+        &logs,
+        "nan",
+        &["--precision", "fp32", "--lr", "1e30", "--log-every-n-steps", "1"],
+    );
+    assert!(!out.status.success(), "the run should stop");
+    let err = stderr(&out);
+    assert!(err.contains("the loss was not finite"), "{err}");
+    let log = std::fs::read_to_string(logs.join("nan/out.log")).unwrap();
+    assert!(log.contains("| WARNING | step "), "skipped steps are logged:\n{log}");
+    let checkpoints: Vec<_> = std::fs::read_dir(logs.join("nan/checkpoints")).unwrap().collect();
+    assert!(checkpoints.is_empty(), "no checkpoint (nor temporary file) is left: {checkpoints:?}");
+}
+
+#[test]
+fn an_existing_run_and_missing_data_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = scenes(dir.path());
+    let logs = dir.path().join("logs");
+    let flags = ["--precision", "fp32", "--train-num-samples", "32"];
+    assert!(train(&shards, &logs, "run", &flags).status.success());
+    let again = train(&shards, &logs, "run", &flags);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("experiment already exists"), "{}", stderr(&again));
+
+    let missing = format!("{}/nowhere/shard-{{0..3}}.tar", dir.path().display());
+    let out = train(&missing, &logs, "missing", &["--precision", "fp32"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("nowhere"), "the error names the data: {}", stderr(&out));
+}
