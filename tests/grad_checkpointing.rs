@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use clipflow_core::checkpoint::checkpoint;
-use clipflow_core::loss::clip_loss;
+use clipflow_core::collective::SingleProcess;
+use clipflow_core::loss::{ClipLoss, ClipLossOptions, Loss, LossInputs};
 use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};
 use clipflow_core::shim::AutocastGuard;
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -204,11 +205,8 @@ fn clip_step(model: &Clip, config: &ModelConfig, batch: i64) -> Tensor {
     let context = config.text_cfg.context_length;
     let text = Tensor::randint_low(1, 1000, [batch, context], (Kind::Int64, Device::Cpu));
     let output = model.forward_t(&images, &text, true);
-    clip_loss(
-        &output.image_features,
-        &output.text_features,
-        &output.logit_scale,
-    )
+    let loss = ClipLoss::new(ClipLossOptions::default(), Arc::new(SingleProcess));
+    loss.forward(&LossInputs::from(&output)).unwrap()
 }
 
 /// Both towers' blocks (the text tower's with its causal mask) give the
