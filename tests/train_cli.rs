@@ -1,7 +1,7 @@
 //! `clipflow train` from the command line on a tiny model and rendered
 //! scenes: validation metrics, every `--precision` the CPU runs, the
 //! non-finite-loss stop, and the errors a user meets first (a run that
-//! already exists, training data that is not there).
+//! already exists, training data that is not there, a pretrained tag).
 
 mod common;
 
@@ -143,4 +143,8 @@ fn an_existing_run_and_missing_data_are_clear_errors() {
     let out = train(&missing, &logs, "missing", &["--precision", "fp32"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("nowhere"), "the error names the data: {}", stderr(&out));
+
+    let tag = train(&shards, &logs, "tag", &["--precision", "fp32", "--pretrained", "openai"]);
+    assert!(!tag.status.success());
+    assert!(stderr(&tag).contains("--pretrained openai: a pretrained tag"), "{}", stderr(&tag));
 }

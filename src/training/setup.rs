@@ -208,6 +208,16 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         });
     }
     if !args.pretrained.is_empty() {
+        if !Path::new(&args.pretrained).exists() && !args.pretrained.contains(['/', '.']) {
+            bail!(
+                "--pretrained {}: a pretrained tag, which OpenCLIP downloads; clipflow loads weight \
+                 files only: save the weights first (open_clip.create_model({:?}, pretrained={:?}) \
+                 then torch.save(model.state_dict(), PATH)) and pass --pretrained PATH",
+                args.pretrained,
+                args.model,
+                args.pretrained
+            );
+        }
         let tensors = read_weights(Path::new(&args.pretrained))?;
         load_strict(&vs, &tensors, &format!("--pretrained {}", args.pretrained))?;
     }
