@@ -21,9 +21,19 @@ const ACCURACY_COLOUR: Rgb<u8> = Rgb([214, 39, 40]);
 /// on the right.
 pub fn write_curves_png(path: &Path, losses: &[(u64, f64)], accuracy: &[(u64, f64)]) -> Result<()> {
     let mut image = RgbImage::from_pixel(2 * PANEL_WIDTH, HEIGHT, BACKGROUND);
-    let loss_max = losses.iter().map(|&(_, loss)| loss).fold(0.0, f64::max).max(1e-9);
+    let loss_max = losses
+        .iter()
+        .map(|&(_, loss)| loss)
+        .fold(0.0, f64::max)
+        .max(1e-9);
     draw_panel(&mut image, 0, losses, (0.0, loss_max), LOSS_COLOUR);
-    draw_panel(&mut image, PANEL_WIDTH, accuracy, (0.0, 1.0), ACCURACY_COLOUR);
+    draw_panel(
+        &mut image,
+        PANEL_WIDTH,
+        accuracy,
+        (0.0, 1.0),
+        ACCURACY_COLOUR,
+    );
     image
         .save(path)
         .with_context(|| format!("writing the plot {}", path.display()))
@@ -31,7 +41,13 @@ pub fn write_curves_png(path: &Path, losses: &[(u64, f64)], accuracy: &[(u64, f6
 
 /// One panel at horizontal offset `left`: grid, axes, and the series scaled
 /// to x from its first to last point and y over `y_range`.
-fn draw_panel(image: &mut RgbImage, left: u32, points: &[(u64, f64)], y_range: (f64, f64), colour: Rgb<u8>) {
+fn draw_panel(
+    image: &mut RgbImage,
+    left: u32,
+    points: &[(u64, f64)],
+    y_range: (f64, f64),
+    colour: Rgb<u8>,
+) {
     let (x0, x1) = (left + MARGIN, left + PANEL_WIDTH - MARGIN);
     let (y_top, y_bottom) = (MARGIN, HEIGHT - MARGIN);
     for tenth in 0..=10 {
@@ -72,7 +88,11 @@ fn draw_panel(image: &mut RgbImage, left: u32, points: &[(u64, f64)], y_range: (
 }
 
 fn draw_line(image: &mut RgbImage, from: (f64, f64), to: (f64, f64), colour: Rgb<u8>) {
-    let steps = (to.0 - from.0).abs().max((to.1 - from.1).abs()).ceil().max(1.0) as u32;
+    let steps = (to.0 - from.0)
+        .abs()
+        .max((to.1 - from.1).abs())
+        .ceil()
+        .max(1.0) as u32;
     for i in 0..=steps {
         let t = i as f64 / steps as f64;
         let x = from.0 + t * (to.0 - from.0);

@@ -34,18 +34,29 @@ fn quickstart_trains_a_model_that_beats_chance_and_leaves_a_full_run_folder() {
         .unwrap();
     // 20 classes: chance is 5%. Two short epochs reach about 30% here; a
     // broken loss, optimiser or evaluator stays near chance.
-    assert!(percent > 15.0, "zero-shot top-1 {percent}% is not well above chance (5%)");
+    assert!(
+        percent > 15.0,
+        "zero-shot top-1 {percent}% is not well above chance (5%)"
+    );
 
-    let runs: Vec<_> = std::fs::read_dir(dir.path().join("logs")).unwrap().collect();
+    let runs: Vec<_> = std::fs::read_dir(dir.path().join("logs"))
+        .unwrap()
+        .collect();
     assert_eq!(runs.len(), 1, "one run folder");
     let run = runs[0].as_ref().unwrap().path();
     let log = std::fs::read_to_string(run.join("out.log")).unwrap();
     assert!(log.contains("| INFO | Train Epoch: 1 ["), "{log}");
-    assert!(log.contains("| INFO | Eval Epoch: 2 imagenet-zeroshot-val-top1: "), "{log}");
+    assert!(
+        log.contains("| INFO | Eval Epoch: 2 imagenet-zeroshot-val-top1: "),
+        "{log}"
+    );
     let params = std::fs::read_to_string(run.join("params.txt")).unwrap();
     assert!(params.contains("epochs: 2\n") && params.contains("precision: fp32\n"));
     assert!(run.join("checkpoints/epoch_2.pt").is_file());
-    assert!(!run.join("checkpoints/epoch_1.pt").exists(), "--save-frequency 0 keeps the last only");
+    assert!(
+        !run.join("checkpoints/epoch_1.pt").exists(),
+        "--save-frequency 0 keeps the last only"
+    );
     let events = std::fs::read_dir(run.join("tensorboard")).unwrap().count();
     assert_eq!(events, 1, "one TensorBoard event file");
     let plot = image::open(run.join("curves.png")).unwrap();

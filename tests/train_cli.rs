@@ -13,12 +13,22 @@ use common::clipflow_bin;
 /// Rendered scenes, 32 px: 256 training pairs in 2 shards.
 fn scenes(dir: &Path) -> String {
     let out = Command::new(clipflow_bin())
-        .args(["make-scenes", "--samples", "256", "--samples-per-shard", "128"])
+        .args([
+            "make-scenes",
+            "--samples",
+            "256",
+            "--samples-per-shard",
+            "128",
+        ])
         .args(["--image-size", "32", "--zeroshot-per-class", "2"])
         .arg(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     format!("{}/shards/scenes-{{00000..00001}}.tar", dir.display())
 }
 
@@ -66,7 +76,14 @@ fn validation_data_gives_openclip_metrics_in_the_log() {
         &shards,
         &logs,
         "val",
-        &["--precision", "fp32", "--val-data", &shards, "--train-num-samples", "64"],
+        &[
+            "--precision",
+            "fp32",
+            "--val-data",
+            &shards,
+            "--train-num-samples",
+            "64",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let log = std::fs::read_to_string(logs.join("val/out.log")).unwrap();
@@ -96,13 +113,33 @@ fn every_precision_the_cpu_runs_trains_with_a_finite_loss() {
             &shards,
             &logs,
             precision,
-            &["--precision", precision, "--train-num-samples", "64", "--log-every-n-steps", "1"],
+            &[
+                "--precision",
+                precision,
+                "--train-num-samples",
+                "64",
+                "--log-every-n-steps",
+                "1",
+            ],
         );
-        assert!(out.status.success(), "--precision {precision}: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "--precision {precision}: {}",
+            stderr(&out)
+        );
         let log = std::fs::read_to_string(logs.join(precision).join("out.log")).unwrap();
-        let steps = log.lines().filter(|line| line.contains("Train Epoch: 0")).count();
-        assert_eq!(steps, 2, "--precision {precision}: two logged steps in\n{log}");
-        assert!(!log.contains("not finite"), "--precision {precision}:\n{log}");
+        let steps = log
+            .lines()
+            .filter(|line| line.contains("Train Epoch: 0"))
+            .count();
+        assert_eq!(
+            steps, 2,
+            "--precision {precision}: two logged steps in\n{log}"
+        );
+        assert!(
+            !log.contains("not finite"),
+            "--precision {precision}:\n{log}"
+        );
     }
 }
 
@@ -117,15 +154,30 @@ fn a_loss_that_stays_non_finite_stops_the_run_and_writes_no_checkpoint() {
         &shards,
         &logs,
         "nan",
-        &["--precision", "fp32", "--lr", "1e30", "--log-every-n-steps", "1"],
+        &[
+            "--precision",
+            "fp32",
+            "--lr",
+            "1e30",
+            "--log-every-n-steps",
+            "1",
+        ],
     );
     assert!(!out.status.success(), "the run should stop");
     let err = stderr(&out);
     assert!(err.contains("the loss was not finite"), "{err}");
     let log = std::fs::read_to_string(logs.join("nan/out.log")).unwrap();
-    assert!(log.contains("| WARNING | step "), "skipped steps are logged:\n{log}");
-    let checkpoints: Vec<_> = std::fs::read_dir(logs.join("nan/checkpoints")).unwrap().collect();
-    assert!(checkpoints.is_empty(), "no checkpoint (nor temporary file) is left: {checkpoints:?}");
+    assert!(
+        log.contains("| WARNING | step "),
+        "skipped steps are logged:\n{log}"
+    );
+    let checkpoints: Vec<_> = std::fs::read_dir(logs.join("nan/checkpoints"))
+        .unwrap()
+        .collect();
+    assert!(
+        checkpoints.is_empty(),
+        "no checkpoint (nor temporary file) is left: {checkpoints:?}"
+    );
 }
 
 #[test]
@@ -137,14 +189,31 @@ fn an_existing_run_and_missing_data_are_clear_errors() {
     assert!(train(&shards, &logs, "run", &flags).status.success());
     let again = train(&shards, &logs, "run", &flags);
     assert!(!again.status.success());
-    assert!(stderr(&again).contains("experiment already exists"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("experiment already exists"),
+        "{}",
+        stderr(&again)
+    );
 
     let missing = format!("{}/nowhere/shard-{{0..3}}.tar", dir.path().display());
     let out = train(&missing, &logs, "missing", &["--precision", "fp32"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("nowhere"), "the error names the data: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nowhere"),
+        "the error names the data: {}",
+        stderr(&out)
+    );
 
-    let tag = train(&shards, &logs, "tag", &["--precision", "fp32", "--pretrained", "openai"]);
+    let tag = train(
+        &shards,
+        &logs,
+        "tag",
+        &["--precision", "fp32", "--pretrained", "openai"],
+    );
     assert!(!tag.status.success());
-    assert!(stderr(&tag).contains("--pretrained openai: a pretrained tag"), "{}", stderr(&tag));
+    assert!(
+        stderr(&tag).contains("--pretrained openai: a pretrained tag"),
+        "{}",
+        stderr(&tag)
+    );
 }

@@ -31,7 +31,10 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub fn maker(trainer: SharedTrainer, config: CheckpointerConfig) -> impl Fn(WorkerInfo) -> Result<Checkpointer> {
+    pub fn maker(
+        trainer: SharedTrainer,
+        config: CheckpointerConfig,
+    ) -> impl Fn(WorkerInfo) -> Result<Checkpointer> {
         move |worker| {
             anyhow::ensure!(
                 worker.count == 1,
@@ -52,7 +55,8 @@ impl Checkpointer {
         };
         let _span = tracing::info_span!("save_checkpoint", epoch = completed_epoch).entered();
         let trainer = self.trainer.lock()?;
-        let mut state_dict: Vec<(String, tch::Tensor)> = trainer.vs.variables().into_iter().collect();
+        let mut state_dict: Vec<(String, tch::Tensor)> =
+            trainer.vs.variables().into_iter().collect();
         state_dict.sort_by(|a, b| a.0.cmp(&b.0));
         let checkpoint = checkpoint_dict(
             completed_epoch as i64,
@@ -64,8 +68,18 @@ impl Checkpointer {
         drop(trainer);
         self.config
             .policy
-            .save_after_epoch(dir, completed_epoch as i64, self.config.epochs as i64, &checkpoint)
-            .with_context(|| format!("saving the checkpoint of epoch {completed_epoch} in {}", dir.display()))
+            .save_after_epoch(
+                dir,
+                completed_epoch as i64,
+                self.config.epochs as i64,
+                &checkpoint,
+            )
+            .with_context(|| {
+                format!(
+                    "saving the checkpoint of epoch {completed_epoch} in {}",
+                    dir.display()
+                )
+            })
     }
 }
 

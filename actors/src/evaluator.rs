@@ -24,12 +24,12 @@ use clipflow_core::data::shard_list::ShardList;
 use clipflow_core::data::shard_stream::ShardOpener;
 use clipflow_core::data::tar_samples::ShardSamples;
 use clipflow_core::data::{ImageData, Sample, SourceItem};
+use clipflow_core::eval::evaluation_due;
 use clipflow_core::eval::imagenet::{imagenet_class_names, openai_imagenet_templates};
 use clipflow_core::eval::retrieval::ValidationMetrics;
 use clipflow_core::eval::zero_shot::{
     build_zero_shot_classifier, zero_shot_logits, ZeroShotAccuracy, ZeroShotSet,
 };
-use clipflow_core::eval::evaluation_due;
 use clipflow_core::model::clip::l2_normalize;
 use clipflow_core::model::Clip;
 use clipflow_core::shim::AutocastGuard;
@@ -85,7 +85,10 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    pub fn maker(trainer: SharedTrainer, config: Arc<EvaluatorConfig>) -> impl Fn(WorkerInfo) -> Result<Evaluator> {
+    pub fn maker(
+        trainer: SharedTrainer,
+        config: Arc<EvaluatorConfig>,
+    ) -> impl Fn(WorkerInfo) -> Result<Evaluator> {
         move |_worker| {
             Ok(Evaluator {
                 trainer: trainer.clone(),
@@ -119,7 +122,11 @@ impl Stage for Evaluator {
 
 /// The metrics due after `completed_epoch` epochs, in OpenCLIP's order
 /// (zero-shot sets, then validation); empty when nothing is due.
-pub fn evaluate(model: &Clip, config: &EvaluatorConfig, completed_epoch: u64) -> Result<Vec<(String, f64)>> {
+pub fn evaluate(
+    model: &Clip,
+    config: &EvaluatorConfig,
+    completed_epoch: u64,
+) -> Result<Vec<(String, f64)>> {
     let _span = tracing::info_span!("evaluate", epoch = completed_epoch).entered();
     let mut metrics = Vec::new();
     if evaluation_due(completed_epoch, config.zeroshot_frequency, config.epochs) {
@@ -158,13 +165,20 @@ fn image_batch(config: &EvaluatorConfig, images: &[(Vec<u8>, String)]) -> Result
         .to_kind(config.input_kind))
 }
 
-fn zero_shot(model: &Clip, config: &EvaluatorConfig, data: &ZeroShotData) -> Result<Vec<(String, f64)>> {
+fn zero_shot(
+    model: &Clip,
+    config: &EvaluatorConfig,
+    data: &ZeroShotData,
+) -> Result<Vec<(String, f64)>> {
     let (images, folder_classes) = match data.set {
         ZeroShotSet::ImagenetVal => {
             let folder = ImageFolder::open(&data.root)?;
             (folder.samples, Some(folder.classes))
         }
-        ZeroShotSet::ImagenetV2 => (list_imagenet_v2(&data.root, imagenet_class_names().len())?, None),
+        ZeroShotSet::ImagenetV2 => (
+            list_imagenet_v2(&data.root, imagenet_class_names().len())?,
+            None,
+        ),
     };
     let class_names: Vec<String> = match (&data.class_names, folder_classes) {
         (Some(names), _) => names.clone(),
@@ -270,7 +284,9 @@ fn validate_batch(
         let source = format!("{} (sample {})", sample.origin, sample.key);
         let bytes = match sample.image {
             ImageData::Encoded { bytes, .. } => bytes,
-            ImageData::Pixels { .. } => anyhow::bail!("{source}: validation images must be encoded"),
+            ImageData::Pixels { .. } => {
+                anyhow::bail!("{source}: validation images must be encoded")
+            }
         };
         encoded.push((bytes, source));
         captions.push(sample.caption);

@@ -13,8 +13,8 @@ use crate::evaluator::{Evaluator, EvaluatorConfig};
 use crate::runtime::generic::{Counter, Null, Work};
 use crate::shard_reader::{ShardReader, ShardReaderConfig};
 use crate::step_executor::{EpochPlan, SharedTrainer, StepExecutor};
-use crate::train_logger::{SharedTrainLog, TrainLogger};
 use crate::topology::{Registry, Restarts};
+use crate::train_logger::{SharedTrainLog, TrainLogger};
 
 /// Every kind clipflow knows.
 pub fn standard_registry() -> Registry {
@@ -111,7 +111,12 @@ pub fn register_training_kinds(registry: &mut Registry, stages: TrainingStages) 
         "evaluator",
         "evaluates the model after an epoch when due (validation loss, retrieval, zero-shot)",
         Restarts::Forbidden,
-        move |_settings| Ok(Evaluator::maker(eval_trainer.clone(), Arc::clone(&evaluator))),
+        move |_settings| {
+            Ok(Evaluator::maker(
+                eval_trainer.clone(),
+                Arc::clone(&evaluator),
+            ))
+        },
     );
     registry.register_stage(
         "checkpointer",

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context, Result};
+use clipflow_core::train::checkpoint::natural_key;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{parse_url_opts, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
@@ -300,40 +301,6 @@ pub fn is_temporary(file_name: &str) -> bool {
 /// remote sync leaves it out for that reason).
 pub fn is_left_out_of_mirror(file_name: &str) -> bool {
     is_temporary(file_name) || file_name.ends_with("epoch_latest.pt")
-}
-
-/// One run of a name split into text and digits.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum NaturalPart {
-    Text(String),
-    /// Digits without leading zeros, compared by length and then by text,
-    /// which orders numbers of any length by value.
-    Number(usize, String),
-}
-
-/// The natural-order key of OpenCLIP's checkpoint sorting: lower-cased text
-/// runs and numeric runs, in order; since text and digit runs alternate from
-/// a text run (perhaps empty), keys compare run by run of the same kind.
-pub fn natural_key(name: &str) -> Vec<NaturalPart> {
-    let lower = name.to_lowercase();
-    let mut parts = Vec::new();
-    let mut rest = lower.as_str();
-    loop {
-        let text_end = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        parts.push(NaturalPart::Text(rest[..text_end].to_owned()));
-        rest = &rest[text_end..];
-        if rest.is_empty() {
-            return parts;
-        }
-        let digits_end = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let value = rest[..digits_end].trim_start_matches('0');
-        parts.push(NaturalPart::Number(value.len(), value.to_owned()));
-        rest = &rest[digits_end..];
-    }
 }
 
 /// Runs `write` on a hidden temporary file beside `target`, then renames it

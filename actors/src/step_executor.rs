@@ -90,7 +90,10 @@ pub struct StepExecutor {
 impl StepExecutor {
     /// A function that builds the step executor (one worker: it owns the
     /// model replica of its device).
-    pub fn maker(trainer: SharedTrainer, plan: EpochPlan) -> impl Fn(WorkerInfo) -> Result<StepExecutor> {
+    pub fn maker(
+        trainer: SharedTrainer,
+        plan: EpochPlan,
+    ) -> impl Fn(WorkerInfo) -> Result<StepExecutor> {
         move |worker| {
             anyhow::ensure!(
                 worker.count == 1,

@@ -120,8 +120,10 @@ impl TrainLog {
             self.loss.reset();
             self.data_time.reset();
             self.batch_time.reset();
-            self.run_log
-                .attach_progress(ProgressLine::start(&format!("epoch {}", event.plan.epoch), event.plan.steps_per_epoch));
+            self.run_log.attach_progress(ProgressLine::start(
+                &format!("epoch {}", event.plan.epoch),
+                event.plan.steps_per_epoch,
+            ));
         }
         self.steps_per_epoch = Some(event.plan.steps_per_epoch);
         self.data_time.update(event.data_time.as_secs_f64(), 1);
@@ -191,7 +193,8 @@ impl TrainLog {
             return Ok(());
         }
         self.evaluations.push((completed_epoch, metrics.to_vec()));
-        self.run_log.info(&format_eval_line(completed_epoch, metrics))?;
+        self.run_log
+            .info(&format_eval_line(completed_epoch, metrics))?;
         let scalars = eval_scalars(metrics);
         if let Some(tensorboard) = &mut self.tensorboard {
             tensorboard.add_scalars(completed_epoch as i64, &scalars)?;

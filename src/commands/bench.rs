@@ -12,14 +12,14 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
 use clipflow_actors::batcher::LoadingLedger;
 use clipflow_actors::kinds::{register_batcher, standard_registry};
-use clipflow_actors::runtime::RunError;
 use clipflow_actors::topology::{FlagValues, Topology};
 use serde_json::json;
 
+use crate::runtime::run_graph;
 use crate::train_args::TrainArgs;
 
 /// The default loading topology, as the binary carries it.
@@ -90,20 +90,7 @@ fn bench_data(args: BenchDataArgs) -> Result<()> {
     };
     let mut graph = topology.into_graph()?;
     graph.show_live_status(std::io::stderr().is_terminal());
-    let report = match graph.run() {
-        Ok(report) => report,
-        Err(RunError::StageFailed {
-            stage,
-            error,
-            report,
-        }) => {
-            eprintln!("{report}");
-            return Err(error).with_context(|| {
-                format!("{topology_name}: stage '{stage}' failed; the loading path was stopped")
-            });
-        }
-        Err(error) => return Err(error).with_context(|| topology_name.clone()),
-    };
+    let report = run_graph(graph, &topology_name, "the loading path was stopped")?;
     eprintln!("{report}");
 
     let totals = ledger.totals();

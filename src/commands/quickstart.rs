@@ -41,7 +41,11 @@ pub struct QuickstartArgs {
 
 pub fn run(args: &QuickstartArgs) -> Result<()> {
     let data_dir = args.dir.join("data");
-    eprintln!("clipflow quickstart: rendering {} scenes into {}", args.samples, data_dir.display());
+    eprintln!(
+        "clipflow quickstart: rendering {} scenes into {}",
+        args.samples,
+        data_dir.display()
+    );
     let dataset = write_scene_dataset(
         &data_dir,
         &SceneDatasetSpec {
@@ -70,7 +74,10 @@ pub fn run(args: &QuickstartArgs) -> Result<()> {
         ("--warmup", "50".into()),
         ("--seed", args.seed.to_string()),
         ("--logs", text(&logs)),
-        ("--name", format!("quickstart-{}", local_now().format("%Y_%m_%d-%H_%M_%S"))),
+        (
+            "--name",
+            format!("quickstart-{}", local_now().format("%Y_%m_%d-%H_%M_%S")),
+        ),
         ("--report-to", "tensorboard".into()),
         ("--imagenet-val", text(&dataset.zeroshot_dir)),
         ("--zeroshot-frequency", "1".into()),
@@ -93,18 +100,30 @@ pub fn run(args: &QuickstartArgs) -> Result<()> {
         .evaluations
         .iter()
         .filter_map(|(epoch, metrics)| {
-            let top1 = metrics.iter().find(|(name, _)| name == "imagenet-zeroshot-val-top1")?;
+            let top1 = metrics
+                .iter()
+                .find(|(name, _)| name == "imagenet-zeroshot-val-top1")?;
             Some((*epoch, top1.1))
         })
         .collect();
-    let run_dir = summary.run_dir.context("the quickstart's run has a run folder")?;
+    let run_dir = summary
+        .run_dir
+        .context("the quickstart's run has a run folder")?;
     let plot = run_dir.join("curves.png");
     write_curves_png(&plot, &summary.losses, &top1)?;
-    let &(_, final_top1) = top1.last().context("the quickstart evaluated zero-shot accuracy")?;
+    let &(_, final_top1) = top1
+        .last()
+        .context("the quickstart evaluated zero-shot accuracy")?;
     let classes = dataset.class_names.len();
     println!("run folder: {}", run_dir.display());
-    println!("TensorBoard: tensorboard --logdir {}", run_dir.join("tensorboard").display());
-    println!("plot (loss by step, left; zero-shot top-1 by epoch, right): {}", plot.display());
+    println!(
+        "TensorBoard: tensorboard --logdir {}",
+        run_dir.join("tensorboard").display()
+    );
+    println!(
+        "plot (loss by step, left; zero-shot top-1 by epoch, right): {}",
+        plot.display()
+    );
     println!(
         "zero-shot top-1: {:.1}% ({classes} classes, chance {:.1}%)",
         100.0 * final_top1,

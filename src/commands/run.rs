@@ -5,10 +5,10 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clipflow_actors::kinds::standard_registry;
-use clipflow_actors::runtime::RunError;
 use clipflow_actors::topology::{FlagValues, Topology};
+
+use crate::runtime::run_graph;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -29,24 +29,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let topology = Topology::load(&args.topology, &flags, &standard_registry())?;
     let mut graph = topology.into_graph()?;
     graph.show_live_status(std::io::stderr().is_terminal());
-    match graph.run() {
-        Ok(report) => {
-            println!("{report}");
-            Ok(())
-        }
-        Err(RunError::StageFailed {
-            stage,
-            error,
-            report,
-        }) => {
-            eprintln!("{report}");
-            Err(error).with_context(|| {
-                format!(
-                    "{}: stage '{stage}' failed; the pipeline was stopped",
-                    args.topology.display()
-                )
-            })
-        }
-        Err(error) => Err(error).with_context(|| args.topology.display().to_string()),
-    }
+    let report = run_graph(
+        graph,
+        &args.topology.display().to_string(),
+        "the pipeline was stopped",
+    )?;
+    println!("{report}");
+    Ok(())
 }

@@ -13,14 +13,14 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clipflow_actors::evaluator::evaluate;
 use clipflow_actors::kinds::{register_training_kinds, standard_registry, TrainingStages};
-use clipflow_actors::runtime::RunError;
 use clipflow_actors::step_executor::{EpochPlan, SharedTrainer};
 use clipflow_actors::topology::Topology;
 
 use crate::commands::bench::topology_flags;
+use crate::runtime::run_graph;
 use crate::train_args::TrainArgs;
 
 /// The default training topology, as the binary carries it.
@@ -89,7 +89,12 @@ fn train(args: &TrainArgs, run: &mut setup::PreparedRun) -> Result<()> {
 }
 
 /// Builds and runs one epoch's graph.
-fn run_epoch(args: &TrainArgs, run: &setup::PreparedRun, trainer: &SharedTrainer, plan: EpochPlan) -> Result<()> {
+fn run_epoch(
+    args: &TrainArgs,
+    run: &setup::PreparedRun,
+    trainer: &SharedTrainer,
+    plan: EpochPlan,
+) -> Result<()> {
     let mut flags = topology_flags(args);
     flags.set("epoch", &plan.epoch.to_string());
     let mut registry = standard_registry();
@@ -111,26 +116,10 @@ fn run_epoch(args: &TrainArgs, run: &setup::PreparedRun, trainer: &SharedTrainer
     )?;
     let mut graph = topology.into_graph()?;
     graph.show_live_status(args.debug && std::io::stderr().is_terminal());
-    match graph.run() {
-        Ok(report) => {
-            if args.debug {
-                eprintln!("{report}");
-            }
-            Ok(())
-        }
-        Err(RunError::StageFailed {
-            stage,
-            error,
-            report,
-        }) => {
-            eprintln!("{report}");
-            Err(error).with_context(|| {
-                format!(
-                    "epoch {}: stage '{stage}' of {TRAIN_TOPOLOGY_NAME} failed; training stopped",
-                    plan.epoch
-                )
-            })
-        }
-        Err(error) => Err(error).with_context(|| TRAIN_TOPOLOGY_NAME.to_string()),
+    let stopped = format!("training stopped in epoch {}", plan.epoch);
+    let report = run_graph(graph, TRAIN_TOPOLOGY_NAME, &stopped)?;
+    if args.debug {
+        eprintln!("{report}");
     }
+    Ok(())
 }

@@ -49,8 +49,14 @@ pub fn run_params(args: &TrainArgs, derived: &DerivedParams) -> Vec<(String, PyV
     set("log_level", PyValue::Int(if args.debug { 10 } else { 20 }));
     set("wandb", PyValue::Bool(derived.wandb));
     set("tensorboard", PyValue::Bool(derived.tensorboard));
-    set("checkpoint_path", PyValue::Str(derived.checkpoint_path.clone()));
-    set("tensorboard_path", PyValue::Str(derived.tensorboard_path.clone()));
+    set(
+        "checkpoint_path",
+        PyValue::Str(derived.checkpoint_path.clone()),
+    );
+    set(
+        "tensorboard_path",
+        PyValue::Str(derived.tensorboard_path.clone()),
+    );
     set("resume", optional(&derived.resume));
     set(
         "distill",

@@ -20,12 +20,16 @@ use clipflow_core::loss::{create_loss, LossOptions};
 use clipflow_core::model::load::load_strict;
 use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};
 use clipflow_core::tokenizer::ClipTokenizer;
-use clipflow_core::train::checkpoint::{default_run_name, local_now, CheckpointPolicy, RunNameFields, RunPaths};
+use clipflow_core::train::checkpoint::{
+    default_run_name, local_now, CheckpointPolicy, RunNameFields, RunPaths,
+};
 use clipflow_core::train::lock::{lock_image_tower, lock_text_tower};
 use clipflow_core::train::optimizer::{Optimizer, OptimizerFlags};
 use clipflow_core::train::schedule::{LrSchedule, LrScheduleKind, ScheduleFlags};
 use clipflow_core::train::trainer::{Trainer, TrainerSettings};
-use clipflow_core::transform::{Interpolation, ResizeMode, ValTransform, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD};
+use clipflow_core::transform::{
+    Interpolation, ResizeMode, ValTransform, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD,
+};
 use clipflow_core::weights::{read_checkpoint, read_weights};
 use tch::nn::VarStore;
 
@@ -98,7 +102,10 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
     let Some(lr) = args.lr else {
         // OpenCLIP leaves --lr unset for timm optimisers, and its scheduler
         // then fails on the first step.
-        bail!("--opt {}: give --lr (timm optimisers have no model-dependent default)", args.opt);
+        bail!(
+            "--opt {}: give --lr (timm optimisers have no model-dependent default)",
+            args.opt
+        );
     };
 
     let name = args.name.clone().unwrap_or_else(|| {
@@ -115,8 +122,12 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
     });
     let resume_latest = args.resume.as_deref() == Some("latest");
     let (tensorboard, wandb) = (args.reports_to_tensorboard(), args.reports_to_wandb());
-    let paths = args.logs_dir().map(|logs| RunPaths::new(Path::new(logs), &name));
-    let log_file = paths.as_ref().map(|paths| paths.log_file(args.log_local, 0));
+    let paths = args
+        .logs_dir()
+        .map(|logs| RunPaths::new(Path::new(logs), &name));
+    let log_file = paths
+        .as_ref()
+        .map(|paths| paths.log_file(args.log_local, 0));
     if let (Some(paths), Some(log_file)) = (&paths, &log_file) {
         paths.check_new_or_resuming(log_file, resume_latest)?;
         paths.create_dirs(tensorboard)?;
@@ -160,8 +171,14 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         log_file: log_file.clone(),
         debug: args.debug,
         params_txt: paths.as_ref().map(|paths| paths.params_txt.clone()),
-        params: params.iter().map(|(name, value)| (name.clone(), value.to_string())).collect(),
-        tensorboard_dir: paths.as_ref().filter(|_| tensorboard).map(|paths| paths.tensorboard.clone()),
+        params: params
+            .iter()
+            .map(|(name, value)| (name.clone(), value.to_string()))
+            .collect(),
+        tensorboard_dir: paths
+            .as_ref()
+            .filter(|_| tensorboard)
+            .map(|paths| paths.tensorboard.clone()),
         wandb: wandb.then(|| WandbInit {
             project: args.wandb_project_name.clone(),
             name: name.clone(),
@@ -177,10 +194,18 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
     })?;
 
     if let (true, Some(paths)) = (args.copy_codebase, &paths) {
-        let flags: Vec<(String, String)> = params.iter().map(|(name, value)| (name.clone(), value.to_string())).collect();
-        let topology = Path::new(super::TRAIN_TOPOLOGY_NAME).file_name().and_then(|n| n.to_str()).unwrap_or("train.toml");
+        let flags: Vec<(String, String)> = params
+            .iter()
+            .map(|(name, value)| (name.clone(), value.to_string()))
+            .collect();
+        let topology = Path::new(super::TRAIN_TOPOLOGY_NAME)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("train.toml");
         // OpenCLIP reports a taken code/ folder and trains on.
-        if let Err(error) = copy_run_configuration(&paths.run_dir, topology, super::TRAIN_TOPOLOGY, &flags) {
+        if let Err(error) =
+            copy_run_configuration(&paths.run_dir, topology, super::TRAIN_TOPOLOGY, &flags)
+        {
             logger.lock().info(&format!("{error:#}"));
         }
     }
@@ -200,7 +225,8 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         config.init_logit_bias = Some(-10.0);
     }
     let mut vs = VarStore::new(device);
-    let mut model = Clip::new(&vs.root(), &config).with_context(|| format!("building --model {}", args.model))?;
+    let mut model = Clip::new(&vs.root(), &config)
+        .with_context(|| format!("building --model {}", args.model))?;
     model.set_grad_checkpointing(args.grad_checkpointing);
     if args.siglip {
         tch::no_grad(|| {
@@ -248,7 +274,10 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         &named,
     )?;
     let schedule = match epoch_size {
-        Some(size) => Some(LrSchedule::from_flags(&schedule_flags(args, lr), size.num_batches)?),
+        Some(size) => Some(LrSchedule::from_flags(
+            &schedule_flags(args, lr),
+            size.num_batches,
+        )?),
         None => None,
     };
     let loss = create_loss(
@@ -257,7 +286,10 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
             siglip: args.siglip,
             local_loss: args.local_loss,
             gather_with_grad: args.gather_with_grad,
-            siglip_dist_impl: args.loss_dist_impl.map(|d| d.as_str().parse()).transpose()?,
+            siglip_dist_impl: args
+                .loss_dist_impl
+                .map(|d| d.as_str().parse())
+                .transpose()?,
             distill: args.distill_model.is_some(),
         },
         Arc::new(SingleProcess),
@@ -343,7 +375,10 @@ fn model_overrides(args: &TrainArgs) -> Result<ModelOverrides> {
                 *height as i64,
                 *width as i64,
             ])),
-            Some(other) => bail!("--force-image-size takes one or two numbers, got {}", other.len()),
+            Some(other) => bail!(
+                "--force-image-size takes one or two numbers, got {}",
+                other.len()
+            ),
         },
         force_context_length: args.force_context_length.map(|n| n as i64),
     })
@@ -372,7 +407,10 @@ fn channels(values: Option<&[f64]>, default: [f64; 3]) -> Result<[f64; 3]> {
         None => Ok(default),
         Some([all]) => Ok([*all; 3]),
         Some([r, g, b]) => Ok([*r, *g, *b]),
-        Some(other) => bail!("--image-mean/--image-std take one or three values, got {}", other.len()),
+        Some(other) => bail!(
+            "--image-mean/--image-std take one or three values, got {}",
+            other.len()
+        ),
     }
 }
 
@@ -387,7 +425,9 @@ fn resume(path: Option<&str>, trainer: &mut Trainer, logger: &SharedTrainLog) ->
     let checkpoint = read_checkpoint(Path::new(path)).with_context(|| source.clone())?;
     load_strict(&trainer.vs, &checkpoint.state_dict, &source)?;
     let Some(epoch) = checkpoint.epoch else {
-        logger.lock().info(&format!("=> loaded checkpoint '{path}' (epoch 0)"));
+        logger
+            .lock()
+            .info(&format!("=> loaded checkpoint '{path}' (epoch 0)"));
         return Ok(0);
     };
     if let Some(optimizer) = &checkpoint.optimizer {
@@ -397,9 +437,13 @@ fn resume(path: Option<&str>, trainer: &mut Trainer, logger: &SharedTrainLog) ->
             .with_context(|| format!("{source}: the optimizer state"))?;
     }
     if let (Some(scaler), Some(state)) = (trainer.scaler.as_mut(), &checkpoint.scaler) {
-        scaler.load_state_dict(state).with_context(|| format!("{source}: the scaler state"))?;
+        scaler
+            .load_state_dict(state)
+            .with_context(|| format!("{source}: the scaler state"))?;
     }
-    logger.lock().info(&format!("=> resuming checkpoint '{path}' (epoch {epoch})"));
+    logger
+        .lock()
+        .info(&format!("=> resuming checkpoint '{path}' (epoch {epoch})"));
     Ok(epoch as u64)
 }
 

@@ -49,7 +49,11 @@ impl GradScaler {
             return;
         }
         // PyTorch computes 1/scale in float64, then rounds it to float32.
-        let inv_scale = self.scale.to_kind(Kind::Double).reciprocal().to_kind(Kind::Float);
+        let inv_scale = self
+            .scale
+            .to_kind(Kind::Double)
+            .reciprocal()
+            .to_kind(Kind::Float);
         let mut found_inf = Tensor::zeros([], (Kind::Float, self.scale.device()));
         for grad in grads.iter_mut() {
             let _ = grad.g_mul_(&inv_scale.to_kind(grad.kind()));

@@ -33,7 +33,10 @@ fn in_group(name: &str, group: &Group) -> bool {
 fn lock(vs: &VarStore, tower_prefixes: &[String], groups: &[Group], unlocked: usize) {
     let unlocked_groups = &groups[groups.len().saturating_sub(unlocked)..];
     for (name, tensor) in vs.variables() {
-        if !tower_prefixes.iter().any(|prefix| name.starts_with(prefix.as_str())) {
+        if !tower_prefixes
+            .iter()
+            .any(|prefix| name.starts_with(prefix.as_str()))
+        {
             continue;
         }
         let trainable = unlocked_groups.iter().any(|group| in_group(&name, group));
@@ -90,7 +93,10 @@ pub fn lock_text_tower(vs: &VarStore, config: &ModelConfig, unlocked_layers: usi
         groups.push(vec![name(&format!("transformer.resblocks.{block}."))]);
     }
     groups.push(vec![
-        name(&format!("transformer.resblocks.{}.", layers.saturating_sub(1))),
+        name(&format!(
+            "transformer.resblocks.{}.",
+            layers.saturating_sub(1)
+        )),
         name("ln_final."),
     ]);
     groups.push(vec![name("text_projection"), name("text_projection.")]);

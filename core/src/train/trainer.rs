@@ -88,7 +88,9 @@ impl Trainer {
         if settings.accum_freq == 0 {
             bail!("--accum-freq must be at least 1");
         }
-        let scaler = settings.grad_scaler.then(|| GradScaler::new(settings.device));
+        let scaler = settings
+            .grad_scaler
+            .then(|| GradScaler::new(settings.device));
         Ok(Trainer {
             vs,
             model,
@@ -111,11 +113,18 @@ impl Trainer {
     /// ids, on any device). `step` is OpenCLIP's schedule step,
     /// `num_batches_per_epoch * epoch + batch_index / accum_freq`. Returns
     /// the step's report when this batch completed an optimiser step.
-    pub fn train_batch(&mut self, step: u64, images: &Tensor, texts: &Tensor) -> Result<Option<StepReport>> {
+    pub fn train_batch(
+        &mut self,
+        step: u64,
+        images: &Tensor,
+        texts: &Tensor,
+    ) -> Result<Option<StepReport>> {
         if let (Some(schedule), false) = (&self.schedule, self.settings.skip_scheduler) {
             self.optimizer.set_lr(schedule.lr_at(step));
         }
-        let images = images.to_device(self.settings.device).to_kind(self.settings.input_kind);
+        let images = images
+            .to_device(self.settings.device)
+            .to_kind(self.settings.input_kind);
         let texts = texts.to_device(self.settings.device);
 
         self.optimizer.zero_grad();
@@ -230,8 +239,17 @@ impl Trainer {
 
     /// Clip, step, scaler update and logit-scale clamp; or the skip of a
     /// non-finite step.
-    fn finish_step(&mut self, step: u64, loss: Option<Tensor>, logit_scale: &Tensor) -> Result<StepReport> {
-        let lr = self.optimizer.groups().first().map_or(0.0, |group| group.lr());
+    fn finish_step(
+        &mut self,
+        step: u64,
+        loss: Option<Tensor>,
+        logit_scale: &Tensor,
+    ) -> Result<StepReport> {
+        let lr = self
+            .optimizer
+            .groups()
+            .first()
+            .map_or(0.0, |group| group.lr());
         let logit_scale = logit_scale.double_value(&[]);
         let Some(loss) = loss else {
             self.optimizer.zero_grad();
@@ -291,7 +309,10 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> f64 {
     if grads.is_empty() {
         return 0.0;
     }
-    let norms: Vec<Tensor> = grads.iter().map(|g| g.norm().to_kind(Kind::Float)).collect();
+    let norms: Vec<Tensor> = grads
+        .iter()
+        .map(|g| g.norm().to_kind(Kind::Float))
+        .collect();
     let total = Tensor::stack(&norms, 0).norm();
     let coefficient = (max_norm / (&total + 1e-6)).clamp_max(1.0);
     for grad in grads.iter_mut() {
