@@ -38,13 +38,20 @@ def tree_pss_bytes(pid):
     return total
 
 
-def measure(cmd):
-    """Runs cmd, returns (its last JSON line as a dict, peak tree PSS)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def peak_tree_pss_until_exit(proc):
+    """Samples the PSS of proc's process tree every 50 ms until it exits;
+    returns the largest sum."""
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_pss_bytes(proc.pid))
         time.sleep(0.05)
+    return peak
+
+
+def measure(cmd):
+    """Runs cmd, returns (its last JSON line as a dict, peak tree PSS)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = peak_tree_pss_until_exit(proc)
     out = proc.stdout.read()
     if proc.returncode != 0:
         sys.exit(f"{cmd[0]} failed with {proc.returncode}")
