@@ -961,9 +961,10 @@ fn optimizer_name(text: &str) -> Result<String, String> {
     }
 }
 
-/// --report-to: empty, or comma-separated names from tensorboard, wandb, all.
+/// --report-to: empty, or comma-separated names from tensorboard, wandb, all
+/// (and `none`, which OpenCLIP's substring test also reads as no sink).
 fn report_to_list(text: &str) -> Result<String, String> {
-    const SINKS: [&str; 3] = ["tensorboard", "wandb", "all"];
+    const SINKS: [&str; 4] = ["tensorboard", "wandb", "all", "none"];
     if text.trim().is_empty() {
         return Ok(text.to_owned());
     }

@@ -123,6 +123,7 @@ fn parity_cases() -> Vec<Vec<&'static str>> {
             "--cache-dir", "/path/to/cache", "--debug", "--log-local", "--copy-codebase",
             "--logs", "None", "--report-to", "all",
         ],
+        vec!["--report-to", "none", "--epochs", "3"],
         vec![
             "--dist-url", "tcp://localhost:12345", "--dist-backend", "nccl", "--horovod",
             "--ddp-static-graph", "--no-set-device-rank",
