@@ -26,8 +26,8 @@ use anyhow::{bail, ensure, Context, Result};
 use clipflow_core::model::{ModelConfig, ModelOverrides};
 use clipflow_core::tokenizer::{ClipTokenizer, TextTokenizer};
 use clipflow_core::transform::{
-    AugmentationCfg, Interpolation, ResizeMode, TrainTransform, ValTransform,
-    OPENAI_DATASET_MEAN, OPENAI_DATASET_STD,
+    AugmentationCfg, Interpolation, ResizeMode, TrainTransform, ValTransform, OPENAI_DATASET_MEAN,
+    OPENAI_DATASET_STD,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

@@ -85,7 +85,10 @@ fn spawn_thread(
                     .unwrap_or_else(|| "unknown panic".to_string());
                 // libtorch appends its C++ stack to an error's text; the
                 // first lines say what went wrong.
-                let message = message.split("\nException raised from").next().unwrap_or_default();
+                let message = message
+                    .split("\nException raised from")
+                    .next()
+                    .unwrap_or_default();
                 WorkerOutcome::Failed(anyhow::anyhow!("panicked: {message}"))
             });
             if let WorkerOutcome::Failed(error) = &outcome {

@@ -323,7 +323,8 @@ mod tests {
 
     #[test]
     fn a_json_path_names_a_config_file() {
-        let path = std::env::temp_dir().join(format!("clipflow-config-{}.json", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("clipflow-config-{}.json", std::process::id()));
         let mut raw = all_configs()["ViT-B-32"].clone();
         raw["embed_dim"] = 24.into();
         std::fs::write(&path, raw.to_string()).unwrap();
