@@ -8,27 +8,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::clipflow_bin;
+use common::{clipflow_bin, make_scenes};
 
 /// Rendered scenes, 32 px: 256 training pairs in 2 shards.
 fn scenes(dir: &Path) -> String {
-    let out = Command::new(clipflow_bin())
-        .args([
-            "make-scenes",
-            "--samples",
-            "256",
-            "--samples-per-shard",
-            "128",
-        ])
-        .args(["--image-size", "32", "--zeroshot-per-class", "2"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    make_scenes(dir, 256, 128, 2);
     format!("{}/shards/scenes-{{00000..00001}}.tar", dir.display())
 }
 

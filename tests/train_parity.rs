@@ -21,16 +21,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::{json, Value};
+use common::{make_scenes, run_clipflow, TINY_TRAIN_CONFIG};
 
 const ORACLE: &str = include_str!("oracle/train_parity.py");
 
-/// An OpenCLIP-format model config small enough for 20 steps in seconds.
-const TINY_CONFIG: &str = r#"{"embed_dim": 32,
- "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
- "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}"#;
 const MODEL_NAME: &str = "parity-tiny";
 
 struct Case {
@@ -130,18 +126,6 @@ fn shared_flags(case: &Case, shards: &Path, initial: &Path) -> Vec<String> {
     flags
 }
 
-fn run_clipflow(args: &[String]) {
-    let out = Command::new(common::clipflow_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "clipflow {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The JSON lines the oracle printed, last `count` of them.
 fn oracle_results(args: &[&str], count: usize) -> Vec<Value> {
     let stdout = common::run_oracle(ORACLE, args);
@@ -178,24 +162,10 @@ fn twenty_steps_match_open_clip() {
     let scratch = tempfile::tempdir().unwrap();
     let root = scratch.path();
     let scenes = root.join("scenes");
-    run_clipflow(
-        &[
-            "make-scenes",
-            scenes.to_str().unwrap(),
-            "--samples",
-            "48",
-            "--samples-per-shard",
-            "16",
-            "--image-size",
-            "32",
-            "--zeroshot-per-class",
-            "0",
-        ]
-        .map(String::from),
-    );
+    make_scenes(&scenes, 48, 16, 0);
     let shards = scenes.join("shards");
     let config = root.join(format!("{MODEL_NAME}.json"));
-    std::fs::write(&config, TINY_CONFIG).unwrap();
+    std::fs::write(&config, TINY_TRAIN_CONFIG).unwrap();
     let config = config.to_str().unwrap();
     let initial = root.join("initial.pt");
     let initial_siglip = root.join("initial-siglip.pt");

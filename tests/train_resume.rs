@@ -17,13 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{make_scenes, run_clipflow, TINY_TRAIN_CONFIG};
 use serde_json::Value;
 
 const ORACLE: &str = include_str!("oracle/train_parity.py");
 
-const TINY_CONFIG: &str = r#"{"embed_dim": 32,
- "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
- "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}"#;
 const EPOCHS: usize = 4;
 /// 48 samples at batch size 8.
 const STEPS_PER_EPOCH: usize = 6;
@@ -71,18 +69,6 @@ fn train_args(root: &Path, logs: &Path, save_most_recent: bool) -> Vec<String> {
         args.push("--save-most-recent".into());
     }
     args
-}
-
-fn run_to_end(args: &[String]) {
-    let out = Command::new(common::clipflow_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "clipflow {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Starts the run and SIGKILLs it once out.log shows `step` (1-based) lines
@@ -174,25 +160,11 @@ fn path_strings(dir: &Path, names: &[String]) -> Vec<String> {
 fn resume_after_kill(save_most_recent: bool) {
     let scratch = tempfile::tempdir().unwrap();
     let root = scratch.path();
-    std::fs::write(root.join("tiny.json"), TINY_CONFIG).unwrap();
+    std::fs::write(root.join("tiny.json"), TINY_TRAIN_CONFIG).unwrap();
     let scenes = root.join("scenes");
-    run_to_end(
-        &[
-            "make-scenes",
-            scenes.to_str().unwrap(),
-            "--samples",
-            "48",
-            "--samples-per-shard",
-            "16",
-            "--image-size",
-            "32",
-            "--zeroshot-per-class",
-            "0",
-        ]
-        .map(String::from),
-    );
+    make_scenes(&scenes, 48, 16, 0);
     let reference_logs = root.join("reference");
-    run_to_end(&train_args(root, &reference_logs, save_most_recent));
+    run_clipflow(&train_args(root, &reference_logs, save_most_recent));
 
     // Kill in epoch 1 or 2 (0-based) at a random step of it.
     let epoch = 1 + rand::random_range(0..2usize);
@@ -233,7 +205,7 @@ fn resume_after_kill(save_most_recent: bool) {
 
     let mut resume = train_args(root, &logs, save_most_recent);
     resume.extend(["--resume".into(), "latest".into()]);
-    run_to_end(&resume);
+    run_clipflow(&resume);
 
     let names = common::file_names(&checkpoints);
     assert_eq!(

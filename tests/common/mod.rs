@@ -39,6 +39,50 @@ pub fn clipflow_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_clipflow"))
 }
 
+/// Runs the clipflow binary with `args`, panicking with its stderr when it
+/// fails.
+pub fn run_clipflow<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) {
+    let out = Command::new(clipflow_bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "clipflow {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An OpenCLIP-format model config small enough to train for a few steps in
+/// seconds (32 px images, 2 blocks of width 64 per tower).
+pub const TINY_TRAIN_CONFIG: &str = r#"{"embed_dim": 32,
+ "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+ "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}"#;
+
+/// `clipflow make-scenes DIR` with 32 px images: `samples` training pairs in
+/// shards of `per_shard`, and `zeroshot_per_class` held-out images per class.
+pub fn make_scenes(
+    dir: &std::path::Path,
+    samples: usize,
+    per_shard: usize,
+    zeroshot_per_class: usize,
+) {
+    let (samples, per_shard, zeroshot) = (
+        samples.to_string(),
+        per_shard.to_string(),
+        zeroshot_per_class.to_string(),
+    );
+    run_clipflow(&[
+        "make-scenes".as_ref(),
+        dir.as_os_str(),
+        "--samples".as_ref(),
+        samples.as_ref(),
+        "--samples-per-shard".as_ref(),
+        per_shard.as_ref(),
+        "--image-size".as_ref(),
+        "32".as_ref(),
+        "--zeroshot-per-class".as_ref(),
+        zeroshot.as_ref(),
+    ] as &[&std::ffi::OsStr]);
+}
+
 /// The names of the entries in `dir`, sorted.
 pub fn file_names(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
