@@ -57,8 +57,27 @@ def init(config, out, *siglip):
     torch.save(open_clip.create_model(name, **kwargs).state_dict(), out)
 
 
+def seed_sample_shuffle():
+    """webdataset 0.2.86 seeds OpenCLIP's sample shuffle from the clock, so
+    each run would put the samples of a step in another order; the loss does
+    not depend on it, but its float32 rounding does, and Adam magnifies that
+    in weights whose gradient is near zero. A fixed seed gives every run the
+    same order."""
+    import random
+
+    import webdataset
+
+    clock_seeded = webdataset.shuffle
+
+    def shuffle(*args, **kwargs):
+        return clock_seeded(*args, rng=random.Random(0), **kwargs)
+
+    webdataset.shuffle = shuffle
+
+
 def main(config, runs):
     import open_clip_train.main as open_clip_main
+    seed_sample_shuffle()
     model_name(config)
     for flags in json.loads(runs):
         open_clip_main.main(flags)
