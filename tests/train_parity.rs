@@ -22,8 +22,8 @@ mod common;
 
 use std::path::Path;
 
-use serde_json::{json, Value};
 use common::{make_scenes, run_clipflow, TINY_TRAIN_CONFIG};
+use serde_json::{json, Value};
 
 const ORACLE: &str = include_str!("oracle/train_parity.py");
 
