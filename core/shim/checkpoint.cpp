@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "tensors.h"
 
 extern "C" {
 // Runs the closure on `count` inputs. On success it assigns the result to
@@ -267,16 +268,6 @@ bool any_requires_grad(at::TensorList tensors) {
                      [](const at::Tensor &t) { return t.requires_grad(); });
 }
 
-std::vector<at::Tensor> tensor_vector(const at::Tensor *const *tensors,
-                                      size_t count) {
-  std::vector<at::Tensor> result;
-  result.reserve(count);
-  for (size_t i = 0; i < count; ++i) {
-    result.push_back(*tensors[i]);
-  }
-  return result;
-}
-
 } // namespace
 
 extern "C" {
@@ -309,8 +300,8 @@ char *clipflow_checkpoint(clipflow_checkpoint_call call,
     return error;
   }
   return clipflow_shim::catch_errors([&] {
-    const auto input_list = tensor_vector(inputs, input_count);
-    const auto param_list = tensor_vector(params, param_count);
+    const auto input_list = clipflow_shim::tensor_vector(inputs, input_count);
+    const auto param_list = clipflow_shim::tensor_vector(params, param_count);
     at::Tensor result;
     if (at::GradMode::is_enabled() &&
         (any_requires_grad(input_list) || any_requires_grad(param_list))) {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "tensors.h"
 
 using clipflow_shim::catch_errors;
 
@@ -28,16 +29,6 @@ c10::DeviceType autocast_device_type(int device_type) {
   TORCH_CHECK(at::autocast::is_autocast_available(type),
               "autocast is not available for device type ", type);
   return type;
-}
-
-std::vector<at::Tensor> tensor_vector(at::Tensor *const *tensors,
-                                      size_t count) {
-  std::vector<at::Tensor> result;
-  result.reserve(count);
-  for (size_t i = 0; i < count; ++i) {
-    result.push_back(*tensors[i]);
-  }
-  return result;
 }
 
 } // namespace
@@ -101,12 +92,12 @@ char *clipflow_fused_adamw_step(at::Tensor *const *params,
                                 double weight_decay, double eps) {
   return catch_errors([&] {
     at::NoGradGuard no_grad;
-    const auto steps = tensor_vector(state_steps, count);
+    const auto steps = clipflow_shim::tensor_vector(state_steps, count);
     at::_foreach_add_(steps, 1);
-    at::_fused_adamw_(tensor_vector(params, count),
-                      tensor_vector(grads, count),
-                      tensor_vector(exp_avgs, count),
-                      tensor_vector(exp_avg_sqs, count),
+    at::_fused_adamw_(clipflow_shim::tensor_vector(params, count),
+                      clipflow_shim::tensor_vector(grads, count),
+                      clipflow_shim::tensor_vector(exp_avgs, count),
+                      clipflow_shim::tensor_vector(exp_avg_sqs, count),
                       /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2,
                       weight_decay, eps, /*amsgrad=*/false,
                       /*maximize=*/false);

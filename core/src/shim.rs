@@ -145,6 +145,11 @@ pub struct AutocastGuard {
 }
 
 impl AutocastGuard {
+    /// A guard when `dtype` is given (the precision autocasts), else none.
+    pub fn when(device: Device, dtype: Option<Kind>) -> Result<Option<Self>> {
+        dtype.map(|dtype| Self::new(device, dtype)).transpose()
+    }
+
     pub fn new(device: Device, dtype: Kind) -> Result<Self> {
         let previous_enabled = is_autocast_enabled(device)?;
         let previous_dtype = autocast_dtype(device)?;
