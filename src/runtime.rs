@@ -88,11 +88,16 @@ impl InferencePrecision {
         }
     }
 
-    pub fn run<T>(self, device: Device, forward: impl FnOnce() -> T) -> Result<T> {
-        let _autocast = match self {
-            InferencePrecision::Autocast(kind) => Some(AutocastGuard::new(device, kind)?),
+    /// The autocast dtype of the forward pass, if the precision autocasts.
+    pub fn autocast(self) -> Option<Kind> {
+        match self {
+            InferencePrecision::Autocast(kind) => Some(kind),
             InferencePrecision::Cast(_) | InferencePrecision::LowPrecisionWeights(_) => None,
-        };
+        }
+    }
+
+    pub fn run<T>(self, device: Device, forward: impl FnOnce() -> T) -> Result<T> {
+        let _autocast = AutocastGuard::when(device, self.autocast())?;
         Ok(tch::no_grad(forward))
     }
 }

@@ -144,10 +144,7 @@ pub fn evaluate(
 
 /// Runs `forward` without gradients under the precision's autocast.
 fn no_grad_forward<T>(config: &EvaluatorConfig, forward: impl FnOnce() -> T) -> Result<T> {
-    let _autocast = match config.autocast {
-        Some(kind) => Some(AutocastGuard::new(config.device, kind)?),
-        None => None,
-    };
+    let _autocast = AutocastGuard::when(config.device, config.autocast)?;
     Ok(tch::no_grad(forward))
 }
 
@@ -294,12 +291,8 @@ fn validate_batch(
     let images = image_batch(config, &encoded)?;
     let texts = tokenize_batch(config.tokenizer.as_ref(), &captions, config.context_length)
         .to_device(config.device);
-    let _autocast = match config.autocast {
-        Some(kind) => Some(AutocastGuard::new(config.device, kind)?),
-        None => None,
-    };
-    tch::no_grad(|| {
+    no_grad_forward(config, || {
         let out = model.forward_t(&images, &texts, false);
         metrics.add_batch(&out.image_features, &out.text_features, &out.logit_scale)
-    })
+    })?
 }

@@ -29,10 +29,7 @@ impl TrainingPrecision {
 
     /// The autocast dtype of the step, if the precision autocasts.
     pub fn autocast(self) -> Option<Kind> {
-        match self.forward {
-            InferencePrecision::Autocast(kind) => Some(kind),
-            _ => None,
-        }
+        self.forward.autocast()
     }
 
     /// Converts freshly built fp32 weights the way OpenCLIP's

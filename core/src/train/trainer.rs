@@ -149,10 +149,7 @@ impl Trainer {
     /// The model's forward pass in training mode under the precision's
     /// autocast.
     fn forward(&self, images: &Tensor, texts: &Tensor) -> Result<ClipOutput> {
-        let _autocast = match self.settings.autocast {
-            Some(kind) => Some(AutocastGuard::new(self.settings.device, kind)?),
-            None => None,
-        };
+        let _autocast = AutocastGuard::when(self.settings.device, self.settings.autocast)?;
         // Frozen batch-norm statistics are what the image tower's eval mode
         // uses; nothing else in a tower that has batch norms (ModifiedResNet)
         // depends on the mode.
