@@ -118,11 +118,31 @@ pub fn load_model(
     device: Device,
 ) -> Result<LoadedModel> {
     let config = ModelConfig::by_name(name, overrides)?;
+    build_model(name, config, pretrained, device)
+}
+
+/// [`load_model`] from a config the caller has adjusted (training's
+/// `--siglip` initial logit scale and bias).
+pub fn build_model(
+    name: &str,
+    config: ModelConfig,
+    pretrained: Option<&Path>,
+    device: Device,
+) -> Result<LoadedModel> {
     config.ensure_buildable(name)?;
     let vs = VarStore::new(device);
     let model =
         Clip::new(&vs.root(), &config).with_context(|| format!("building --model {name}"))?;
     if let Some(path) = pretrained {
+        let text = path.to_string_lossy();
+        if !path.exists() && !text.contains(['/', '.']) {
+            bail!(
+                "--pretrained {text}: a pretrained tag, which OpenCLIP downloads; clipflow loads \
+                 weight files only: save the weights first (open_clip.create_model({name:?}, \
+                 pretrained={text:?}) then torch.save(model.state_dict(), PATH)) and pass \
+                 --pretrained PATH"
+            );
+        }
         let tensors = read_weights(path)?;
         load_strict(&vs, &tensors, &format!("--pretrained {}", path.display()))?;
     }

@@ -18,7 +18,7 @@ use clipflow_core::data::dataset_type::resolve_data_format;
 use clipflow_core::eval::zero_shot::ZeroShotSet;
 use clipflow_core::loss::{create_loss, LossOptions};
 use clipflow_core::model::load::load_strict;
-use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};
+use clipflow_core::model::{ModelConfig, ModelOverrides};
 use clipflow_core::tokenizer::ClipTokenizer;
 use clipflow_core::train::checkpoint::{
     default_run_name, local_now, CheckpointPolicy, RunNameFields, RunPaths,
@@ -30,15 +30,14 @@ use clipflow_core::train::trainer::{Trainer, TrainerSettings};
 use clipflow_core::transform::{
     Interpolation, ResizeMode, ValTransform, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD,
 };
-use clipflow_core::weights::{read_checkpoint, read_weights};
-use tch::nn::VarStore;
+use clipflow_core::weights::read_checkpoint;
 
 use super::epoch_size::{train_epoch, EpochSize};
 use super::params::{run_params, DerivedParams};
 use super::precision::TrainingPrecision;
 use crate::remote_sync::{fetch_latest_remote_checkpoint, start_remote_sync};
 use crate::run_config::copy_run_configuration;
-use crate::runtime::parse_device;
+use crate::runtime::{build_model, parse_device, LoadedModel};
 use crate::train_args::{LrScheduler, TrainArgs};
 
 /// Non-finite steps in a row that stop training.
@@ -218,35 +217,19 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
     tch::manual_seed(args.seed);
     let overrides = model_overrides(args)?;
     let mut config = ModelConfig::by_name(&args.model, &overrides)?;
-    config.ensure_buildable(&args.model)?;
     if args.siglip {
         // OpenCLIP builds the model with init_logit_scale ln 10 and
         // init_logit_bias -10 for --siglip.
+        config.init_logit_scale = Some(10f64.ln());
         config.init_logit_bias = Some(-10.0);
     }
-    let mut vs = VarStore::new(device);
-    let mut model = Clip::new(&vs.root(), &config)
-        .with_context(|| format!("building --model {}", args.model))?;
+    let pretrained = (!args.pretrained.is_empty()).then(|| Path::new(&args.pretrained));
+    let LoadedModel {
+        mut vs,
+        mut model,
+        config,
+    } = build_model(&args.model, config, pretrained, device)?;
     model.set_grad_checkpointing(args.grad_checkpointing);
-    if args.siglip {
-        tch::no_grad(|| {
-            let _ = model.logit_scale.shallow_clone().fill_(10f64.ln());
-        });
-    }
-    if !args.pretrained.is_empty() {
-        if !Path::new(&args.pretrained).exists() && !args.pretrained.contains(['/', '.']) {
-            bail!(
-                "--pretrained {}: a pretrained tag, which OpenCLIP downloads; clipflow loads weight \
-                 files only: save the weights first (open_clip.create_model({:?}, pretrained={:?}) \
-                 then torch.save(model.state_dict(), PATH)) and pass --pretrained PATH",
-                args.pretrained,
-                args.model,
-                args.pretrained
-            );
-        }
-        let tensors = read_weights(Path::new(&args.pretrained))?;
-        load_strict(&vs, &tensors, &format!("--pretrained {}", args.pretrained))?;
-    }
     precision.prepare_weights(&mut vs);
     if args.lock_image {
         lock_image_tower(&vs, &config, args.lock_image_unlocked_groups)?;

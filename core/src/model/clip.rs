@@ -42,7 +42,8 @@ impl Clip {
             root.clone()
         };
         let text = TextTransformer::new(text_root, config)?;
-        let logit_scale = root.var("logit_scale", &[], nn::Init::Const(INIT_LOGIT_SCALE));
+        let init_logit_scale = config.init_logit_scale.unwrap_or(INIT_LOGIT_SCALE);
+        let logit_scale = root.var("logit_scale", &[], nn::Init::Const(init_logit_scale));
         let logit_bias = config
             .init_logit_bias
             .map(|bias| root.var("logit_bias", &[], nn::Init::Const(bias)));

@@ -23,6 +23,10 @@ pub struct ModelConfig {
     pub custom_text: bool,
     #[serde(default)]
     pub init_logit_bias: Option<f64>,
+    /// OpenCLIP's `init_logit_scale` model argument (ln(1/0.07) when
+    /// absent); `--siglip` training sets ln 10.
+    #[serde(default)]
+    pub init_logit_scale: Option<f64>,
     #[serde(default)]
     pub multimodal_cfg: Option<serde_json::Value>,
 }
