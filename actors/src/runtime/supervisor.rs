@@ -82,7 +82,8 @@ struct GraphState {
 }
 
 enum GraphMsg {
-    StageFailed(StageFailure),
+    /// A stage failed (its supervisor has recorded why): stop the others.
+    StageFailed,
 }
 
 impl GraphState {
@@ -110,6 +111,7 @@ impl Actor for GraphSupervisor {
                 launch,
                 stop_signal: stop_signal.clone(),
                 graph: myself.clone(),
+                failure: Arc::clone(&args.failure),
             };
             let (stage, _) =
                 Actor::spawn_linked(None, StageSupervisor, stage_args, myself.get_cell()).await?;
@@ -129,7 +131,7 @@ impl Actor for GraphSupervisor {
         state: &mut GraphState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            GraphMsg::StageFailed(failure) => state.fail(failure),
+            GraphMsg::StageFailed => state.shutdown = None,
         }
         Ok(())
     }
@@ -169,6 +171,12 @@ struct StageArgs {
     launch: StageLaunch,
     stop_signal: Receiver<()>,
     graph: ActorRef<GraphMsg>,
+    /// Where the graph's failure is kept. A stage records its own failure
+    /// here before it tells the graph and stops: ractor delivers the
+    /// stage's termination ahead of ordinary messages, so a failure sent
+    /// only as a message could arrive after the graph, seeing every stage
+    /// ended, has already stopped.
+    failure: Arc<Mutex<Option<StageFailure>>>,
 }
 
 struct StageState {
@@ -180,6 +188,7 @@ struct StageState {
     restarts_left: u32,
     env: WorkerEnv,
     graph: ActorRef<GraphMsg>,
+    failure: Arc<Mutex<Option<StageFailure>>>,
 }
 
 enum StageMsg {
@@ -245,6 +254,7 @@ impl Actor for StageSupervisor {
                 graph_span: launch.graph_span,
             },
             graph: args.graph,
+            failure: args.failure,
         };
         for index in 0..launch.parallelism {
             state.start_worker(&myself, index);
@@ -275,7 +285,8 @@ impl Actor for StageSupervisor {
                 stage: state.env.stage.to_string(),
                 error,
             };
-            let _ = state.graph.send_message(GraphMsg::StageFailed(failure));
+            record_failure(&state.failure, failure);
+            let _ = state.graph.send_message(GraphMsg::StageFailed);
         }
         state.live_workers -= 1;
         if state.live_workers == 0 {
