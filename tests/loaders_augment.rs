@@ -12,15 +12,13 @@ mod loaders_support;
 
 use std::sync::Arc;
 
-use clipflow_actors::augmenter::{
-    normalized_channels_first, AugmentedSample, Augmenter, AugmenterConfig,
-};
+use clipflow_actors::augmenter::{AugmentedSample, Augmenter, AugmenterConfig};
 use clipflow_actors::decoder::DecodedSample;
 use clipflow_actors::kinds::standard_registry;
 use clipflow_actors::topology::{FlagValues, Settings, Topology};
 use clipflow_core::transform::{
-    AugmentationCfg, Interpolation, ResizeMode, RgbImage, TrainTransform, ValTransform,
-    OPENAI_DATASET_MEAN, OPENAI_DATASET_STD,
+    normalized_channels_first, AugmentationCfg, Interpolation, ResizeMode, RgbImage,
+    TrainTransform, ValTransform, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD,
 };
 use loaders_support::{
     bench_summary, make_test_shards, run_bench, run_train_data, train_data_topology, LoadingRun,
@@ -122,8 +120,8 @@ fn noise_samples() -> Vec<DecodedSample> {
 }
 
 fn as_tensor(sample: &AugmentedSample) -> Tensor {
-    let (height, width) = sample.image_size;
-    Tensor::from_slice(&sample.image).view([3, height as i64, width as i64])
+    let (height, width) = sample.image_size();
+    Tensor::from_slice(&sample.image()).view([3, height as i64, width as i64])
 }
 
 #[test]
@@ -205,7 +203,7 @@ fn val_mode_is_the_validation_transform_and_takes_no_aug_cfg() {
     for sample in noise_samples() {
         let pixels = transform.resize_and_crop(&sample.image);
         let expected = normalized_channels_first(&pixels, transform.mean, transform.std);
-        assert_eq!(augmenter.augment(sample).unwrap().image, expected);
+        assert_eq!(augmenter.augment(sample).unwrap().image(), expected);
     }
 
     let refused = AugmenterConfig::from_settings(&augmenter_settings(&[

@@ -1,6 +1,7 @@
 //! The augmenter: a decoded sample to what the model takes, namely the
-//! transformed, normalised image as `[3, H, W]` f32 values and the caption
-//! as `context_length` token ids (OpenCLIP's CLIP BPE tokenizer), with the
+//! transformed image (8-bit pixels and the normalisation that turns them
+//! into `[3, H, W]` f32 values, which the batcher applies as it writes them
+//! into the batch) and the caption as `context_length` token ids (OpenCLIP's CLIP BPE tokenizer), with the
 //! model's image size, context length and preprocessing settings
 //! (`--image-mean`, `--image-std`, `--image-interpolation`,
 //! `--image-resize-mode`, `--aug-cfg`).
@@ -16,8 +17,8 @@
 //! (`seed`, `epoch`, worker index), so the same samples reaching the same
 //! workers in the same order get the same augmentations.
 //!
-//! The per-image work uses no libtorch operations (plain pixel buffers in,
-//! a plain `f32` buffer out), so loader threads never enter libtorch's
+//! The per-image work uses no libtorch operations (plain pixel buffers in
+//! and out), so loader threads never enter libtorch's
 //! intra-op thread pool and need no `tch::set_num_threads`.
 
 use std::sync::Arc;
@@ -26,8 +27,8 @@ use anyhow::{bail, ensure, Context, Result};
 use clipflow_core::model::{ModelConfig, ModelOverrides};
 use clipflow_core::tokenizer::{ClipTokenizer, TextTokenizer};
 use clipflow_core::transform::{
-    AugmentationCfg, Interpolation, ResizeMode, TrainTransform, ValTransform, OPENAI_DATASET_MEAN,
-    OPENAI_DATASET_STD,
+    AugmentationCfg, Interpolation, Normalization, ResizeMode, RgbImage, TrainTransform,
+    ValTransform, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -38,16 +39,44 @@ use crate::runtime::{Emitter, Stage, WorkerInfo};
 use crate::topology::Settings;
 
 /// A sample ready to be batched.
+///
+/// The image stays 8-bit until the batcher writes it into its batch (a
+/// quarter of the bytes of f32 values in the queues, and no per-sample f32
+/// buffer to allocate and copy).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AugmentedSample {
     pub key: String,
-    /// The transformed image, normalised, channels first: `[3, height,
-    /// width]` values in row-major order.
-    pub image: Vec<f32>,
-    /// (height, width) of `image`.
-    pub image_size: (usize, usize),
+    /// The transformed image, before normalisation.
+    pub pixels: RgbImage,
+    /// What turns `pixels` into the model's input values.
+    pub normalization: Arc<Normalization>,
     /// Exactly `context_length` token ids.
     pub tokens: Vec<i64>,
+}
+
+impl AugmentedSample {
+    /// (height, width) of the image.
+    pub fn image_size(&self) -> (usize, usize) {
+        (self.pixels.height() as usize, self.pixels.width() as usize)
+    }
+
+    /// How many f32 values the normalised image has: `3 * height * width`.
+    pub fn image_values(&self) -> usize {
+        let (height, width) = self.image_size();
+        3 * height * width
+    }
+
+    /// Writes the normalised image, channels first (`[3, height, width]`
+    /// in row-major order), into `out`, which holds exactly
+    /// [`image_values`](Self::image_values) values.
+    pub fn write_image(&self, out: &mut [f32]) {
+        self.normalization.write_channels_first(&self.pixels, out);
+    }
+
+    /// The normalised image as its own buffer, channels first.
+    pub fn image(&self) -> Vec<f32> {
+        self.normalization.channels_first(&self.pixels)
+    }
 }
 
 /// Which of OpenCLIP's image transforms an augmenter applies.
@@ -63,8 +92,7 @@ pub enum ImageTransform {
 pub struct AugmenterConfig {
     pub transform: ImageTransform,
     /// Per-channel normalisation applied after the transform.
-    pub mean: [f64; 3],
-    pub std: [f64; 3],
+    pub normalization: Arc<Normalization>,
     pub tokenizer: Arc<ClipTokenizer>,
     pub context_length: usize,
     /// Seed and epoch of the training transform's random draws.
@@ -140,8 +168,7 @@ impl AugmenterConfig {
         };
         Ok(AugmenterConfig {
             transform,
-            mean,
-            std,
+            normalization: Arc::new(Normalization::new(mean, std)),
             tokenizer: Arc::new(ClipTokenizer::new()?),
             context_length: config.text_cfg.context_length as usize,
             seed: settings.u64("seed")?.unwrap_or(0),
@@ -180,10 +207,6 @@ fn channel_values(settings: &Settings, key: &str) -> Result<Option<[f64; 3]>> {
     }
 }
 
-/// The values of `clipflow_core::transform::to_normalized_tensor` as a plain
-/// buffer the batcher copies straight into its batch.
-pub use clipflow_core::transform::normalized_channels_first;
-
 /// Transforms images and tokenizes captions; one per worker, with its own
 /// random stream.
 pub struct Augmenter {
@@ -220,8 +243,8 @@ impl Augmenter {
             }
         };
         Ok(AugmentedSample {
-            image: normalized_channels_first(&pixels, self.config.mean, self.config.std),
-            image_size: (pixels.height() as usize, pixels.width() as usize),
+            pixels,
+            normalization: Arc::clone(&self.config.normalization),
             tokens: self
                 .config
                 .tokenizer

@@ -129,10 +129,11 @@ impl BatchImages {
         })
     }
 
-    /// Copies one image's values into row `row`.
-    fn write(&mut self, row: usize, values: &[f32]) {
+    /// Writes one sample's normalised image into row `row`.
+    fn write(&mut self, row: usize, sample: &AugmentedSample) {
+        let per_image = self.values_per_image;
         let all = self.values_mut();
-        all[row * values.len()..(row + 1) * values.len()].copy_from_slice(values);
+        sample.write_image(&mut all[row * per_image..(row + 1) * per_image]);
     }
 
     fn values_mut(&mut self) -> &mut [f32] {
@@ -209,21 +210,21 @@ impl Batcher {
         let batch_size = self.config.batch_size;
         if self.current.is_none() {
             self.current = Some(PartialBatch {
-                images: BatchImages::new(batch_size, sample.image_size, self.config.pin_memory)?,
+                images: BatchImages::new(batch_size, sample.image_size(), self.config.pin_memory)?,
                 tokens: Vec::with_capacity(batch_size * sample.tokens.len()),
                 keys: Vec::with_capacity(batch_size),
             });
         }
         let current = self.current.as_mut().expect("a batch is being filled");
         anyhow::ensure!(
-            sample.image.len() == current.images.values_per_image,
+            sample.image_values() == current.images.values_per_image,
             "sample {}: its image has {} values where the batch's first had {}; \
              every image of a batch must have the same size",
             sample.key,
-            sample.image.len(),
+            sample.image_values(),
             current.images.values_per_image
         );
-        current.images.write(current.keys.len(), &sample.image);
+        current.images.write(current.keys.len(), &sample);
         current.tokens.extend_from_slice(&sample.tokens);
         current.keys.push(sample.key);
         if current.keys.len() < batch_size {
@@ -304,5 +305,60 @@ impl Stage for BatchSink {
 
     fn process(&mut self, _batch: Batch, _out: &mut Emitter<()>) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clipflow_core::transform::{Normalization, RgbImage};
+
+    use super::*;
+
+    fn sample(key: &str, level: u8, normalization: &Arc<Normalization>) -> AugmentedSample {
+        let pixels = (0..4 * 2 * 3)
+            .map(|i| level.wrapping_add(i as u8))
+            .collect();
+        AugmentedSample {
+            key: key.into(),
+            pixels: RgbImage::from_raw(4, 2, pixels).unwrap(),
+            normalization: Arc::clone(normalization),
+            tokens: vec![i64::from(level); 5],
+        }
+    }
+
+    #[test]
+    fn each_row_is_its_sample_normalised() {
+        let config = BatcherConfig {
+            batch_size: 3,
+            drop_last: true,
+            pin_memory: false,
+            bad_data: BadDataPolicy::default(),
+        };
+        let ledger = Arc::new(LoadingLedger::default());
+        let mut batcher =
+            Batcher::maker(config, Arc::clone(&ledger))(WorkerInfo { index: 0, count: 1 }).unwrap();
+        let normalization = Arc::new(Normalization::new([0.5, 0.4, 0.3], [0.2, 0.25, 0.3]));
+        let samples: Vec<_> = (0..6)
+            .map(|i| sample(&format!("k{i}"), 40 * i as u8, &normalization))
+            .collect();
+
+        let mut batches = Vec::new();
+        for s in samples.iter().cloned() {
+            batches.extend(batcher.add(s).unwrap());
+        }
+        assert_eq!(batches.len(), 2);
+        for (batch, rows) in batches.iter().zip(samples.chunks(3)) {
+            assert_eq!(batch.images.size(), [3, 3, 2, 4]);
+            for (row, s) in rows.iter().enumerate() {
+                let expected = Tensor::from_slice(&s.image()).view([3, 2, 4]);
+                assert!(batch.images.get(row as i64).equal(&expected), "row {row}");
+                assert_eq!(batch.keys[row], s.key);
+            }
+            let texts: Vec<i64> = Vec::try_from(batch.texts.flatten(0, -1)).unwrap();
+            let tokens: Vec<i64> = rows.iter().flat_map(|s| s.tokens.clone()).collect();
+            assert_eq!(texts, tokens);
+        }
+
+        assert_eq!(ledger.totals().batches, 2);
     }
 }

@@ -9,8 +9,8 @@
 //! - [`ValTransform`]: `open_clip.image_transform(..., is_train=False)`.
 //! - [`TrainTransform`]: `open_clip.image_transform(..., is_train=True)`
 //!   (OpenCLIP's own augmentations, configured by [`AugmentationCfg`]).
-//! - [`to_normalized_tensor`], [`normalized_channels_first`]: torchvision's
-//!   `ToTensor` + `Normalize`.
+//! - [`Normalization`], [`to_normalized_tensor`],
+//!   [`normalized_channels_first`]: torchvision's `ToTensor` + `Normalize`.
 
 mod aug_cfg;
 mod decode;
@@ -45,22 +45,52 @@ pub fn to_normalized_tensor(img: &RgbImage, mean: [f64; 3], std: [f64; 3]) -> Te
 }
 
 /// The values of [`to_normalized_tensor`] as a plain buffer, channels first
-/// (`[3, height, width]` in row-major order). Each channel's 256 possible
-/// values are computed once, with the same f32 operations, and looked up.
+/// (`[3, height, width]` in row-major order).
 pub fn normalized_channels_first(img: &RgbImage, mean: [f64; 3], std: [f64; 3]) -> Vec<f32> {
-    let tables: [[f32; 256]; 3] = std::array::from_fn(|channel| {
-        let (mean, std) = (mean[channel] as f32, std[channel] as f32);
-        std::array::from_fn(|level| (level as f32 / 255.0 - mean) / std)
-    });
-    let plane = img.width() as usize * img.height() as usize;
-    let mut values = vec![0f32; 3 * plane];
-    let (red, rest) = values.split_at_mut(plane);
-    let (green, blue) = rest.split_at_mut(plane);
-    let planes = red.iter_mut().zip(green.iter_mut()).zip(blue.iter_mut());
-    for (pixel, ((red, green), blue)) in img.as_raw().chunks_exact(3).zip(planes) {
-        *red = tables[0][usize::from(pixel[0])];
-        *green = tables[1][usize::from(pixel[1])];
-        *blue = tables[2][usize::from(pixel[2])];
+    Normalization::new(mean, std).channels_first(img)
+}
+
+/// torchvision's `ToTensor` + `Normalize` for 8-bit pixels: each channel's
+/// 256 possible values, computed once with the same f32 operations, and
+/// looked up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Normalization {
+    tables: [[f32; 256]; 3],
+}
+
+impl Normalization {
+    pub fn new(mean: [f64; 3], std: [f64; 3]) -> Self {
+        let tables = std::array::from_fn(|channel| {
+            let (mean, std) = (mean[channel] as f32, std[channel] as f32);
+            std::array::from_fn(|level| (level as f32 / 255.0 - mean) / std)
+        });
+        Normalization { tables }
     }
-    values
+
+    /// The normalised values of `img`, channels first.
+    pub fn channels_first(&self, img: &RgbImage) -> Vec<f32> {
+        let mut values = vec![0f32; 3 * img.width() as usize * img.height() as usize];
+        self.write_channels_first(img, &mut values);
+        values
+    }
+
+    /// Writes the normalised values of `img`, channels first, into `out`,
+    /// which holds exactly `3 * width * height` values (a row of a batch).
+    pub fn write_channels_first(&self, img: &RgbImage, out: &mut [f32]) {
+        let plane = img.width() as usize * img.height() as usize;
+        assert_eq!(
+            out.len(),
+            3 * plane,
+            "the output must fit the image exactly"
+        );
+        let (red, rest) = out.split_at_mut(plane);
+        let (green, blue) = rest.split_at_mut(plane);
+        let planes = red.iter_mut().zip(green.iter_mut()).zip(blue.iter_mut());
+        let [red_table, green_table, blue_table] = &self.tables;
+        for (pixel, ((red, green), blue)) in img.as_raw().chunks_exact(3).zip(planes) {
+            *red = red_table[usize::from(pixel[0])];
+            *green = green_table[usize::from(pixel[1])];
+            *blue = blue_table[usize::from(pixel[2])];
+        }
+    }
 }
