@@ -18,9 +18,10 @@ STAMP="$VENV/.clipflow-ready"
 # photographs their wheels ship (test images), pandas and webdataset 0.2.86
 # for open_clip_train.data (newer webdataset releases break OpenCLIP 3.3.0's
 # loader), tensorboard (its event reader checks our event files) and wandb
-# (the official SDK our --report-to wandb sidecar drives). The stamp records
-# this list, so changing it reinstalls.
-REQUIREMENTS="torch==$TORCH_VERSION open_clip_torch==$OPENCLIP_VERSION safetensors pillow scikit-learn scikit-image pandas webdataset==0.2.86 tensorboard wandb"
+# (the official SDK our --report-to wandb sidecar drives), moto's server (an
+# S3 endpoint on localhost, which the object-store tests stream shards from).
+# The stamp records this list, so changing it reinstalls.
+REQUIREMENTS="torch==$TORCH_VERSION open_clip_torch==$OPENCLIP_VERSION safetensors pillow scikit-learn scikit-image pandas webdataset==0.2.86 tensorboard wandb moto[server]==5.2.5"
 
 log() { echo "[setup] $*" >&2; }
 

@@ -1,9 +1,11 @@
 //! `--remote-sync` and `--copy-codebase`: the remote syncer mirrors a run
 //! folder to a local (file://) remote, so no cloud is needed; OpenCLIP's own
 //! fsspec sync and `--resume latest` pick run on the same folders as the
-//! oracle for which files go up and which checkpoint is newest.
+//! oracle for which files go up and which checkpoint is newest. One run of
+//! `clipflow train` syncs to an S3 endpoint (moto's server) instead.
 
 mod common;
+mod object_store_support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -317,4 +319,61 @@ fn copy_codebase_writes_the_topology_and_flags_once() {
         .unwrap()
         .to_string();
     assert!(error.contains("--copy-codebase"), "{error}");
+}
+
+#[test]
+fn train_syncs_its_run_folder_to_s3() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::make_scenes(tmp.path(), 64, 64, 1);
+    let shards = format!("{}/shards/scenes-00000.tar", tmp.path().display());
+    let config = tmp.path().join("tiny.json");
+    fs::write(&config, common::TINY_TRAIN_CONFIG).unwrap();
+    let (_server, port) = object_store_support::serve_s3();
+    object_store_support::create_bucket(port, "runs");
+
+    let logs = tmp.path().join("logs");
+    let out = std::process::Command::new(common::clipflow_bin())
+        .arg("train")
+        .arg("--model")
+        .arg(&config)
+        .args(["--train-data", &shards, "--dataset-type", "webdataset"])
+        .args(["--batch-size", "32", "--workers", "1", "--epochs", "1"])
+        .args(["--device", "cpu", "--precision", "fp32", "--name", NAME])
+        .arg("--logs")
+        .arg(&logs)
+        .args([
+            "--remote-sync",
+            "s3://runs/team",
+            "--remote-sync-frequency",
+            "1",
+        ])
+        .envs(object_store_support::s3_environment(port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every file of the run folder, at its final size (the syncer's last
+    // pass runs after training ends), and nothing else.
+    let run = logs.join(NAME);
+    let expected: Vec<(String, u64)> = relative_files(&run)
+        .into_iter()
+        .map(|name| {
+            let size = fs::metadata(run.join(&name)).unwrap().len();
+            (format!("team/{NAME}/{name}"), size)
+        })
+        .collect();
+    assert!(
+        expected
+            .iter()
+            .any(|(name, _)| name.ends_with("checkpoints/epoch_1.pt")),
+        "{expected:?}"
+    );
+    assert_eq!(
+        object_store_support::list_s3(port, "runs", "team/"),
+        expected
+    );
 }

@@ -18,12 +18,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context, Result};
+use clipflow_core::object_stores::{open_store, IoRuntime, Location};
 use clipflow_core::train::checkpoint::natural_key;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{parse_url_opts, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
-use tokio::runtime::Runtime;
-use url::Url;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
 /// Files up to this size go up in one put; larger ones as a multipart upload
 /// of parts this size, so memory stays bounded for multi-gigabyte checkpoints.
@@ -50,7 +49,7 @@ enum Backend {
     Store {
         store: Arc<dyn ObjectStore>,
         prefix: ObjectPath,
-        runtime: Arc<Runtime>,
+        runtime: Arc<IoRuntime>,
     },
 }
 
@@ -68,32 +67,18 @@ impl RemoteFolder {
     /// Opens the folder at `url` (a local path or a URL); nothing is created
     /// yet. Errors say which schemes are supported.
     pub fn open(url: &str) -> Result<RemoteFolder> {
-        let backend = if !url.contains("://") {
-            if url.is_empty() {
-                bail!("the remote folder is empty; give a local folder or an s3://, gs://, az:// or https:// URL");
-            }
-            Backend::Local(PathBuf::from(url))
-        } else {
-            let parsed = Url::parse(url).with_context(|| format!("{url:?} is not a valid URL"))?;
-            match parsed.scheme() {
-                "file" => Backend::Local(
-                    parsed
-                        .to_file_path()
-                        .map_err(|()| anyhow!("{url:?} is not a local file URL"))?,
-                ),
-                "s3" | "s3a" | "gs" | "az" | "adl" | "azure" | "abfs" | "abfss" | "http"
-                | "https" => {
-                    let (store, prefix) = parse_url_opts(&parsed, std::env::vars())
-                        .with_context(|| format!("cannot set up the object store for {url}"))?;
-                    Backend::Store {
-                        store: Arc::from(store),
-                        prefix,
-                        runtime: Arc::new(io_runtime()?),
-                    }
+        if url.is_empty() {
+            bail!("the remote folder is empty; give a local folder or an s3://, gs://, az:// or https:// URL");
+        }
+        let backend = match Location::parse(url)? {
+            Location::Local(path) => Backend::Local(path),
+            Location::Store(parsed) => {
+                let (store, prefix) = open_store(&parsed)?;
+                Backend::Store {
+                    store: Arc::from(store),
+                    prefix,
+                    runtime: Arc::new(io_runtime()?),
                 }
-                other => bail!(
-                    "{url:?}: unsupported URL scheme {other:?}; a remote folder is a local path or a file://, s3://, gs://, az://, http:// or https:// URL"
-                ),
             }
         };
         Ok(RemoteFolder {
@@ -394,14 +379,8 @@ fn object_path(prefix: &ObjectPath, name: &str) -> ObjectPath {
         .fold(prefix.clone(), |path, part| path.join(part))
 }
 
-fn io_runtime() -> Result<Runtime> {
-    // rustls needs a process-wide crypto provider; a second install (by a
-    // shard opener, or by the embedding program) is refused harmlessly.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the I/O runtime for the remote folder")
+fn io_runtime() -> Result<IoRuntime> {
+    IoRuntime::new("clipflow-remote-folder", 1)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod data;
 pub mod eval;
 pub mod loss;
 pub mod model;
+pub mod object_stores;
 pub mod py_literal;
 pub mod shim;
 pub mod tokenizer;

@@ -2,24 +2,24 @@
 //! `file://` URLs through the filesystem; `s3://`, `gs://`, `az://` (and the
 //! other Azure schemes) and `http(s)://` through the `object_store` crate,
 //! with credentials and options from the usual environment variables
-//! (`AWS_ACCESS_KEY_ID`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`...).
+//! (`AWS_ACCESS_KEY_ID`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`...;
+//! see [`crate::object_stores`]).
 //!
-//! Object stores are async; a [`ShardOpener`] owns a small tokio runtime and
-//! its readers block on it, so they must be used from ordinary threads (the
-//! shard reader's), never from inside an async task. TLS uses rustls with the
-//! `ring` provider, which keeps aws-lc (and its C/CMake build) out of the tree.
+//! Object stores are async; a [`ShardOpener`] owns a small
+//! [`IoRuntime`] and its readers block on it, so they must be used from
+//! ordinary threads (the shard reader's), never from inside an async task.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use ::object_store::{parse_url_opts, ObjectStoreExt};
+use ::object_store::ObjectStoreExt;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
-use tokio::runtime::Runtime;
 use url::Url;
+
+use crate::object_stores::{open_store, IoRuntime, Location};
 
 /// Read-ahead of local shard files: tar members are read in 512-byte blocks.
 const LOCAL_READ_BUFFER_BYTES: usize = 1 << 20;
@@ -27,47 +27,21 @@ const LOCAL_READ_BUFFER_BYTES: usize = 1 << 20;
 /// Threads of the runtime that drives object-store downloads.
 const OBJECT_STORE_IO_THREADS: usize = 2;
 
-/// Where a shard URL points.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShardLocation {
-    /// A local path (given as a path or a `file://` URL).
-    Local(PathBuf),
-    /// An object in a store `object_store` reaches (S3, GCS, Azure, HTTP).
-    ObjectStore(Url),
-}
-
-impl ShardLocation {
-    pub fn parse(shard: &str) -> Result<ShardLocation> {
-        if shard.starts_with("pipe:") {
-            bail!(
-                "{shard:?}: `pipe:` shard URLs are not supported; give the object-store URL (s3://, gs://, az://, https://) directly"
-            );
-        }
-        if !shard.contains("://") {
-            return Ok(ShardLocation::Local(PathBuf::from(shard)));
-        }
-        let url = Url::parse(shard).with_context(|| format!("{shard:?} is not a valid URL"))?;
-        match url.scheme() {
-            "file" => {
-                let path = url
-                    .to_file_path()
-                    .map_err(|()| anyhow::anyhow!("{shard:?} is not a local file URL"))?;
-                Ok(ShardLocation::Local(path))
-            }
-            "s3" | "s3a" | "gs" | "az" | "adl" | "azure" | "abfs" | "abfss" | "http" | "https" => {
-                Ok(ShardLocation::ObjectStore(url))
-            }
-            other => bail!(
-                "{shard:?}: unsupported URL scheme {other:?}; shards can be local paths or file://, s3://, gs://, az://, http:// or https:// URLs"
-            ),
-        }
+/// Where `shard` lives; `pipe:` URLs (which OpenCLIP hands to a shell) are
+/// refused with a hint.
+fn shard_location(shard: &str) -> Result<Location> {
+    if shard.starts_with("pipe:") {
+        bail!(
+            "{shard:?}: `pipe:` shard URLs are not supported; give the object-store URL (s3://, gs://, az://, https://) directly"
+        );
     }
+    Location::parse(shard).with_context(|| format!("the shard {shard:?}"))
 }
 
 /// Opens shards for streaming; shareable across reader threads.
 #[derive(Default)]
 pub struct ShardOpener {
-    runtime: OnceLock<Arc<Runtime>>,
+    runtime: OnceLock<Arc<IoRuntime>>,
 }
 
 impl ShardOpener {
@@ -77,8 +51,8 @@ impl ShardOpener {
 
     /// A reader of the shard's bytes from the start; errors name the shard.
     pub fn open(&self, shard: &str) -> Result<Box<dyn Read + Send>> {
-        match ShardLocation::parse(shard)? {
-            ShardLocation::Local(path) => {
+        match shard_location(shard)? {
+            Location::Local(path) => {
                 let file = File::open(&path)
                     .with_context(|| format!("cannot open the shard {}", path.display()))?;
                 Ok(Box::new(BufReader::with_capacity(
@@ -86,14 +60,13 @@ impl ShardOpener {
                     file,
                 )))
             }
-            ShardLocation::ObjectStore(url) => self.open_object(shard, &url),
+            Location::Store(url) => self.open_object(shard, &url),
         }
     }
 
     fn open_object(&self, shard: &str, url: &Url) -> Result<Box<dyn Read + Send>> {
         let runtime = self.runtime()?;
-        let (store, path) = parse_url_opts(url, std::env::vars())
-            .with_context(|| format!("cannot set up the object store for {shard}"))?;
+        let (store, path) = open_store(url)?;
         let chunks = runtime
             .block_on(async move { store.get(&path).await })
             .with_context(|| format!("cannot open the shard {shard}"))?
@@ -106,26 +79,18 @@ impl ShardOpener {
         }))
     }
 
-    fn runtime(&self) -> Result<Arc<Runtime>> {
+    fn runtime(&self) -> Result<Arc<IoRuntime>> {
         if let Some(runtime) = self.runtime.get() {
             return Ok(runtime.clone());
         }
-        // rustls needs a process-wide crypto provider; a second install (by
-        // another opener, or by the embedding program) is refused harmlessly.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(OBJECT_STORE_IO_THREADS)
-            .thread_name("clipflow-object-store")
-            .enable_all()
-            .build()
-            .context("cannot start the I/O runtime for object-store shards")?;
+        let runtime = IoRuntime::new("clipflow-object-store", OBJECT_STORE_IO_THREADS)?;
         Ok(self.runtime.get_or_init(|| Arc::new(runtime)).clone())
     }
 }
 
 /// A blocking reader over an object's byte stream.
 struct ObjectReader {
-    runtime: Arc<Runtime>,
+    runtime: Arc<IoRuntime>,
     chunks: BoxStream<'static, ::object_store::Result<Bytes>>,
     current: Bytes,
     shard: String,
@@ -157,20 +122,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn locations() {
-        assert_eq!(
-            ShardLocation::parse("data/a.tar").unwrap(),
-            ShardLocation::Local("data/a.tar".into())
-        );
-        assert_eq!(
-            ShardLocation::parse("file:///data/a.tar").unwrap(),
-            ShardLocation::Local("/data/a.tar".into())
-        );
-        assert!(matches!(
-            ShardLocation::parse("s3://bucket/a.tar").unwrap(),
-            ShardLocation::ObjectStore(_)
-        ));
-        assert!(ShardLocation::parse("pipe:cat a.tar").is_err());
-        assert!(ShardLocation::parse("ftp://host/a.tar").is_err());
+    fn pipe_urls_are_refused_with_a_hint() {
+        let error = shard_location("pipe:cat a.tar").unwrap_err().to_string();
+        assert!(error.contains("s3://"), "{error}");
+        assert!(shard_location("ftp://host/a.tar").is_err());
     }
 }

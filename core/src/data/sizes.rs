@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 
 use super::shard_list::ShardList;
-use super::shard_stream::ShardLocation;
+use crate::object_stores::Location;
 
 /// What the shard folder says about a webdataset's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +28,8 @@ pub fn dataset_size(shards: &str) -> Result<DatasetSize> {
         bail!("the data path {shards:?} names no shards");
     };
     let num_shards = list.len();
-    let folder = match ShardLocation::parse(first) {
-        Ok(ShardLocation::Local(path)) => path.parent().map(Path::to_path_buf).unwrap_or_default(),
+    let folder = match Location::parse(first) {
+        Ok(Location::Local(path)) => path.parent().map(Path::to_path_buf).unwrap_or_default(),
         _ => {
             return Ok(DatasetSize {
                 total_samples: None,
