@@ -258,7 +258,7 @@ fn steps_match(config_file: &str, args: &[&str], flags: &OptimizerFlags) {
                 let copies = copy_params(&named);
                 let mut other = Optimizer::new(flags, &copies).unwrap();
                 if use_state_dict {
-                    other.load_state_dict(&state_dict).unwrap();
+                    other.load_state_dict(&state_dict, None).unwrap();
                 } else {
                     other.load_flat_state(&flat).unwrap();
                 }
@@ -277,27 +277,39 @@ fn steps_match(config_file: &str, args: &[&str], flags: &OptimizerFlags) {
         }
     }
 
-    // OpenCLIP's checkpoint before the last step: its weights and optimizer
-    // state (keyed by position, no names) continue here as in OpenCLIP, given
-    // the parameters in OpenCLIP's order.
+    // OpenCLIP's checkpoint before the last step: its weights, and its
+    // optimizer state keyed by position in OpenCLIP's named_parameters()
+    // order (no names), which the checkpoint's state_dict keeps. As in
+    // `clipflow train --resume`, the optimizer lists the parameters in
+    // clipflow's own order and reads the state in the state_dict's.
     let groups: Vec<OracleGroup> =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("groups.json")).unwrap())
             .unwrap();
     let checkpoint = read_checkpoint(&dir.path().join("before_last.pt")).unwrap();
-    let weights: HashMap<String, Tensor> = checkpoint.state_dict.into_iter().collect();
-    let open_clip_order: Vec<(String, Tensor)> = groups
+    let torch_order: Vec<String> = checkpoint
+        .state_dict
         .iter()
-        .flat_map(|g| &g.names)
-        .map(|n| (n.clone(), weights[n].copy().set_requires_grad(true)))
+        .map(|(name, _)| name.clone())
         .collect();
-    let mut optimizer = Optimizer::new(flags, &open_clip_order).unwrap();
-    for (ours, theirs) in optimizer.groups().iter().zip(&groups) {
-        assert!(
-            ours.param_names()
-                .eq(theirs.names.iter().map(String::as_str)),
-            "group order"
-        );
-    }
+    let weights: HashMap<String, Tensor> = checkpoint.state_dict.into_iter().collect();
+    let resumed: Vec<(String, Tensor)> = named
+        .iter()
+        .map(|(n, _)| (n.clone(), weights[n].copy().set_requires_grad(true)))
+        .collect();
+    let mut optimizer = Optimizer::new(flags, &resumed).unwrap();
+    let ours: Vec<&str> = optimizer
+        .groups()
+        .iter()
+        .flat_map(|g| g.param_names())
+        .collect();
+    let theirs: Vec<&str> = groups
+        .iter()
+        .flat_map(|g| g.names.iter().map(String::as_str))
+        .collect();
+    assert_ne!(
+        ours, theirs,
+        "the orders must differ for this to test reordering"
+    );
     let saved = checkpoint
         .optimizer
         .expect("checkpoint has optimizer state");
@@ -305,19 +317,12 @@ fn steps_match(config_file: &str, args: &[&str], flags: &OptimizerFlags) {
         &optimizer_after_one_step(flags, &named, &grads[0]).state_dict(),
         &saved,
     );
-    optimizer.load_state_dict(&saved).unwrap();
+    optimizer
+        .load_state_dict(&saved, Some(&torch_order))
+        .unwrap();
     let last = LEARNING_RATES.len() - 1;
-    take_step(
-        &mut optimizer,
-        &open_clip_order,
-        &grads[last],
-        LEARNING_RATES[last],
-    );
-    assert_close(
-        &open_clip_order,
-        &final_params,
-        "resumed from OpenCLIP's state",
-    );
+    take_step(&mut optimizer, &resumed, &grads[last], LEARNING_RATES[last]);
+    assert_close(&resumed, &final_params, "resumed from OpenCLIP's state");
 }
 
 fn copy_params(named: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
@@ -454,7 +459,7 @@ fn unsupported_optimizers_are_refused_by_name() {
     let adamw = Optimizer::new(&adamw_flags(1e-3, 0.2, 0.98, 1e-6), &named).unwrap();
     let mut sgd = Optimizer::new(&timm_flags("timm/sgd", 0.2, None), &named).unwrap();
     let error = sgd
-        .load_state_dict(&adamw.state_dict())
+        .load_state_dict(&adamw.state_dict(), None)
         .unwrap_err()
         .to_string();
     assert!(error.contains("not SGD's"), "{error}");

@@ -6,7 +6,9 @@
 //! OpenCLIP with the features of OpenCLIP's own trained model. Cases, 20
 //! optimiser steps in all: cosine schedule with warmup and
 //! `--grad-clip-norm`, const schedule with `--accum-freq 2`, const-cooldown
-//! with `--siglip`.
+//! with `--siglip`. Also: clipflow resuming OpenCLIP's checkpoint of the
+//! first case's half-way epoch (weights, AdamW state keyed in OpenCLIP's
+//! parameter order, epoch) ends where OpenCLIP's own run ends.
 //!
 //! Identical batches: OpenCLIP seeds its webdataset sample shuffle from the
 //! clock, so no order can be reproduced. Each epoch therefore holds exactly
@@ -89,6 +91,7 @@ const LR: f64 = 1e-3;
 /// The flags both runs of `case` share, all but `--model` and `--logs`.
 fn shared_flags(case: &Case, shards: &Path, initial: &Path) -> Vec<String> {
     let epochs = case.epochs.to_string();
+    let half = (case.epochs / 2).to_string();
     let mut flags: Vec<String> = [
         "--train-data",
         shards.join(case.shards).to_str().unwrap(),
@@ -113,7 +116,7 @@ fn shared_flags(case: &Case, shards: &Path, initial: &Path) -> Vec<String> {
         "--epochs",
         &epochs,
         "--save-frequency",
-        &epochs,
+        &half,
         "--lr",
         "1e-3",
         "--name",
@@ -153,6 +156,36 @@ fn assert_series_close(case: &str, tag: &str, ours: &Value, theirs: &Value, rela
         assert!(
             (our - their).abs() <= relative * their.abs(),
             "{case} {tag} at step {step}: clipflow {our}, OpenCLIP {their}"
+        );
+    }
+}
+
+/// Every tensor of a `compare` result within what fp32 rounding explains.
+fn assert_weights_close(name: &str, weights: &Value, lr_sum: f64) {
+    assert!(
+        weights["same_keys"].as_bool().unwrap(),
+        "{}: state_dict keys differ",
+        name
+    );
+    for (tensor, numbers) in weights["tensors"].as_object().unwrap() {
+        let diff = numbers["diff"].as_f64().unwrap();
+        let moved = numbers["moved"].as_f64().unwrap();
+        // The attention key bias has no effect on the softmax, so its
+        // gradient is pure rounding noise which Adam normalises to steps
+        // of up to ~lr of either sign: it may differ by two runs' worth
+        // of steps. Every other weight moved up to ~lr per step
+        // (~5e-3 here, weights are O(0.01..1)); fp32 rounding in the
+        // gradients changes Adam's normalised step noticeably only where
+        // a gradient is near zero, seen up to ~4e-6: 1e-5 absolute.
+        let tolerance = if tensor.ends_with("in_proj_bias[k]") {
+            2.0 * lr_sum
+        } else {
+            1e-5
+        };
+        assert!(
+            diff <= tolerance,
+            "{}: {tensor} differs by {diff} (training moved it by {moved})",
+            name
         );
     }
 }
@@ -212,6 +245,25 @@ fn twenty_steps_match_open_clip() {
         args.push(ours.to_str().unwrap().into());
         run_clipflow(&args);
     }
+    // The first case again, from OpenCLIP's half-way checkpoint.
+    let resumed = Case {
+        name: "cosine-clip-resumed",
+        ..CASES[0]
+    };
+    let mut args = vec!["train".to_string()];
+    args.extend(shared_flags(&resumed, &shards, &initial));
+    args.extend(["--model".into(), config.into(), "--logs".into()]);
+    args.push(ours.to_str().unwrap().into());
+    let half_way = format!(
+        "{}/checkpoints/epoch_{}.pt",
+        CASES[0].name,
+        CASES[0].epochs / 2
+    );
+    args.extend([
+        "--resume".into(),
+        theirs.join(half_way).to_str().unwrap().into(),
+    ]);
+    run_clipflow(&args);
 
     // One oracle call reads everything back: per case the TensorBoard
     // scalars of both runs and the weight comparison, then the features.
@@ -231,11 +283,14 @@ fn twenty_steps_match_open_clip() {
         request.push(checkpoint(&theirs, case));
         request.push("+".into());
     }
-    request.extend(["features".into(), config.into()]);
+    request.extend(["compare".into(), initial.to_str().unwrap().into()]);
+    request.push(checkpoint(&ours, &resumed));
+    request.push(checkpoint(&theirs, &CASES[0]));
+    request.extend(["+".into(), "features".into(), config.into()]);
     request.push(checkpoint(&ours, &CASES[0]));
     request.push(checkpoint(&theirs, &CASES[0]));
     let request: Vec<&str> = request.iter().map(String::as_str).collect();
-    let results = oracle_results(&request, 2 * CASES.len() + 1);
+    let results = oracle_results(&request, 2 * CASES.len() + 2);
 
     for (case, result) in CASES.iter().zip(results.chunks(2)) {
         let (scalars, weights) = (&result[0], &result[1]);
@@ -256,40 +311,19 @@ fn twenty_steps_match_open_clip() {
         assert_series_close(case.name, "train/lr", our_scalars, their_scalars, 1e-9);
         let lr_sum: f64 = series(their_scalars, "train/lr").iter().map(|p| p.1).sum();
 
-        assert!(
-            weights["same_keys"].as_bool().unwrap(),
-            "{}: state_dict keys differ",
-            case.name
-        );
-        for (tensor, numbers) in weights["tensors"].as_object().unwrap() {
-            let diff = numbers["diff"].as_f64().unwrap();
-            let moved = numbers["moved"].as_f64().unwrap();
-            // The attention key bias has no effect on the softmax, so its
-            // gradient is pure rounding noise which Adam normalises to steps
-            // of up to ~lr of either sign: it may differ by two runs' worth
-            // of steps. Every other weight moved up to ~lr per step
-            // (~5e-3 here, weights are O(0.01..1)); fp32 rounding in the
-            // gradients changes Adam's normalised step noticeably only where
-            // a gradient is near zero, seen up to ~4e-6: 1e-5 absolute.
-            let tolerance = if tensor.ends_with("in_proj_bias[k]") {
-                2.0 * lr_sum
-            } else {
-                1e-5
-            };
-            assert!(
-                diff <= tolerance,
-                "{}: {tensor} differs by {diff} (training moved it by {moved})",
-                case.name
-            );
-        }
+        assert_weights_close(case.name, weights, lr_sum);
         assert!(lr_sum > 0.0 && lr_sum <= LR * case.epochs as f64);
     }
+
+    // Resumed from OpenCLIP's epoch 4: where OpenCLIP's run ended.
+    let their_lr_sum: f64 = series(&results[0][1], "train/lr").iter().map(|p| p.1).sum();
+    assert_weights_close(resumed.name, &results[2 * CASES.len()], their_lr_sum);
 
     // clipflow's checkpoint loads strictly into open_clip.create_model and
     // gives the features of OpenCLIP's own model trained the same way: the
     // weights agree to 1e-5, which moves fp32 features by well under 1e-3 of
     // their size.
-    let features = &results[2 * CASES.len()];
+    let features = &results[2 * CASES.len() + 1];
     for (what, scale) in [("image", "image_scale"), ("text", "text_scale")] {
         let diff = features[what].as_f64().unwrap();
         let scale = features[scale].as_f64().unwrap();

@@ -414,9 +414,16 @@ fn resume(path: Option<&str>, trainer: &mut Trainer, logger: &SharedTrainLog) ->
         return Ok(0);
     };
     if let Some(optimizer) = &checkpoint.optimizer {
+        // An OpenCLIP checkpoint keys its optimizer state by position in
+        // named_parameters() order, which its state_dict keeps.
+        let torch_order: Vec<String> = checkpoint
+            .state_dict
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect();
         trainer
             .optimizer
-            .load_state_dict(optimizer)
+            .load_state_dict(optimizer, Some(&torch_order))
             .with_context(|| format!("{source}: the optimizer state"))?;
     }
     if let (Some(scaler), Some(state)) = (trainer.scaler.as_mut(), &checkpoint.scaler) {

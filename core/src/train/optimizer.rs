@@ -398,8 +398,15 @@ impl Optimizer {
     /// OpenCLIP checkpoint's `"optimizer"`), hyperparameters included, as
     /// torch's `load_state_dict` does. Groups must correspond one to one;
     /// parameters are matched by `param_names` when the state has them,
-    /// otherwise by position.
-    pub fn load_state_dict(&mut self, state_dict: &Value) -> Result<()> {
+    /// otherwise by position: in `torch_order` when given (the parameter
+    /// names in the order of the model's `named_parameters()`, which is the
+    /// order of its checkpoint's `state_dict`), else in this optimizer's own
+    /// order.
+    pub fn load_state_dict(
+        &mut self,
+        state_dict: &Value,
+        torch_order: Option<&[String]>,
+    ) -> Result<()> {
         let context = "optimizer state";
         let Some(Value::List(saved_groups)) = state_dict.get("param_groups") else {
             bail!("{context}: no param_groups list");
@@ -446,7 +453,10 @@ impl Optimizer {
                 group.params.len()
             );
             let positions: Vec<usize> = match saved.get("param_names") {
-                None => (0..indices.len()).collect(),
+                None => match torch_order {
+                    None => (0..indices.len()).collect(),
+                    Some(order) => positions_in_order(group, order),
+                },
                 Some(names) => {
                     let Value::List(names) = names else {
                         bail!("{group_context}: param_names is not a list");
@@ -501,6 +511,27 @@ impl Optimizer {
             }
         }
     }
+}
+
+/// Where each of `group`'s parameters stands among the group's parameters
+/// sorted into `order` (names `order` lacks go last, in the group's order).
+fn positions_in_order(group: &ParamGroup, order: &[String]) -> Vec<usize> {
+    let rank: HashMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (name.as_str(), i))
+        .collect();
+    let mut sorted: Vec<usize> = (0..group.params.len()).collect();
+    sorted.sort_by_key(|&i| {
+        rank.get(group.params[i].name.as_str())
+            .copied()
+            .unwrap_or(usize::MAX)
+    });
+    let mut positions = vec![0; sorted.len()];
+    for (position, &param) in sorted.iter().enumerate() {
+        positions[param] = position;
+    }
+    positions
 }
 
 impl Algorithm {
