@@ -9,9 +9,12 @@
 //!   templates given);
 //! - the validation loss and retrieval metrics on `--val-data`.
 //!
-//! Images go through OpenCLIP's validation transform; the forward pass runs
-//! in eval mode under the training precision's autocast. Other events pass
-//! through untouched.
+//! Images go through OpenCLIP's validation transform on `loading_threads`
+//! threads (`--workers`, as OpenCLIP's evaluation DataLoader uses), one
+//! batch ahead of the model and in file order, so the batches (and the
+//! validation loss, a mean over batches) do not depend on the thread count.
+//! The forward pass runs in eval mode under the training precision's
+//! autocast. Other events pass through untouched.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,6 +73,8 @@ pub struct EvaluatorConfig {
     pub zeroshot_frequency: u64,
     pub epochs: u64,
     pub batch_size: usize,
+    /// Threads that decode and transform images while the model runs.
+    pub loading_threads: usize,
     pub transform: ValTransform,
     pub tokenizer: Arc<dyn TextTokenizer + Send + Sync>,
     pub context_length: usize,
@@ -148,18 +153,71 @@ fn no_grad_forward<T>(config: &EvaluatorConfig, forward: impl FnOnce() -> T) -> 
     Ok(tch::no_grad(forward))
 }
 
-/// Decodes and transforms images into a `[N, 3, H, W]` batch on the device.
-fn image_batch(config: &EvaluatorConfig, images: &[(Vec<u8>, String)]) -> Result<Tensor> {
-    let tensors = images
-        .iter()
-        .map(|(bytes, source)| {
-            let rgb = decode_image(bytes, source)?;
-            Ok(config.transform.apply(&rgb))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::stack(&tensors, 0)
-        .to_device(config.device)
-        .to_kind(config.input_kind))
+/// Batches of encoded images (bytes, and where they came from for errors)
+/// with what else each batch carries (labels, captions).
+type EncodedBatch<T> = (Vec<(Vec<u8>, String)>, T);
+
+/// Batches decoded and transformed ahead of the model.
+const PREFETCHED_BATCHES: usize = 2;
+
+/// Feeds `consume` each batch of `batches` as a `[N, 3, H, W]` image tensor
+/// on the device, in order. A producer thread decodes and transforms the
+/// next batches on `config.loading_threads` threads meanwhile, at most
+/// [`PREFETCHED_BATCHES`] ahead; the first error, either side's, ends both.
+fn with_image_batches<T: Send>(
+    config: &EvaluatorConfig,
+    batches: impl Iterator<Item = Result<EncodedBatch<T>>> + Send,
+    mut consume: impl FnMut(Tensor, T) -> Result<()>,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let (sender, receiver) = crossbeam_channel::bounded(PREFETCHED_BATCHES);
+        scope.spawn(move || {
+            for batch in batches {
+                let decoded = batch
+                    .and_then(|(images, extra)| Ok((decode_in_parallel(config, &images)?, extra)));
+                let failed = decoded.is_err();
+                if sender.send(decoded).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        // Returning early drops the receiver, which stops the producer.
+        for decoded in receiver {
+            let (images, extra) = decoded?;
+            let images = images.to_device(config.device).to_kind(config.input_kind);
+            consume(images, extra)?;
+        }
+        Ok(())
+    })
+}
+
+/// Decodes and transforms `images` on up to `config.loading_threads`
+/// threads, each a contiguous share; stacks them in order on the CPU.
+fn decode_in_parallel(config: &EvaluatorConfig, images: &[(Vec<u8>, String)]) -> Result<Tensor> {
+    let share = images.len().div_ceil(config.loading_threads.max(1)).max(1);
+    let tensors: Vec<Tensor> = std::thread::scope(|scope| {
+        let workers: Vec<_> = images
+            .chunks(share)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(bytes, source)| {
+                            Ok(config.transform.apply(&decode_image(bytes, source)?))
+                        })
+                        .collect::<Result<Vec<Tensor>>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("an image decoding thread panicked"))
+            .collect::<Result<Vec<Vec<Tensor>>>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    Ok(Tensor::stack(&tensors, 0))
 }
 
 fn zero_shot(
@@ -196,19 +254,18 @@ fn zero_shot(
         )
     })??;
     let mut accuracy = ZeroShotAccuracy::new();
-    for chunk in images.chunks(config.batch_size.max(1)) {
-        let (encoded, targets) = read_labelled(chunk)?;
-        let images = image_batch(config, &encoded)?;
+    let batches = images.chunks(config.batch_size.max(1)).map(read_labelled);
+    with_image_batches(config, batches, |images, targets| {
         let logits = no_grad_forward(config, || {
             let features = l2_normalize(&model.encode_image(&images, false));
             zero_shot_logits(&features, &classifier)
         })?;
-        accuracy.add_batch(&logits, &Tensor::from_slice(&targets))?;
-    }
+        accuracy.add_batch(&logits, &Tensor::from_slice(&targets))
+    })?;
     accuracy.finish(data.set)
 }
 
-fn read_labelled(chunk: &[LabelledImage]) -> Result<(Vec<(Vec<u8>, String)>, Vec<i64>)> {
+fn read_labelled(chunk: &[LabelledImage]) -> Result<EncodedBatch<Vec<i64>>> {
     let mut encoded = Vec::with_capacity(chunk.len());
     let mut targets = Vec::with_capacity(chunk.len());
     for image in chunk {
@@ -222,7 +279,9 @@ fn read_labelled(chunk: &[LabelledImage]) -> Result<(Vec<(Vec<u8>, String)>, Vec
 
 /// The samples of `--val-data` in file order: every shard in turn, or
 /// every row of the CSV table.
-fn validation_samples(data: &ValidationData) -> Result<Box<dyn Iterator<Item = SourceItem>>> {
+fn validation_samples(
+    data: &ValidationData,
+) -> Result<Box<dyn Iterator<Item = SourceItem> + Send>> {
     match data.format {
         DataFormat::WebDataset => {
             let shards = ShardList::expand(&data.data, None)
@@ -252,29 +311,38 @@ fn validate(
     completed_epoch: u64,
 ) -> Result<Vec<(String, f64)>> {
     let mut metrics = ValidationMetrics::new();
-    let batch_size = config.batch_size.max(1);
-    let mut batch: Vec<Sample> = Vec::with_capacity(batch_size);
-    for item in validation_samples(data)? {
-        match item {
-            SourceItem::Sample(sample) => batch.push(sample),
-            SourceItem::Skipped(skip) => tracing::warn!("--val-data: skipped {skip:?}"),
-        }
-        if batch.len() == batch_size {
-            validate_batch(model, config, &mut metrics, std::mem::take(&mut batch))?;
-        }
-    }
-    if !batch.is_empty() {
-        validate_batch(model, config, &mut metrics, batch)?;
-    }
+    let batches = validation_batches(validation_samples(data)?, config.batch_size.max(1));
+    with_image_batches(config, batches, |images, captions| {
+        let texts = tokenize_batch(config.tokenizer.as_ref(), &captions, config.context_length)
+            .to_device(config.device);
+        no_grad_forward(config, || {
+            let out = model.forward_t(&images, &texts, false);
+            metrics.add_batch(&out.image_features, &out.text_features, &out.logit_scale)
+        })?
+    })?;
     metrics.finish(completed_epoch)
 }
 
-fn validate_batch(
-    model: &Clip,
-    config: &EvaluatorConfig,
-    metrics: &mut ValidationMetrics,
-    samples: Vec<Sample>,
-) -> Result<()> {
+/// `samples` in batches of `batch_size` (the last may be smaller) of
+/// encoded images and their captions; skipped samples are logged.
+fn validation_batches(
+    samples: impl Iterator<Item = SourceItem> + Send,
+    batch_size: usize,
+) -> impl Iterator<Item = Result<EncodedBatch<Vec<String>>>> + Send {
+    let mut samples = samples.filter_map(|item| match item {
+        SourceItem::Sample(sample) => Some(sample),
+        SourceItem::Skipped(skip) => {
+            tracing::warn!("--val-data: skipped {skip:?}");
+            None
+        }
+    });
+    std::iter::from_fn(move || {
+        let batch: Vec<Sample> = samples.by_ref().take(batch_size).collect();
+        (!batch.is_empty()).then(|| encoded_with_captions(batch))
+    })
+}
+
+fn encoded_with_captions(samples: Vec<Sample>) -> Result<EncodedBatch<Vec<String>>> {
     let mut encoded = Vec::with_capacity(samples.len());
     let mut captions = Vec::with_capacity(samples.len());
     for sample in samples {
@@ -288,11 +356,5 @@ fn validate_batch(
         encoded.push((bytes, source));
         captions.push(sample.caption);
     }
-    let images = image_batch(config, &encoded)?;
-    let texts = tokenize_batch(config.tokenizer.as_ref(), &captions, config.context_length)
-        .to_device(config.device);
-    no_grad_forward(config, || {
-        let out = model.forward_t(&images, &texts, false);
-        metrics.add_batch(&out.image_features, &out.text_features, &out.logit_scale)
-    })?
+    Ok((encoded, captions))
 }

@@ -3,20 +3,22 @@
 //! the `Train Epoch: ...` line every `--log-every-n-steps` steps and at the
 //! end of the epoch (out.log and the terminal, with a progress line and ETA
 //! on a terminal), `train/...` TensorBoard scalars and wandb metrics at each
-//! logged step, and the `Eval Epoch: ...` line with `val/...` scalars after
-//! an evaluation.
+//! logged step, and the `Eval Epoch: ...` line with `val/...` scalars and a
+//! line of `checkpoints/results.jsonl` after an evaluation.
 //!
 //! Its state (the log file, the TensorBoard and wandb writers, the running
 //! means of an epoch) outlives one epoch's graph in a [`SharedTrainLog`].
 
-use std::path::PathBuf;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::report::{
     eval_scalars, format_eval_line, format_train_step_line, write_params_txt, LossReading, Meter,
-    ProgressLine, RunLog, TensorboardWriter, TrainStepReport, WandbInit, WandbSidecar,
+    ProgressLine, PyValue, RunLog, TensorboardWriter, TrainStepReport, WandbInit, WandbSidecar,
 };
 use crate::runtime::{Emitter, Stage, WorkerInfo};
 use crate::step_executor::{StepEvent, TrainEvent};
@@ -32,6 +34,8 @@ pub struct TrainLogConfig {
     pub params: Vec<(String, String)>,
     /// `<run>/tensorboard` with `--report-to tensorboard`.
     pub tensorboard_dir: Option<PathBuf>,
+    /// `<run>/checkpoints/results.jsonl` (`None` with `--logs none`).
+    pub results_jsonl: Option<PathBuf>,
     /// `--report-to wandb`.
     pub wandb: Option<WandbInit>,
     pub log_every_n_steps: u64,
@@ -195,6 +199,9 @@ impl TrainLog {
         self.evaluations.push((completed_epoch, metrics.to_vec()));
         self.run_log
             .info(&format_eval_line(completed_epoch, metrics))?;
+        if let Some(path) = &self.config.results_jsonl {
+            append_results_line(path, metrics)?;
+        }
         let scalars = eval_scalars(metrics);
         if let Some(tensorboard) = &mut self.tensorboard {
             tensorboard.add_scalars(completed_epoch as i64, &scalars)?;
@@ -224,6 +231,29 @@ impl TrainLog {
             None => Ok(()),
         }
     }
+}
+
+/// Appends `metrics` to results.jsonl as OpenCLIP's `json.dumps(metrics)`
+/// writes them (`epoch` and `num_samples` are Python ints there).
+fn append_results_line(path: &Path, metrics: &[(String, f64)]) -> Result<()> {
+    let entries = metrics
+        .iter()
+        .map(|(name, value)| {
+            let value = match name.as_str() {
+                "epoch" | "num_samples" => PyValue::Int(*value as i64),
+                _ => PyValue::Float(*value),
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    let line = format!("{}\n", PyValue::Dict(entries).to_json());
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.write_all(line.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Hands each event to the shared [`TrainLog`].

@@ -178,6 +178,7 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
             .as_ref()
             .filter(|_| tensorboard)
             .map(|paths| paths.tensorboard.clone()),
+        results_jsonl: paths.as_ref().map(RunPaths::results_jsonl),
         wandb: wandb.then(|| WandbInit {
             project: args.wandb_project_name.clone(),
             name: name.clone(),
@@ -305,6 +306,7 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         zeroshot_frequency: args.zeroshot_frequency,
         epochs: args.epochs,
         batch_size: args.batch_size,
+        loading_threads: args.workers.max(1),
         transform: ValTransform::new(
             (height as u32, width as u32),
             channels(args.image_mean.as_deref(), OPENAI_DATASET_MEAN)?,

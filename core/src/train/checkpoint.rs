@@ -51,6 +51,11 @@ impl RunPaths {
         }
     }
 
+    /// `checkpoints/results.jsonl`: one JSON line of metrics per evaluation.
+    pub fn results_jsonl(&self) -> PathBuf {
+        self.checkpoints.join("results.jsonl")
+    }
+
     /// `checkpoints/epoch_<epoch>.pt`.
     pub fn checkpoint(&self, epoch: i64) -> PathBuf {
         self.checkpoints.join(checkpoint_file_name(epoch))
