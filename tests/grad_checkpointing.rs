@@ -204,7 +204,7 @@ fn clip_step(model: &Clip, config: &ModelConfig, batch: i64) -> Tensor {
     let images = Tensor::randn([batch, 3, height, width], (Kind::Float, Device::Cpu));
     let context = config.text_cfg.context_length;
     let text = Tensor::randint_low(1, 1000, [batch, context], (Kind::Int64, Device::Cpu));
-    let output = model.forward_t(&images, &text, true);
+    let output = model.forward_t(&images, &text, true).unwrap();
     let loss = ClipLoss::new(ClipLossOptions::default(), Arc::new(SingleProcess));
     loss.forward(&LossInputs::from(&output)).unwrap()
 }

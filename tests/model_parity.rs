@@ -1,4 +1,5 @@
-//! Features and gradients equal OpenCLIP's for the same weights and inputs.
+//! Features and gradients equal OpenCLIP's for the same weights and inputs,
+//! CoCa's caption logits and CoCaLoss terms too.
 //!
 //! The oracle (tests/oracle/model_parity.py) builds the model in OpenCLIP with
 //! random weights; clipflow loads those weights strictly, runs the same
@@ -15,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use clipflow_core::collective::SingleProcess;
-use clipflow_core::loss::{ClipLoss, Loss, LossInputs};
+use clipflow_core::loss::{ClipLoss, CoCaLoss, Loss, LossInputs};
 use clipflow_core::model::load::load_strict;
 use clipflow_core::model::{Clip, ImageSize, ModelConfig, ModelOverrides};
 use tch::{nn::VarStore, Device, Tensor};
@@ -75,17 +76,34 @@ fn check_model(name: &str, config_file: Option<&str>, kwargs: &str, overrides: M
         "{name}: text features differ by {text_diff}"
     );
 
-    let output = model.forward_t(&inputs["images"], &inputs["text"], false);
-    // The oracle calls ClipLoss without logit_bias.
-    let loss_inputs = LossInputs {
-        image_features: &output.image_features,
-        text_features: &output.text_features,
-        logit_scale: &output.logit_scale,
-        logit_bias: None,
-    };
-    let loss = ClipLoss::new(Default::default(), Arc::new(SingleProcess))
-        .forward(&loss_inputs)
+    let output = model
+        .forward_t(&inputs["images"], &inputs["text"], false)
         .unwrap();
+    // The oracle calls ClipLoss (CoCaLoss with weights 1 and 2 for CoCa)
+    // without logit_bias.
+    let loss_inputs = LossInputs {
+        logit_bias: None,
+        ..LossInputs::from(&output)
+    };
+    let loss = match &output.caption {
+        None => ClipLoss::new(Default::default(), Arc::new(SingleProcess))
+            .forward(&loss_inputs)
+            .unwrap(),
+        Some(caption) => {
+            let logits_diff = max_abs_diff(&caption.logits, &expected["logits"]);
+            assert!(
+                logits_diff <= TOLERANCE,
+                "{name}: caption logits differ by {logits_diff}"
+            );
+            let coca = CoCaLoss::new(1.0, 2.0, Default::default(), Arc::new(SingleProcess));
+            let terms = coca.forward_dict(&loss_inputs).unwrap();
+            for (term, value) in &terms {
+                let diff = max_abs_diff(value, &expected[*term]);
+                assert!(diff <= TOLERANCE, "{name}: {term} differs by {diff}");
+            }
+            coca.forward(&loss_inputs).unwrap()
+        }
+    };
     let loss_diff = max_abs_diff(&loss, &expected["loss"]);
     assert!(
         loss_diff <= TOLERANCE,
@@ -156,6 +174,17 @@ fn attentional_pool_matches_open_clip() {
 }
 
 /// The --force-* flags change the model exactly as in OpenCLIP.
+#[test]
+fn coca_matches_open_clip() {
+    // Captions shorter than the context, so padding is masked as a key.
+    check_model(
+        "tiny-coca",
+        Some("tiny-coca.json"),
+        "{}",
+        ModelOverrides::default(),
+    );
+}
+
 #[test]
 fn force_flags_match_open_clip() {
     let overrides = ModelOverrides {

@@ -3,10 +3,10 @@
 //! per-step losses, learning rates and logit scales (read from each run's
 //! TensorBoard events with TensorBoard's reader), the final weights of the
 //! epoch checkpoints, and clipflow's checkpoint loading strictly into
-//! OpenCLIP with the features of OpenCLIP's own trained model. Cases, 20
+//! OpenCLIP with the features of OpenCLIP's own trained model. Cases, 24
 //! optimiser steps in all: cosine schedule with warmup and
 //! `--grad-clip-norm`, const schedule with `--accum-freq 2`, const-cooldown
-//! with `--siglip`. Also: clipflow resuming OpenCLIP's checkpoint of the
+//! with `--siglip`, and a tiny CoCa (CoCaLoss, each logged loss term). Also: clipflow resuming OpenCLIP's checkpoint of the
 //! first case's half-way epoch (weights, AdamW state keyed in OpenCLIP's
 //! parameter order, epoch) ends where OpenCLIP's own run ends.
 //!
@@ -30,9 +30,13 @@ use serde_json::{json, Value};
 const ORACLE: &str = include_str!("oracle/train_parity.py");
 
 const MODEL_NAME: &str = "parity-tiny";
+const COCA_MODEL_NAME: &str = "parity-tiny-coca";
 
 struct Case {
     name: &'static str,
+    /// The model config's name (its file stem): a name with "coca" takes
+    /// CoCaLoss on both sides.
+    model: &'static str,
     /// Shards of 16 samples each: one step per epoch.
     shards: &'static str,
     epochs: usize,
@@ -40,9 +44,10 @@ struct Case {
     siglip: bool,
 }
 
-const CASES: [Case; 3] = [
+const CASES: [Case; 4] = [
     Case {
         name: "cosine-clip",
+        model: MODEL_NAME,
         shards: "scenes-00000.tar",
         epochs: 8,
         flags: &[
@@ -57,6 +62,7 @@ const CASES: [Case; 3] = [
     },
     Case {
         name: "const-accum",
+        model: MODEL_NAME,
         shards: "scenes-{00001..00002}.tar",
         epochs: 6,
         flags: &[
@@ -71,6 +77,7 @@ const CASES: [Case; 3] = [
     },
     Case {
         name: "cooldown-siglip",
+        model: MODEL_NAME,
         shards: "scenes-00000.tar",
         epochs: 6,
         flags: &[
@@ -83,6 +90,21 @@ const CASES: [Case; 3] = [
             "--siglip",
         ],
         siglip: true,
+    },
+    Case {
+        name: "const-coca",
+        model: COCA_MODEL_NAME,
+        shards: "scenes-00000.tar",
+        epochs: 4,
+        flags: &[
+            "--lr-scheduler",
+            "const",
+            "--warmup",
+            "2",
+            "--coca-caption-loss-weight",
+            "1.5",
+        ],
+        siglip: false,
     },
 ];
 
@@ -191,15 +213,28 @@ fn assert_weights_close(name: &str, weights: &Value, lr_sum: f64) {
 }
 
 #[test]
-fn twenty_steps_match_open_clip() {
+fn training_steps_match_open_clip() {
     let scratch = tempfile::tempdir().unwrap();
     let root = scratch.path();
     let scenes = root.join("scenes");
     make_scenes(&scenes, 48, 16, 0);
     let shards = scenes.join("shards");
-    let config = root.join(format!("{MODEL_NAME}.json"));
-    std::fs::write(&config, TINY_TRAIN_CONFIG).unwrap();
-    let config = config.to_str().unwrap();
+    // Both configs in one folder, which the oracle registers at once.
+    let models = root.join("models");
+    std::fs::create_dir(&models).unwrap();
+    let config_of = |model: &str| {
+        models
+            .join(format!("{model}.json"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    std::fs::write(config_of(MODEL_NAME), TINY_TRAIN_CONFIG).unwrap();
+    let coca_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-coca.json");
+    std::fs::copy(coca_config, config_of(COCA_MODEL_NAME)).unwrap();
+    let config = config_of(MODEL_NAME);
+    let config = config.as_str();
+    let initial_coca = root.join("initial-coca.pt");
     let initial = root.join("initial.pt");
     let initial_siglip = root.join("initial-siglip.pt");
     let (ours, theirs) = (root.join("ours"), root.join("theirs"));
@@ -207,6 +242,8 @@ fn twenty_steps_match_open_clip() {
     let initial_of = |case: &Case| {
         if case.siglip {
             initial_siglip.clone()
+        } else if case.model == COCA_MODEL_NAME {
+            initial_coca.clone()
         } else {
             initial.clone()
         }
@@ -215,7 +252,7 @@ fn twenty_steps_match_open_clip() {
         .iter()
         .map(|case| {
             let mut flags = shared_flags(case, &shards, &initial_of(case));
-            flags.extend(["--model".into(), MODEL_NAME.into(), "--logs".into()]);
+            flags.extend(["--model".into(), case.model.into(), "--logs".into()]);
             flags.push(theirs.to_str().unwrap().into());
             flags
         })
@@ -233,15 +270,19 @@ fn twenty_steps_match_open_clip() {
             initial_siglip.to_str().unwrap(),
             "siglip",
             "+",
+            "init",
+            &config_of(COCA_MODEL_NAME),
+            initial_coca.to_str().unwrap(),
+            "+",
             "main",
-            config,
+            models.to_str().unwrap(),
             &their_runs,
         ],
     );
     for case in &CASES {
         let mut args = vec!["train".to_string()];
         args.extend(shared_flags(case, &shards, &initial_of(case)));
-        args.extend(["--model".into(), config.into(), "--logs".into()]);
+        args.extend(["--model".into(), config_of(case.model), "--logs".into()]);
         args.push(ours.to_str().unwrap().into());
         run_clipflow(&args);
     }
@@ -304,7 +345,20 @@ fn twenty_steps_match_open_clip() {
         // fp32 forward passes summed in different orders (the batch order
         // differs): agreement to ~1e-6 relative, 1e-4 leaves room for the
         // later steps' weights differing by Adam's rounding (below).
-        for tag in ["train/loss", "train/scale"] {
+        // Every loss term OpenCLIP logs (train/contrastive_loss, and
+        // train/caption_loss for CoCa) and the total.
+        let mut tags: Vec<&str> = their_scalars
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .filter(|tag| tag.ends_with("loss"))
+            .collect();
+        if case.model == COCA_MODEL_NAME {
+            assert!(tags.contains(&"train/caption_loss"), "{tags:?}");
+        }
+        tags.push("train/scale");
+        for tag in tags {
             assert_series_close(case.name, tag, our_scalars, their_scalars, 1e-4);
         }
         // The schedules are the same formula; both are stored as float32.

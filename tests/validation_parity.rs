@@ -2,8 +2,9 @@
 //! initial weights once, as `open_clip_train.main` does, and writes the same
 //! `checkpoints/results.jsonl` line: the same metrics in the same order,
 //! `epoch` and `num_samples` as integers, values within what fp32 rounding
-//! explains. The evaluator decodes images on `--workers` threads in file
-//! order, so 1 and 3 workers give the same line, byte for byte.
+//! explains; for a CoCa model, `val_generative_loss` too. The evaluator
+//! decodes images on `--workers` threads in file order, so 1 and 3 workers
+//! give the same line, byte for byte.
 
 mod common;
 
@@ -52,6 +53,20 @@ fn results(logs: &Path, name: &str) -> (String, Map<String, Value>) {
 
 #[test]
 fn validation_metrics_and_results_jsonl_match_open_clip() {
+    check_validation("parity-tiny", TINY_TRAIN_CONFIG);
+}
+
+/// A CoCa model adds `val_generative_loss`.
+#[test]
+fn coca_validation_metrics_match_open_clip() {
+    let config = include_str!("data/tiny-coca.json");
+    let metrics = check_validation("parity-tiny-coca", config);
+    assert!(metrics.contains_key("val_generative_loss"), "{metrics:?}");
+}
+
+/// Evaluates model `model` (config text `config`) on both sides and
+/// compares; returns OpenCLIP's metrics.
+fn check_validation(model: &str, config: &str) -> Map<String, Value> {
     let scratch = tempfile::tempdir().unwrap();
     let root = scratch.path();
     make_scenes(&root.join("scenes"), 96, 48, 0);
@@ -59,14 +74,14 @@ fn validation_metrics_and_results_jsonl_match_open_clip() {
         "{}/scenes/shards/scenes-{{00000..00001}}.tar",
         root.display()
     );
-    let config = root.join("parity-tiny.json");
-    std::fs::write(&config, TINY_TRAIN_CONFIG).unwrap();
-    let config = config.to_str().unwrap();
+    let config_path = root.join(format!("{model}.json"));
+    std::fs::write(&config_path, config).unwrap();
+    let config = config_path.to_str().unwrap();
     let initial = root.join("initial.pt");
     let (ours, theirs) = (root.join("ours"), root.join("theirs"));
 
     let mut their_flags = flags(&shards, &initial, "1", &theirs, "val");
-    their_flags.extend(["--model".into(), "parity-tiny".into()]);
+    their_flags.extend(["--model".into(), model.into()]);
     common::run_oracle(
         ORACLE,
         &[
@@ -112,11 +127,11 @@ fn validation_metrics_and_results_jsonl_match_open_clip() {
         }
         let (ours, theirs) = (ours.as_f64().unwrap(), theirs.as_f64().unwrap());
         // Same pixels, tokens and weights; the forward passes agree to
-        // ~1e-6 relative in fp32. The loss: 1e-5 relative. The ranks are
+        // ~1e-6 relative in fp32. The losses: 1e-5 relative. The ranks are
         // exact unless two similarities lie within that rounding of each
         // other and swap: allow one swap per direction, 2 / 96 of a rank
         // mean or a recall, and one rank of a median.
-        let tolerance = if key == "clip_val_loss" {
+        let tolerance = if key.ends_with("_loss") {
             1e-5 * theirs.abs()
         } else if key.ends_with("median_rank") {
             1.0
@@ -129,4 +144,5 @@ fn validation_metrics_and_results_jsonl_match_open_clip() {
         );
     }
     assert_eq!(their_metrics["num_samples"], json!(96));
+    their_metrics
 }

@@ -316,8 +316,12 @@ fn validate(
         let texts = tokenize_batch(config.tokenizer.as_ref(), &captions, config.context_length)
             .to_device(config.device);
         no_grad_forward(config, || {
-            let out = model.forward_t(&images, &texts, false);
-            metrics.add_batch(&out.image_features, &out.text_features, &out.logit_scale)
+            let out = model.forward_t(&images, &texts, false)?;
+            metrics.add_batch(&out.image_features, &out.text_features, &out.logit_scale)?;
+            if let Some(caption) = &out.caption {
+                metrics.add_caption_batch(&caption.logits, &caption.labels);
+            }
+            anyhow::Ok(())
         })?
     })?;
     metrics.finish(completed_epoch)

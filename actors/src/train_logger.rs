@@ -54,7 +54,8 @@ pub struct TrainLog {
     epoch: Option<u64>,
     data_time: Meter,
     batch_time: Meter,
-    loss: Meter,
+    /// A meter per loss term, in OpenCLIP's order, then the total (`loss`).
+    losses_m: Vec<(String, Meter)>,
     /// Steps per epoch of the last step seen (for evaluation's wandb step).
     steps_per_epoch: Option<u64>,
     /// (step, loss) of every logged step, for plots and summaries.
@@ -95,7 +96,7 @@ impl SharedTrainLog {
             epoch: None,
             data_time: Meter::default(),
             batch_time: Meter::default(),
-            loss: Meter::default(),
+            losses_m: Vec::new(),
             steps_per_epoch: None,
             losses: Vec::new(),
             evaluations: Vec::new(),
@@ -121,7 +122,7 @@ impl TrainLog {
     pub fn step(&mut self, event: &StepEvent) -> Result<()> {
         if self.epoch != Some(event.plan.epoch) {
             self.epoch = Some(event.plan.epoch);
-            self.loss.reset();
+            self.losses_m.clear();
             self.data_time.reset();
             self.batch_time.reset();
             self.run_log.attach_progress(ProgressLine::start(
@@ -139,7 +140,17 @@ impl TrainLog {
         }
         let report = &event.report;
         if !report.skipped_non_finite {
-            self.loss.update(report.loss, event.batch_size as u64);
+            let readings = report.terms.iter().copied().chain([("loss", report.loss)]);
+            for (name, value) in readings {
+                let meter = match self.losses_m.iter().position(|(n, _)| n == name) {
+                    Some(i) => &mut self.losses_m[i].1,
+                    None => {
+                        self.losses_m.push((name.to_owned(), Meter::default()));
+                        &mut self.losses_m.last_mut().expect("just pushed").1
+                    }
+                };
+                meter.update(value, event.batch_size as u64);
+            }
             self.losses.push((report.step, report.loss));
         } else {
             self.run_log.warning(&format!(
@@ -161,18 +172,15 @@ impl TrainLog {
             batch_time: self.batch_time.clone(),
             lr: report.lr,
             logit_scale: report.logit_scale,
-            losses: vec![
-                LossReading {
-                    name: "contrastive_loss".into(),
-                    last: report.loss,
-                    average: self.loss.average(),
-                },
-                LossReading {
-                    name: "loss".into(),
-                    last: report.loss,
-                    average: self.loss.average(),
-                },
-            ],
+            losses: self
+                .losses_m
+                .iter()
+                .map(|(name, meter)| LossReading {
+                    name: name.clone(),
+                    last: meter.last,
+                    average: meter.average(),
+                })
+                .collect(),
         };
         self.run_log.info(&format_train_step_line(&line_report))?;
         let scalars = line_report.scalars();

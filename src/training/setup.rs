@@ -230,6 +230,13 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         mut model,
         config,
     } = build_model(&args.model, config, pretrained, device)?;
+    if config.multimodal_cfg.is_some() && args.accum_freq > 1 {
+        bail!(
+            "--accum-freq {} with the CoCa model {}: gradient accumulation of the captioning loss is not supported yet; use --accum-freq 1",
+            args.accum_freq,
+            args.model
+        );
+    }
     model.set_grad_checkpointing(args.grad_checkpointing);
     precision.prepare_weights(&mut vs);
     if args.lock_image {
@@ -267,6 +274,10 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
     let loss = create_loss(
         &LossOptions {
             model_name: args.model.clone(),
+            coca_weights: (
+                args.coca_contrastive_loss_weight,
+                args.coca_caption_loss_weight,
+            ),
             siglip: args.siglip,
             local_loss: args.local_loss,
             gather_with_grad: args.gather_with_grad,

@@ -4,7 +4,10 @@ Builds an OpenCLIP model with random weights and writes, into OUT_DIR:
   weights.safetensors   the state_dict (OpenCLIP's names)
   inputs.safetensors    images [2, 3, H, W] and tokenized captions
   outputs.safetensors   encode_image / encode_text, the CLIP loss, and the
-                        loss's gradient w.r.t. every parameter ("grad.NAME")
+                        loss's gradient w.r.t. every parameter ("grad.NAME");
+                        for a CoCa model, the loss is CoCaLoss (weights 1 and
+                        2), summed, and its terms and the decoder's logits
+                        are written too
 
 usage: model_parity.py MODEL OUT_DIR [--config FILE] [--kwargs JSON]
 --config registers MODEL from that file first (for tiny test configs);
@@ -15,7 +18,7 @@ import json
 
 import open_clip
 import torch
-from open_clip.loss import ClipLoss
+from open_clip.loss import ClipLoss, CoCaLoss
 from safetensors.torch import save_file
 
 parser = argparse.ArgumentParser()
@@ -38,13 +41,25 @@ height, width = (size, size) if isinstance(size, int) else tuple(size)
 images = torch.randn(2, 3, height, width)
 text = tokenizer(["a photo of a cat", "two dogs playing in the snow at night"])
 
-image_features = model.encode_image(images)
-text_features = model.encode_text(text)
-loss = ClipLoss()(
-    torch.nn.functional.normalize(image_features, dim=-1),
-    torch.nn.functional.normalize(text_features, dim=-1),
-    model.logit_scale.exp(),
-)
+extra = {}
+if isinstance(model, open_clip.CoCa):
+    # CoCa's encode_* normalise by default; CLIP's do not.
+    image_features = model.encode_image(images, normalize=False)
+    text_features = model.encode_text(text, normalize=False)
+    out = model(images, text)
+    terms = CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0)(
+        out["image_features"], out["text_features"], out["logits"], out["labels"],
+        out["logit_scale"], output_dict=True)
+    loss = terms["contrastive_loss"] + terms["caption_loss"]
+    extra = {"logits": out["logits"].detach(), **{k: v.detach() for k, v in terms.items()}}
+else:
+    image_features = model.encode_image(images)
+    text_features = model.encode_text(text)
+    loss = ClipLoss()(
+        torch.nn.functional.normalize(image_features, dim=-1),
+        torch.nn.functional.normalize(text_features, dim=-1),
+        model.logit_scale.exp(),
+    )
 loss.backward()
 
 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{out_dir}/weights.safetensors")
@@ -53,6 +68,7 @@ outputs = {
     "image_features": image_features.detach(),
     "text_features": text_features.detach(),
     "loss": loss.detach(),
+    **extra,
 }
 for name, param in model.named_parameters():
     # parameters the CLIP loss does not reach (logit_bias) have zero gradient

@@ -12,8 +12,11 @@
 //! [`ValidationMetrics::finish`] outside it.
 //!
 //! OpenCLIP computes this loss with the logit scale only, even for SigLIP
-//! models that have a logit bias, so no bias is taken here. The generative
-//! loss of CoCa models is not computed.
+//! models that have a logit bias, so no bias is taken here. For CoCa models
+//! it also reports `val_generative_loss`, the captioning cross-entropy
+//! (padding included) of the batches it logs, every 100th from the first,
+//! weighted by their sizes and divided by all samples: OpenCLIP adds a
+//! batch's term inside its logging branch, and clipflow does the same.
 
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Reduction, Tensor};
@@ -32,7 +35,14 @@ pub struct ValidationMetrics {
     num_samples: i64,
     /// The last batch's logit scale, which OpenCLIP ranks with.
     logit_scale: Option<Tensor>,
+    /// Batches added so far.
+    batches: u64,
+    /// CoCa: sum of (captioning loss * batch size) over every 100th batch.
+    cumulative_generative_loss: Option<Tensor>,
 }
+
+/// OpenCLIP logs (and counts the generative loss of) every this many batches.
+const LOG_EVERY_BATCHES: u64 = 100;
 
 impl ValidationMetrics {
     pub fn new() -> Self {
@@ -85,7 +95,31 @@ impl ValidationMetrics {
         self.text_features
             .push(text_features.detach().to_device(Device::Cpu));
         self.logit_scale = Some(logit_scale.to_device(Device::Cpu));
+        self.batches += 1;
         Ok(())
+    }
+
+    /// Adds a CoCa batch's caption `logits` [N, L, vocab] and `labels`
+    /// [N, L]; call it after [`add_batch`](Self::add_batch) for the same
+    /// batch.
+    pub fn add_caption_batch(&mut self, logits: &Tensor, labels: &Tensor) {
+        if (self.batches - 1) % LOG_EVERY_BATCHES != 0 {
+            return;
+        }
+        let batch_size = logits.size()[0];
+        let term = tch::no_grad(|| {
+            logits.permute([0, 2, 1]).cross_entropy_loss::<Tensor>(
+                labels,
+                None,
+                Reduction::Mean,
+                -100,
+                0.0,
+            ) * batch_size
+        });
+        self.cumulative_generative_loss = Some(match self.cumulative_generative_loss.take() {
+            Some(cumulative) => cumulative + term,
+            None => term,
+        });
     }
 
     /// The metrics of the pass, named and ordered as OpenCLIP's `evaluate`
@@ -105,6 +139,10 @@ impl ValidationMetrics {
         metrics.push(("clip_val_loss".to_string(), loss));
         metrics.push(("epoch".to_string(), epoch as f64));
         metrics.push(("num_samples".to_string(), self.num_samples as f64));
+        if let Some(generative) = self.cumulative_generative_loss {
+            let loss = (generative / self.num_samples).double_value(&[]);
+            metrics.push(("val_generative_loss".to_string(), loss));
+        }
         Ok(metrics)
     }
 }

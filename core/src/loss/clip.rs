@@ -74,6 +74,7 @@ impl ClipLoss {
             text_features,
             logit_scale,
             logit_bias,
+            ..
         } = *inputs;
         // OpenCLIP writes `logit_scale * a @ b.T`, which Python evaluates as
         // `(logit_scale * a) @ b.T`; the same order gives the same rounding.

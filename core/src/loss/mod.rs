@@ -1,10 +1,12 @@
 //! Training losses, as OpenCLIP's `open_clip.loss` computes them: `ClipLoss`
-//! (softmax contrastive, with `--local-loss` and `--gather-with-grad`) and
-//! `SigLipLoss` (`--siglip`, with the `--loss-dist-impl` exchanges), on one
-//! process or across the ranks of a `Collective`. `create_loss` picks one
+//! (softmax contrastive, with `--local-loss` and `--gather-with-grad`),
+//! `SigLipLoss` (`--siglip`, with the `--loss-dist-impl` exchanges) and
+//! `CoCaLoss` (contrastive plus captioning), on one process or across the
+//! ranks of a `Collective`. `create_loss` picks one
 //! from the training flags as OpenCLIP's `create_loss` does.
 
 mod clip;
+mod coca;
 mod gather;
 mod siglip;
 
@@ -18,17 +20,26 @@ use crate::collective::Collective;
 use crate::model::ClipOutput;
 
 pub use clip::{ClipLoss, ClipLossOptions};
+pub use coca::CoCaLoss;
 pub use siglip::{SigLipDistImpl, SigLipLoss};
 
 /// What a loss reads from the model's forward pass: L2-normalised features
-/// of this rank's batch, the exponentiated `logit_scale` and the optional
-/// `logit_bias`.
+/// of this rank's batch, the exponentiated `logit_scale`, the optional
+/// `logit_bias`, and a CoCa model's caption predictions.
 #[derive(Clone, Copy)]
 pub struct LossInputs<'a> {
     pub image_features: &'a Tensor,
     pub text_features: &'a Tensor,
     pub logit_scale: &'a Tensor,
     pub logit_bias: Option<&'a Tensor>,
+    pub caption: Option<CaptionInputs<'a>>,
+}
+
+/// CoCa's next-token `logits` [N, L, vocab] and the `labels` [N, L] they predict.
+#[derive(Clone, Copy)]
+pub struct CaptionInputs<'a> {
+    pub logits: &'a Tensor,
+    pub labels: &'a Tensor,
 }
 
 impl<'a> From<&'a ClipOutput> for LossInputs<'a> {
@@ -38,6 +49,10 @@ impl<'a> From<&'a ClipOutput> for LossInputs<'a> {
             text_features: &output.text_features,
             logit_scale: &output.logit_scale,
             logit_bias: output.logit_bias.as_ref(),
+            caption: output.caption.as_ref().map(|c| CaptionInputs {
+                logits: &c.logits,
+                labels: &c.labels,
+            }),
         }
     }
 }
@@ -62,9 +77,10 @@ pub trait Loss: Send + Sync {
 /// The training flags that choose and configure the loss.
 #[derive(Debug, Clone, Default)]
 pub struct LossOptions {
-    /// `--model`: CoCa models (name containing "coca") need the captioning
-    /// loss, which clipflow does not have.
+    /// `--model`: a name containing "coca" takes `CoCaLoss`, as in OpenCLIP.
     pub model_name: String,
+    /// `--coca-contrastive-loss-weight`, `--coca-caption-loss-weight`.
+    pub coca_weights: (f64, f64),
     /// `--siglip`
     pub siglip: bool,
     /// `--local-loss`
@@ -86,11 +102,19 @@ pub fn create_loss(
     if options.distill {
         bail!("--distill-model: distillation (OpenCLIP's DistillClipLoss) is not supported by clipflow");
     }
+    let clip_options = ClipLossOptions {
+        local_loss: options.local_loss,
+        gather_with_grad: options.gather_with_grad,
+        cache_labels: true,
+    };
     if options.model_name.to_lowercase().contains("coca") {
-        bail!(
-            "--model {}: CoCa models need the captioning loss (OpenCLIP's CoCaLoss), which clipflow does not support",
-            options.model_name
-        );
+        let (contrastive, caption) = options.coca_weights;
+        return Ok(Box::new(CoCaLoss::new(
+            contrastive,
+            caption,
+            clip_options,
+            collective,
+        )));
     }
     if options.siglip {
         return Ok(Box::new(SigLipLoss::new(
@@ -98,10 +122,5 @@ pub fn create_loss(
             collective,
         )));
     }
-    let clip_options = ClipLossOptions {
-        local_loss: options.local_loss,
-        gather_with_grad: options.gather_with_grad,
-        cache_labels: true,
-    };
     Ok(Box::new(ClipLoss::new(clip_options, collective)))
 }

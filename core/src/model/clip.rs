@@ -1,12 +1,16 @@
 //! The CLIP model: `visual` (image tower), the text tower (at the root for
-//! OpenCLIP's `CLIP`, under `text.` for `CustomTextCLIP`), `logit_scale` and,
-//! for SigLIP-style configs, `logit_bias`.
+//! OpenCLIP's `CLIP`, under `text.` for `CustomTextCLIP` and `CoCa`),
+//! `logit_scale` and, for SigLIP-style configs, `logit_bias`. A config with
+//! a `multimodal_cfg` is OpenCLIP's `CoCa`: the same towers (the text tower
+//! with a class embedding) plus `text_decoder`, which predicts each caption
+//! token from the ones before it and the image tokens.
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use tch::nn;
 use tch::Tensor;
 
-use super::config::ModelConfig;
+use super::config::{ModelConfig, VisionLayers};
+use super::multimodal_transformer::MultimodalTransformer;
 use super::text_transformer::TextTransformer;
 use super::visual::VisualTower;
 
@@ -14,19 +18,31 @@ use super::visual::VisualTower;
 pub struct Clip {
     pub visual: VisualTower,
     pub text: TextTransformer,
+    /// CoCa's decoder; `None` for CLIP models.
+    pub text_decoder: Option<MultimodalTransformer>,
     pub logit_scale: Tensor,
     pub logit_bias: Option<Tensor>,
     pub context_length: i64,
 }
 
-/// What the model's forward pass returns, as OpenCLIP's `CLIP.forward` does:
-/// L2-normalised features, `exp(logit_scale)` and the optional `logit_bias`.
+/// What the model's forward pass returns, as OpenCLIP's `CLIP.forward` /
+/// `CoCa.forward` do: L2-normalised features, `exp(logit_scale)`, the
+/// optional `logit_bias`, and CoCa's caption predictions.
 #[derive(Debug)]
 pub struct ClipOutput {
     pub image_features: Tensor,
     pub text_features: Tensor,
     pub logit_scale: Tensor,
     pub logit_bias: Option<Tensor>,
+    pub caption: Option<CaptionOutput>,
+}
+
+/// CoCa's teacher-forced caption predictions: `logits` [N, L - 1, vocab]
+/// for `labels` [N, L - 1], the caption's tokens after the first.
+#[derive(Debug)]
+pub struct CaptionOutput {
+    pub logits: Tensor,
+    pub labels: Tensor,
 }
 
 /// ln(1 / 0.07), OpenCLIP's initial logit scale.
@@ -47,9 +63,25 @@ impl Clip {
         let logit_bias = config
             .init_logit_bias
             .map(|bias| root.var("logit_bias", &[], nn::Init::Const(bias)));
+        let text_decoder = match &config.multimodal_cfg {
+            None => None,
+            Some(multimodal) => {
+                ensure!(
+                    matches!(config.vision_cfg.layers, VisionLayers::Transformer(_)),
+                    "a CoCa model needs a ViT image tower (its text decoder reads the image tokens)"
+                );
+                Some(MultimodalTransformer::new(
+                    root / "text_decoder",
+                    multimodal,
+                    config.quick_gelu,
+                    config.text_cfg.vocab_size,
+                ))
+            }
+        };
         Ok(Clip {
             visual,
             text,
+            text_decoder,
             logit_scale,
             logit_bias,
             context_length: config.text_cfg.context_length,
@@ -59,7 +91,8 @@ impl Clip {
     /// `--grad-checkpointing` (OpenCLIP's `CLIP.set_grad_checkpointing`): each
     /// residual block of the ViT image tower and of the text tower recomputes
     /// its activations during backward instead of keeping them. Gradients
-    /// are unchanged; it only acts while gradients are recorded.
+    /// are unchanged; it only acts while gradients are recorded. (CoCa's
+    /// decoder blocks are not checkpointed yet.)
     pub fn set_grad_checkpointing(&mut self, enable: bool) {
         self.visual.set_grad_checkpointing(enable);
         self.text.set_grad_checkpointing(enable);
@@ -75,13 +108,37 @@ impl Clip {
         self.text.forward(text)
     }
 
-    pub fn forward_t(&self, images: &Tensor, text: &Tensor, train: bool) -> ClipOutput {
-        ClipOutput {
-            image_features: l2_normalize(&self.encode_image(images, train)),
-            text_features: l2_normalize(&self.encode_text(text)),
+    /// The forward pass; `train` puts the image tower's batch norms and
+    /// patch dropout in training mode.
+    pub fn forward_t(&self, images: &Tensor, text: &Tensor, train: bool) -> Result<ClipOutput> {
+        let (image_features, text_features, caption) = match &self.text_decoder {
+            None => (
+                self.encode_image(images, train),
+                self.encode_text(text),
+                None,
+            ),
+            Some(decoder) => {
+                let (image_latent, image_embs) = self.visual.forward_with_tokens(images, train)?;
+                let (text_latent, token_embs) = self.text.forward_with_tokens(text);
+                // Teacher forcing: the outputs of tokens 0..L-1 predict
+                // tokens 1..L.
+                let length = text.size()[1];
+                let logits = decoder.forward(&image_embs, &token_embs.narrow(1, 0, length - 1));
+                let labels = text.narrow(1, 1, length - 1);
+                (
+                    image_latent,
+                    text_latent,
+                    Some(CaptionOutput { logits, labels }),
+                )
+            }
+        };
+        Ok(ClipOutput {
+            image_features: l2_normalize(&image_features),
+            text_features: l2_normalize(&text_features),
             logit_scale: self.logit_scale.exp(),
             logit_bias: self.logit_bias.as_ref().map(Tensor::shallow_clone),
-        }
+            caption,
+        })
     }
 }
 

@@ -27,8 +27,12 @@ pub struct ModelConfig {
     /// absent); `--siglip` training sets ln 10.
     #[serde(default)]
     pub init_logit_scale: Option<f64>,
+    /// CoCa's text decoder (`text_decoder.`); absent for CLIP models.
+    /// OpenCLIP's `MultimodalCfg` extends `CLIPTextCfg`; the decoder reads
+    /// its `context_length`, `width`, `heads`, `layers`, `mlp_ratio` and
+    /// `ls_init_value`.
     #[serde(default)]
-    pub multimodal_cfg: Option<serde_json::Value>,
+    pub multimodal_cfg: Option<TextConfig>,
 }
 
 /// `layers` is an int for a ViT and four ints for a ModifiedResNet.
@@ -243,9 +247,6 @@ pub fn unsupported_reason(config: &ModelConfig) -> Option<String> {
         return Some(format!(
             "its text tower is the HuggingFace model `{hf}`, which clipflow does not build yet"
         ));
-    }
-    if config.multimodal_cfg.is_some() {
-        return Some("it is a CoCa model, which clipflow does not build yet".into());
     }
     if config.text_cfg.hf_tokenizer_name.is_some() {
         return Some("its tokenizer is a HuggingFace tokenizer, which clipflow does not load by name yet (pass --tokenizer FILE once supported)".into());

@@ -6,11 +6,12 @@ pub mod clip;
 pub mod config;
 pub mod load;
 pub mod modified_resnet;
+pub mod multimodal_transformer;
 pub mod precision;
 pub mod text_transformer;
 pub mod transformer;
 pub mod vision_transformer;
 pub mod visual;
 
-pub use clip::{Clip, ClipOutput};
+pub use clip::{CaptionOutput, Clip, ClipOutput};
 pub use config::{ImageSize, ModelConfig, ModelOverrides};

@@ -130,6 +130,12 @@ fn split_heads(x: &Tensor, heads: i64) -> Tensor {
     x.reshape([n, l, heads, c / heads]).transpose(1, 2)
 }
 
+/// Scaled dot-product attention of split heads, with an optional additive
+/// mask; no dropout, not causal (a causal mask comes in `attn_mask`).
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, attn_mask: Option<Tensor>) -> Tensor {
+    Tensor::scaled_dot_product_attention(q, k, v, attn_mask, 0.0, false, None::<f64>, false)
+}
+
 /// Merges [N, heads, L, head_dim] back into [N, L, heads*head_dim].
 fn merge_heads(x: &Tensor) -> Tensor {
     let (n, h, l, d) = x
@@ -182,16 +188,20 @@ impl MultiheadAttention {
             split_heads(&chunks[1], self.heads),
             split_heads(&chunks[2], self.heads),
         );
-        let out = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            attn_mask.map(|m| m.to_kind(q.kind())),
-            0.0,
-            false,
-            None::<f64>,
-            false,
-        );
+        let out = attention(&q, &k, &v, attn_mask.map(|m| m.to_kind(q.kind())));
+        self.out_proj.forward(&merge_heads(&out))
+    }
+
+    /// Cross-attention: queries from `q_x` [N, Lq, C], keys and values from
+    /// `kv_x` [N, Lk, C], through the thirds of the packed projection
+    /// (what `nn.MultiheadAttention` does when its inputs differ).
+    pub fn forward_cross(&self, q_x: &Tensor, kv_x: &Tensor) -> Tensor {
+        let weights = self.in_proj_weight.chunk(3, 0);
+        let biases = self.in_proj_bias.chunk(3, 0);
+        let project = |x: &Tensor, i: usize| {
+            split_heads(&x.linear(&weights[i], Some(&biases[i])), self.heads)
+        };
+        let out = attention(&project(q_x, 0), &project(kv_x, 1), &project(kv_x, 2), None);
         self.out_proj.forward(&merge_heads(&out))
     }
 
@@ -282,10 +292,13 @@ pub struct TransformerConfig {
     pub norm: Option<NormKwargs>,
 }
 
-/// `ResidualAttentionBlock`: pre-norm attention and MLP, each with an optional LayerScale.
+/// `ResidualAttentionBlock`: pre-norm attention and MLP, each with an
+/// optional LayerScale. A cross-attention block (CoCa's decoder) also norms
+/// the keys and values with `ln_1_kv`.
 #[derive(Debug)]
 pub struct ResidualAttentionBlock {
     ln_1: LayerNorm,
+    ln_1_kv: Option<LayerNorm>,
     attn: MultiheadAttention,
     ls_1: Option<LayerScale>,
     ln_2: LayerNorm,
@@ -302,6 +315,7 @@ impl ResidualAttentionBlock {
         };
         ResidualAttentionBlock {
             ln_1: layer_norm(&p / "ln_1", cfg.width, cfg.norm.as_ref()),
+            ln_1_kv: None,
             attn: MultiheadAttention::new(&p / "attn", cfg.width, cfg.heads),
             ls_1: ls("ls_1"),
             ln_2: layer_norm(&p / "ln_2", cfg.width, cfg.norm.as_ref()),
@@ -310,12 +324,36 @@ impl ResidualAttentionBlock {
         }
     }
 
+    /// A block whose attention reads keys and values from another sequence
+    /// (`is_cross_attention=True`).
+    pub fn new_cross(p: nn::Path, cfg: &TransformerConfig) -> Self {
+        ResidualAttentionBlock {
+            ln_1_kv: Some(layer_norm(&p / "ln_1_kv", cfg.width, cfg.norm.as_ref())),
+            ..ResidualAttentionBlock::new(p, cfg)
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, attn_mask: Option<&Tensor>) -> Tensor {
+        let attended = self.attn.forward(&self.ln_1.forward(x), attn_mask);
+        self.finish(x, attended)
+    }
+
+    /// Attention from `x` to `kv` (normed by `ln_1_kv`), then the MLP.
+    pub fn forward_cross(&self, x: &Tensor, kv: &Tensor) -> Tensor {
+        let kv = match &self.ln_1_kv {
+            Some(ln) => ln.forward(kv),
+            None => kv.shallow_clone(),
+        };
+        let attended = self.attn.forward_cross(&self.ln_1.forward(x), &kv);
+        self.finish(x, attended)
+    }
+
+    /// The residual additions around the attention output and the MLP.
+    fn finish(&self, x: &Tensor, attended: Tensor) -> Tensor {
         let scale = |ls: &Option<LayerScale>, y: Tensor| match ls {
             Some(ls) => ls.forward(&y),
             None => y,
         };
-        let attended = self.attn.forward(&self.ln_1.forward(x), attn_mask);
         let x = x + scale(&self.ls_1, attended);
         let mlp_out = self.mlp.forward(&self.ln_2.forward(&x));
         &x + scale(&self.ls_2, mlp_out)
@@ -342,6 +380,7 @@ impl ResidualAttentionBlock {
         self.ln_1
             .parameters()
             .into_iter()
+            .chain(self.ln_1_kv.iter().flat_map(LayerNorm::parameters))
             .chain(self.attn.parameters())
             .chain(self.ln_2.parameters())
             .chain(self.mlp.parameters())
@@ -355,6 +394,7 @@ impl ResidualAttentionBlock {
     fn shallow_clone(&self) -> Self {
         ResidualAttentionBlock {
             ln_1: self.ln_1.shallow_clone(),
+            ln_1_kv: self.ln_1_kv.as_ref().map(LayerNorm::shallow_clone),
             attn: self.attn.shallow_clone(),
             ls_1: self.ls_1.as_ref().map(LayerScale::shallow_clone),
             ln_2: self.ln_2.shallow_clone(),
@@ -501,16 +541,7 @@ impl AttentionalPooler {
         let q = split_heads(&q.linear(&self.q_proj_weight, Some(&biases[0])), self.heads);
         let k = split_heads(&x.linear(&self.k_proj_weight, Some(&biases[1])), self.heads);
         let v = split_heads(&x.linear(&self.v_proj_weight, Some(&biases[2])), self.heads);
-        let out = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None::<f64>,
-            false,
-        );
+        let out = attention(&q, &k, &v, None);
         self.out_proj.forward(&merge_heads(&out))
     }
 }

@@ -173,8 +173,23 @@ impl VisionTransformer {
         }
     }
 
+    /// The tokens `output_tokens` returns beside the pooled features: all
+    /// but the first, or all for `pool_type = "none"`.
+    fn tokens(&self, x: &Tensor) -> Tensor {
+        match self.pool {
+            Pool::ClassToken | Pool::Average => x.narrow(1, 1, x.size()[1] - 1),
+            Pool::None => x.shallow_clone(),
+        }
+    }
+
     /// Images [N, 3, H, W] to features [N, embed_dim] (not normalised).
     pub fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+        self.forward_with_tokens(images, train).0
+    }
+
+    /// The features and the tokens (OpenCLIP's `output_tokens`): after the
+    /// attentional pooler and `ln_post` for CoCa's image tower.
+    pub fn forward_with_tokens(&self, images: &Tensor, train: bool) -> (Tensor, Tensor) {
         let x = self.conv1.forward(images);
         let (n, c, _, _) = x.size4().expect("conv1 output is [N, C, H, W]");
         let x = x.reshape([n, c, -1]).permute([0, 2, 1]);
@@ -191,12 +206,20 @@ impl VisionTransformer {
             None => x,
         };
         let x = self.transformer.forward(&x, None);
-        let pooled = match &self.attn_pool {
-            Some(attn_pool) => self.global_pool(&self.ln_post.forward(&attn_pool.forward(&x))),
-            None if self.final_ln_after_pool => self.ln_post.forward(&self.global_pool(&x)),
-            None => self.global_pool(&self.ln_post.forward(&x)),
+        let (pooled, tokens) = match &self.attn_pool {
+            Some(attn_pool) => {
+                let x = self.ln_post.forward(&attn_pool.forward(&x));
+                (self.global_pool(&x), self.tokens(&x))
+            }
+            None if self.final_ln_after_pool => {
+                (self.ln_post.forward(&self.global_pool(&x)), self.tokens(&x))
+            }
+            None => {
+                let x = self.ln_post.forward(&x);
+                (self.global_pool(&x), self.tokens(&x))
+            }
         };
-        pooled.matmul(&self.proj)
+        (pooled.matmul(&self.proj), tokens)
     }
 }
 

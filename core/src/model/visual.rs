@@ -48,6 +48,16 @@ impl VisualTower {
         }
     }
 
+    /// Features and tokens, for CoCa; only a ViT image tower has tokens.
+    pub fn forward_with_tokens(&self, images: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        match self {
+            VisualTower::VisionTransformer(vit) => Ok(vit.forward_with_tokens(images, train)),
+            VisualTower::ModifiedResNet(_) => {
+                bail!("a ModifiedResNet image tower has no output tokens for a text decoder")
+            }
+        }
+    }
+
     pub fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
         match self {
             VisualTower::VisionTransformer(vit) => vit.forward_t(images, train),

@@ -17,7 +17,6 @@ use super::grad_scaler::GradScaler;
 use super::optimizer::Optimizer;
 use super::schedule::LrSchedule;
 use crate::loss::{Loss, LossInputs};
-use crate::model::clip::l2_normalize;
 use crate::model::{Clip, ClipOutput};
 use crate::shim::AutocastGuard;
 
@@ -51,6 +50,10 @@ pub struct StepReport {
     pub step: u64,
     /// The loss of the step's last batch (OpenCLIP logs that one).
     pub loss: f64,
+    /// Its terms by OpenCLIP's names, in OpenCLIP's order
+    /// (`contrastive_loss`, then `caption_loss` for CoCa); empty when the
+    /// step was skipped.
+    pub terms: Vec<(&'static str, f64)>,
     /// The learning rate of the first parameter group.
     pub lr: f64,
     /// `exp(logit_scale)` as the forward pass used it.
@@ -58,6 +61,9 @@ pub struct StepReport {
     /// The loss was not finite, so the weights were left as they were.
     pub skipped_non_finite: bool,
 }
+
+/// A step's total loss and its named terms.
+type LossTerms = (Tensor, Vec<(&'static str, Tensor)>);
 
 /// The model, its optimiser and schedule, and the state of an accumulation
 /// window.
@@ -130,9 +136,9 @@ impl Trainer {
         self.optimizer.zero_grad();
         let (loss, logit_scale) = if self.settings.accum_freq == 1 {
             let out = self.forward(&images, &texts)?;
-            let loss = self.total_loss(&out)?;
+            let (loss, terms) = self.total_loss(&out)?;
             let finite = self.backward(&loss)?;
-            (finite.then_some(loss), out.logit_scale)
+            (finite.then_some((loss, terms)), out.logit_scale)
         } else {
             let out = tch::no_grad(|| self.forward(&images, &texts))?;
             self.cached.push((out.image_features, out.text_features));
@@ -154,18 +160,13 @@ impl Trainer {
         // uses; nothing else in a tower that has batch norms (ModifiedResNet)
         // depends on the mode.
         let image_train = !self.settings.freeze_image_bn_stats;
-        Ok(ClipOutput {
-            image_features: l2_normalize(&self.model.encode_image(images, image_train)),
-            text_features: l2_normalize(&self.model.encode_text(texts)),
-            logit_scale: self.model.logit_scale.exp(),
-            logit_bias: self.model.logit_bias.as_ref().map(Tensor::shallow_clone),
-        })
+        self.model.forward_t(images, texts, image_train)
     }
 
     /// OpenCLIP's second pass over an accumulation window: each batch again
     /// with gradients, its fresh features put in place of its cached ones
     /// among all the window's, and backward on each loss.
-    fn accumulated_backward(&mut self) -> Result<(Option<Tensor>, Tensor)> {
+    fn accumulated_backward(&mut self) -> Result<(Option<LossTerms>, Tensor)> {
         self.optimizer.zero_grad();
         let window = std::mem::take(&mut self.window);
         let cached = std::mem::take(&mut self.cached);
@@ -192,21 +193,28 @@ impl Trainer {
                 text_features: with_fresh(&out.text_features, |f| &f.1),
                 logit_scale: out.logit_scale.shallow_clone(),
                 logit_bias: out.logit_bias.as_ref().map(Tensor::shallow_clone),
+                caption: None,
             };
-            let loss = self.total_loss(&window_out)?;
+            let (loss, terms) = self.total_loss(&window_out)?;
             all_finite &= self.backward(&loss)?;
-            last = Some((loss, out.logit_scale));
+            last = Some(((loss, terms), out.logit_scale));
         }
         let (loss, logit_scale) = last.expect("accum_freq >= 1 batches in the window");
         Ok((all_finite.then_some(loss), logit_scale))
     }
 
-    /// The sum of the loss's terms (OpenCLIP's `total_loss`).
-    fn total_loss(&self, out: &ClipOutput) -> Result<Tensor> {
-        let terms = self.loss.forward_dict(&LossInputs::from(out))?;
-        let mut terms = terms.into_values();
-        let first = terms.next().expect("a loss has at least one term");
-        Ok(terms.fold(first, |total, term| total + term))
+    /// The sum of the loss's terms (OpenCLIP's `total_loss`) and the terms,
+    /// in OpenCLIP's order: the contrastive term first.
+    fn total_loss(&self, out: &ClipOutput) -> Result<LossTerms> {
+        let mut terms: Vec<(&'static str, Tensor)> = self
+            .loss
+            .forward_dict(&LossInputs::from(out))?
+            .into_iter()
+            .collect();
+        terms.sort_by_key(|(name, _)| *name != "contrastive_loss");
+        let mut values = terms.iter().map(|(_, term)| term.shallow_clone());
+        let first = values.next().expect("a loss has at least one term");
+        Ok((values.fold(first, |total, term| total + term), terms))
     }
 
     /// Backward on `loss` (scaled when a scaler is on); false, with no
@@ -239,7 +247,7 @@ impl Trainer {
     fn finish_step(
         &mut self,
         step: u64,
-        loss: Option<Tensor>,
+        loss: Option<LossTerms>,
         logit_scale: &Tensor,
     ) -> Result<StepReport> {
         let lr = self
@@ -248,7 +256,7 @@ impl Trainer {
             .first()
             .map_or(0.0, |group| group.lr());
         let logit_scale = logit_scale.double_value(&[]);
-        let Some(loss) = loss else {
+        let Some((loss, terms)) = loss else {
             self.optimizer.zero_grad();
             self.non_finite_in_a_row += 1;
             if self.non_finite_in_a_row > self.settings.max_non_finite_in_a_row {
@@ -262,6 +270,7 @@ impl Trainer {
             return Ok(StepReport {
                 step,
                 loss: f64::NAN,
+                terms: Vec::new(),
                 lr,
                 logit_scale,
                 skipped_non_finite: true,
@@ -292,6 +301,10 @@ impl Trainer {
         Ok(StepReport {
             step,
             loss: loss.double_value(&[]),
+            terms: terms
+                .iter()
+                .map(|(name, term)| (*name, term.double_value(&[])))
+                .collect(),
             lr,
             logit_scale,
             skipped_non_finite: false,
