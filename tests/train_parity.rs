@@ -3,10 +3,11 @@
 //! per-step losses, learning rates and logit scales (read from each run's
 //! TensorBoard events with TensorBoard's reader), the final weights of the
 //! epoch checkpoints, and clipflow's checkpoint loading strictly into
-//! OpenCLIP with the features of OpenCLIP's own trained model. Cases, 24
+//! OpenCLIP with the features of OpenCLIP's own trained model. Cases, 28
 //! optimiser steps in all: cosine schedule with warmup and
 //! `--grad-clip-norm`, const schedule with `--accum-freq 2`, const-cooldown
-//! with `--siglip`, and a tiny CoCa (CoCaLoss, each logged loss term). Also: clipflow resuming OpenCLIP's checkpoint of the
+//! with `--siglip`, and a tiny CoCa (CoCaLoss, each logged loss term),
+//! alone and with `--accum-freq 2`. Also: clipflow resuming OpenCLIP's checkpoint of the
 //! first case's half-way epoch (weights, AdamW state keyed in OpenCLIP's
 //! parameter order, epoch) ends where OpenCLIP's own run ends.
 //!
@@ -44,7 +45,7 @@ struct Case {
     siglip: bool,
 }
 
-const CASES: [Case; 4] = [
+const CASES: [Case; 5] = [
     Case {
         name: "cosine-clip",
         model: MODEL_NAME,
@@ -103,6 +104,21 @@ const CASES: [Case; 4] = [
             "2",
             "--coca-caption-loss-weight",
             "1.5",
+        ],
+        siglip: false,
+    },
+    Case {
+        name: "accum-coca",
+        model: COCA_MODEL_NAME,
+        shards: "scenes-{00001..00002}.tar",
+        epochs: 4,
+        flags: &[
+            "--lr-scheduler",
+            "const",
+            "--warmup",
+            "2",
+            "--accum-freq",
+            "2",
         ],
         siglip: false,
     },

@@ -230,13 +230,6 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         mut model,
         config,
     } = build_model(&args.model, config, pretrained, device)?;
-    if config.multimodal_cfg.is_some() && args.accum_freq > 1 {
-        bail!(
-            "--accum-freq {} with the CoCa model {}: gradient accumulation of the captioning loss is not supported yet; use --accum-freq 1",
-            args.accum_freq,
-            args.model
-        );
-    }
     model.set_grad_checkpointing(args.grad_checkpointing);
     precision.prepare_weights(&mut vs);
     if args.lock_image {

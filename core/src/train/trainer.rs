@@ -17,7 +17,7 @@ use super::grad_scaler::GradScaler;
 use super::optimizer::Optimizer;
 use super::schedule::LrSchedule;
 use crate::loss::{Loss, LossInputs};
-use crate::model::{Clip, ClipOutput};
+use crate::model::{CaptionOutput, Clip, ClipOutput};
 use crate::shim::AutocastGuard;
 
 /// How the trainer runs each step; from the training flags.
@@ -62,6 +62,13 @@ pub struct StepReport {
     pub skipped_non_finite: bool,
 }
 
+/// The caption predictions every output of a CoCa model has.
+fn caption_of(out: &ClipOutput) -> &CaptionOutput {
+    out.caption
+        .as_ref()
+        .expect("every forward pass of a CoCa model has caption outputs")
+}
+
 /// A step's total loss and its named terms.
 type LossTerms = (Tensor, Vec<(&'static str, Tensor)>);
 
@@ -77,8 +84,8 @@ pub struct Trainer {
     settings: TrainerSettings,
     /// Batches of the current accumulation window, on the device.
     window: Vec<(Tensor, Tensor)>,
-    /// Their features from the gradient-free first pass.
-    cached: Vec<(Tensor, Tensor)>,
+    /// Their outputs from the gradient-free first pass.
+    cached: Vec<ClipOutput>,
     non_finite_in_a_row: usize,
 }
 
@@ -141,7 +148,7 @@ impl Trainer {
             (finite.then_some((loss, terms)), out.logit_scale)
         } else {
             let out = tch::no_grad(|| self.forward(&images, &texts))?;
-            self.cached.push((out.image_features, out.text_features));
+            self.cached.push(out);
             self.window.push((images, texts));
             if self.window.len() < self.settings.accum_freq {
                 return Ok(None);
@@ -164,8 +171,9 @@ impl Trainer {
     }
 
     /// OpenCLIP's second pass over an accumulation window: each batch again
-    /// with gradients, its fresh features put in place of its cached ones
-    /// among all the window's, and backward on each loss.
+    /// with gradients, its fresh outputs (features, and CoCa's caption
+    /// logits and labels) put in place of its cached ones among all the
+    /// window's, and backward on each loss.
     fn accumulated_backward(&mut self) -> Result<(Option<LossTerms>, Tensor)> {
         self.optimizer.zero_grad();
         let window = std::mem::take(&mut self.window);
@@ -174,26 +182,25 @@ impl Trainer {
         let mut all_finite = true;
         for (j, (images, texts)) in window.iter().enumerate() {
             let out = self.forward(images, texts)?;
-            let with_fresh = |fresh: &Tensor, pick: fn(&(Tensor, Tensor)) -> &Tensor| {
+            // The window's `pick` outputs, batch j's fresh one.
+            let with_fresh = |pick: fn(&ClipOutput) -> &Tensor| {
                 let parts: Vec<Tensor> = cached
                     .iter()
                     .enumerate()
-                    .map(|(k, features)| {
-                        if k == j {
-                            fresh.shallow_clone()
-                        } else {
-                            pick(features).shallow_clone()
-                        }
-                    })
+                    .map(|(k, cached)| pick(if k == j { &out } else { cached }).shallow_clone())
                     .collect();
                 Tensor::cat(&parts, 0)
             };
+            let caption = out.caption.as_ref().map(|_| CaptionOutput {
+                logits: with_fresh(|o| &caption_of(o).logits),
+                labels: with_fresh(|o| &caption_of(o).labels),
+            });
             let window_out = ClipOutput {
-                image_features: with_fresh(&out.image_features, |f| &f.0),
-                text_features: with_fresh(&out.text_features, |f| &f.1),
+                image_features: with_fresh(|o| &o.image_features),
+                text_features: with_fresh(|o| &o.text_features),
                 logit_scale: out.logit_scale.shallow_clone(),
                 logit_bias: out.logit_bias.as_ref().map(Tensor::shallow_clone),
-                caption: None,
+                caption,
             };
             let (loss, terms) = self.total_loss(&window_out)?;
             all_finite &= self.backward(&loss)?;
