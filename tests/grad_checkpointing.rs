@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use clipflow_core::checkpoint::checkpoint;
 use clipflow_core::collective::SingleProcess;
-use clipflow_core::loss::{ClipLoss, ClipLossOptions, Loss, LossInputs};
+use clipflow_core::loss::{ClipLoss, ClipLossOptions, CoCaLoss, Loss, LossInputs};
 use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};
 use clipflow_core::shim::AutocastGuard;
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -209,18 +209,19 @@ fn clip_step(model: &Clip, config: &ModelConfig, batch: i64) -> Tensor {
     loss.forward(&LossInputs::from(&output)).unwrap()
 }
 
-/// Both towers' blocks (the text tower's with its causal mask) give the
-/// same loss and the same gradient for every parameter.
-#[test]
-fn tiny_vit_loss_and_gradients_are_unchanged() {
-    let config = tiny_vit();
+/// Runs `step` (a training step's loss, drawing its inputs after seed 2)
+/// on a model of `config`, plain and then checkpointed; asserts that the
+/// loss and every gradient are the same; returns the parameters' names.
+fn assert_unchanged_by_checkpointing(
+    config: &ModelConfig,
+    step: impl Fn(&Clip) -> Tensor,
+) -> Vec<String> {
     tch::manual_seed(1);
     let vs = VarStore::new(Device::Cpu);
-    let mut model = Clip::new(&vs.root(), &config).unwrap();
-
+    let mut model = Clip::new(&vs.root(), config).unwrap();
     let run = |model: &Clip| {
         tch::manual_seed(2);
-        let loss = clip_step(model, &config, 4);
+        let loss = step(model);
         loss.backward();
         let grads: BTreeMap<String, Tensor> = vs
             .variables()
@@ -234,13 +235,52 @@ fn tiny_vit_loss_and_gradients_are_unchanged() {
     let (loss, grads) = run(&model);
 
     assert_same(&loss, &plain_loss, "loss");
-    let mut block_params = 0;
     for ((name, grad), (_, expected)) in grads.iter().zip(&plain_grads) {
         assert_same(grad, expected, &format!("gradient of {name}"));
-        block_params += usize::from(name.contains("resblocks"));
     }
+    grads.into_keys().collect()
+}
+
+/// Both towers' blocks (the text tower's with its causal mask) give the
+/// same loss and the same gradient for every parameter.
+#[test]
+fn tiny_vit_loss_and_gradients_are_unchanged() {
+    let config = tiny_vit();
+    let names = assert_unchanged_by_checkpointing(&config, |model| clip_step(model, &config, 4));
+    let block_params = names.iter().filter(|n| n.contains("resblocks")).count();
     // 2 ViT blocks of 14 tensors (with LayerScale), 2 text blocks of 12.
     assert_eq!(block_params, 2 * 14 + 2 * 12);
+}
+
+/// CoCa: the text decoder's self- and cross-attention blocks checkpointed
+/// too; CoCaLoss and every gradient unchanged.
+#[test]
+fn tiny_coca_loss_and_gradients_are_unchanged() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-coca.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let config = ModelConfig::from_json(&text, path, &ModelOverrides::default()).unwrap();
+    let coca = CoCaLoss::new(
+        1.0,
+        2.0,
+        ClipLossOptions::default(),
+        Arc::new(SingleProcess),
+    );
+    let names = assert_unchanged_by_checkpointing(&config, |model| {
+        let (height, width) = config.vision_cfg.image_size.height_width();
+        let images = Tensor::randn([3, 3, height, width], (Kind::Float, Device::Cpu));
+        let context = config.text_cfg.context_length;
+        // Captions padded (id 0) after 12 tokens.
+        let text = Tensor::randint_low(1, 1000, [3, context], (Kind::Int64, Device::Cpu));
+        let _ = text.narrow(1, 12, context - 12).fill_(0);
+        let output = model.forward_t(&images, &text, true).unwrap();
+        coca.forward(&LossInputs::from(&output)).unwrap()
+    });
+    let cross_params = names
+        .iter()
+        .filter(|n| n.starts_with("text_decoder.cross_attn"))
+        .count();
+    // 2 cross-attention blocks of 14 tensors (with ln_1_kv).
+    assert_eq!(cross_params, 2 * 14);
 }
 
 /// The probe the memory test runs in a child process (a fresh allocator per

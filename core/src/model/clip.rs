@@ -91,11 +91,14 @@ impl Clip {
     /// `--grad-checkpointing` (OpenCLIP's `CLIP.set_grad_checkpointing`): each
     /// residual block of the ViT image tower and of the text tower recomputes
     /// its activations during backward instead of keeping them. Gradients
-    /// are unchanged; it only acts while gradients are recorded. (CoCa's
-    /// decoder blocks are not checkpointed yet.)
+    /// are unchanged; it only acts while gradients are recorded. CoCa's
+    /// decoder checkpoints its blocks too.
     pub fn set_grad_checkpointing(&mut self, enable: bool) {
         self.visual.set_grad_checkpointing(enable);
         self.text.set_grad_checkpointing(enable);
+        if let Some(decoder) = &mut self.text_decoder {
+            decoder.set_grad_checkpointing(enable);
+        }
     }
 
     /// Image features [N, embed_dim], not normalised (OpenCLIP's `encode_image`).

@@ -20,6 +20,7 @@ pub struct MultimodalTransformer {
     text_projection: Tensor,
     /// Additive causal mask [context_length, context_length].
     attn_mask: Tensor,
+    grad_checkpointing: bool,
 }
 
 impl MultimodalTransformer {
@@ -58,7 +59,14 @@ impl MultimodalTransformer {
                 (Kind::Float, p.device()),
             )
             .triu(1),
+            grad_checkpointing: false,
         }
+    }
+
+    /// Runs each block under `checkpoint` from now on (or no longer), as
+    /// OpenCLIP's decoder does with `--grad-checkpointing`.
+    pub fn set_grad_checkpointing(&mut self, enable: bool) {
+        self.grad_checkpointing = enable;
     }
 
     /// Logits [N, L, vocab] for the caption token outputs `text_embs`
@@ -72,8 +80,12 @@ impl MultimodalTransformer {
             .to_device(text_embs.device());
         let mut x = text_embs.shallow_clone();
         for (block, cross) in self.resblocks.iter().zip(&self.cross_attn) {
-            x = block.forward(&x, Some(&mask));
-            x = cross.forward_cross(&x, image_embs);
+            x = if self.grad_checkpointing {
+                let x = block.forward_checkpointed(&x, Some(&mask));
+                cross.forward_cross_checkpointed(&x, image_embs)
+            } else {
+                cross.forward_cross(&block.forward(&x, Some(&mask)), image_embs)
+            };
         }
         self.ln_final.forward(&x).matmul(&self.text_projection)
     }

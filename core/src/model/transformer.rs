@@ -362,7 +362,7 @@ impl ResidualAttentionBlock {
     /// `forward` under [`checkpoint`]: the block's activations are recomputed
     /// during backward instead of kept. The mask, a constant, travels with
     /// the closure; OpenCLIP passes it to `checkpoint` alongside `x`.
-    fn forward_checkpointed(&self, x: &Tensor, attn_mask: Option<&Tensor>) -> Tensor {
+    pub fn forward_checkpointed(&self, x: &Tensor, attn_mask: Option<&Tensor>) -> Tensor {
         let block = self.shallow_clone();
         let mask = attn_mask.map(Tensor::shallow_clone);
         checkpoint(&[x], &self.parameters(), move |inputs| {
@@ -371,6 +371,16 @@ impl ResidualAttentionBlock {
         // The plain forward panics on the errors tch reports inside it;
         // checkpointing returns them instead, and the block keeps the same
         // contract.
+        .unwrap_or_else(|error| panic!("{error:#}"))
+    }
+
+    /// `forward_cross` under [`checkpoint`], `x` and `kv` both inputs (as
+    /// OpenCLIP passes them to `checkpoint`).
+    pub fn forward_cross_checkpointed(&self, x: &Tensor, kv: &Tensor) -> Tensor {
+        let block = self.shallow_clone();
+        checkpoint(&[x, kv], &self.parameters(), move |inputs| {
+            block.forward_cross(&inputs[0], &inputs[1])
+        })
         .unwrap_or_else(|error| panic!("{error:#}"))
     }
 
