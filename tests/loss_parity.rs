@@ -23,8 +23,7 @@ use std::sync::Arc;
 
 use clipflow_core::collective::{thread_group, Collective, SingleProcess};
 use clipflow_core::loss::{
-    create_loss, ClipLoss, ClipLossOptions, Loss, LossInputs, LossOptions, SigLipDistImpl,
-    SigLipLoss,
+    ClipLoss, ClipLossOptions, Loss, LossInputs, SigLipDistImpl, SigLipLoss,
 };
 use serde_json::json;
 use tch::{Kind, Tensor};
@@ -144,6 +143,7 @@ fn clipflow_rank(
                 logit_scale: &leaves["logit_scale"],
                 logit_bias: case.bias.then(|| &leaves["logit_bias"]),
                 caption: None,
+                teacher: None,
             };
             let mut terms = loss_fn.forward_dict(&loss_inputs).unwrap();
             let loss = terms
@@ -281,19 +281,7 @@ fn three_ranks_match_open_clip_gloo_group() {
 }
 
 #[test]
-fn create_loss_refuses_what_clipflow_lacks() {
-    let refusal = |options: LossOptions| {
-        create_loss(&options, Arc::new(SingleProcess))
-            .err()
-            .expect("refused")
-            .to_string()
-    };
-    let distill = refusal(LossOptions {
-        model_name: "ViT-B-32".to_owned(),
-        distill: true,
-        ..Default::default()
-    });
-    assert!(distill.contains("--distill-model"), "{distill}");
+fn an_unknown_loss_dist_impl_is_refused_by_name() {
     let bad_impl = "ring".parse::<SigLipDistImpl>().unwrap_err().to_string();
     assert!(bad_impl.contains("--loss-dist-impl ring"), "{bad_impl}");
 }

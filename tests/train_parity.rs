@@ -3,11 +3,11 @@
 //! per-step losses, learning rates and logit scales (read from each run's
 //! TensorBoard events with TensorBoard's reader), the final weights of the
 //! epoch checkpoints, and clipflow's checkpoint loading strictly into
-//! OpenCLIP with the features of OpenCLIP's own trained model. Cases, 28
+//! OpenCLIP with the features of OpenCLIP's own trained model. Cases, 32
 //! optimiser steps in all: cosine schedule with warmup and
 //! `--grad-clip-norm`, const schedule with `--accum-freq 2`, const-cooldown
-//! with `--siglip`, and a tiny CoCa (CoCaLoss, each logged loss term),
-//! alone and with `--accum-freq 2`. Also: clipflow resuming OpenCLIP's checkpoint of the
+//! with `--siglip`, a tiny CoCa (CoCaLoss, each logged loss term) alone and
+//! with `--accum-freq 2`, and distillation from a teacher checkpoint. Also: clipflow resuming OpenCLIP's checkpoint of the
 //! first case's half-way epoch (weights, AdamW state keyed in OpenCLIP's
 //! parameter order, epoch) ends where OpenCLIP's own run ends.
 //!
@@ -43,9 +43,13 @@ struct Case {
     epochs: usize,
     flags: &'static [&'static str],
     siglip: bool,
+    /// Distils from the first case's half-way OpenCLIP checkpoint (a
+    /// `parity-tiny` teacher), with `--distill-model` and
+    /// `--distill-pretrained`.
+    distill: bool,
 }
 
-const CASES: [Case; 5] = [
+const CASES: [Case; 6] = [
     Case {
         name: "cosine-clip",
         model: MODEL_NAME,
@@ -60,6 +64,7 @@ const CASES: [Case; 5] = [
             "1.0",
         ],
         siglip: false,
+        distill: false,
     },
     Case {
         name: "const-accum",
@@ -75,6 +80,7 @@ const CASES: [Case; 5] = [
             "2",
         ],
         siglip: false,
+        distill: false,
     },
     Case {
         name: "cooldown-siglip",
@@ -91,6 +97,7 @@ const CASES: [Case; 5] = [
             "--siglip",
         ],
         siglip: true,
+        distill: false,
     },
     Case {
         name: "const-coca",
@@ -106,6 +113,7 @@ const CASES: [Case; 5] = [
             "1.5",
         ],
         siglip: false,
+        distill: false,
     },
     Case {
         name: "accum-coca",
@@ -121,6 +129,16 @@ const CASES: [Case; 5] = [
             "2",
         ],
         siglip: false,
+        distill: false,
+    },
+    Case {
+        name: "distill",
+        model: MODEL_NAME,
+        shards: "scenes-00000.tar",
+        epochs: 4,
+        flags: &["--lr-scheduler", "const", "--warmup", "2"],
+        siglip: false,
+        distill: true,
     },
 ];
 
@@ -264,12 +282,27 @@ fn training_steps_match_open_clip() {
             initial.clone()
         }
     };
+    // OpenCLIP's run of the first case writes it before the distill case
+    // runs (the oracle runs the cases in order).
+    let teacher_weights = theirs
+        .join(format!(
+            "{}/checkpoints/epoch_{}.pt",
+            CASES[0].name,
+            CASES[0].epochs / 2
+        ))
+        .to_str()
+        .unwrap()
+        .to_owned();
     let their_runs: Vec<Vec<String>> = CASES
         .iter()
         .map(|case| {
             let mut flags = shared_flags(case, &shards, &initial_of(case));
             flags.extend(["--model".into(), case.model.into(), "--logs".into()]);
             flags.push(theirs.to_str().unwrap().into());
+            if case.distill {
+                flags.extend(["--distill-model".into(), MODEL_NAME.into()]);
+                flags.extend(["--distill-pretrained".into(), teacher_weights.clone()]);
+            }
             flags
         })
         .collect();
@@ -300,6 +333,10 @@ fn training_steps_match_open_clip() {
         args.extend(shared_flags(case, &shards, &initial_of(case)));
         args.extend(["--model".into(), config_of(case.model), "--logs".into()]);
         args.push(ours.to_str().unwrap().into());
+        if case.distill {
+            args.extend(["--distill-model".into(), config_of(MODEL_NAME)]);
+            args.extend(["--distill-pretrained".into(), teacher_weights.clone()]);
+        }
         run_clipflow(&args);
     }
     // The first case again, from OpenCLIP's half-way checkpoint.

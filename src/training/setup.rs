@@ -278,7 +278,7 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
                 .loss_dist_impl
                 .map(|d| d.as_str().parse())
                 .transpose()?,
-            distill: args.distill_model.is_some(),
+            distill: args.distill_model.is_some() && args.distill_pretrained.is_some(),
         },
         Arc::new(SingleProcess),
     )?;
@@ -300,6 +300,9 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
             max_non_finite_in_a_row: MAX_NON_FINITE_IN_A_ROW,
         },
     )?;
+    if let (Some(teacher), Some(weights)) = (&args.distill_model, &args.distill_pretrained) {
+        trainer = with_teacher(trainer, args, teacher, weights, &precision, device)?;
+    }
     let start_epoch = resume(resume_from.as_deref(), &mut trainer, &logger)?;
 
     let (height, width) = config.vision_cfg.image_size.height_width();
@@ -401,6 +404,30 @@ fn channels(values: Option<&[f64]>, default: [f64; 3]) -> Result<[f64; 3]> {
             other.len()
         ),
     }
+}
+
+/// `--distill-model` / `--distill-pretrained`: the teacher as OpenCLIP's
+/// `create_model_and_transforms` makes it (OpenCLIP's config, the weights
+/// file, the training precision's weight casts), frozen in the trainer.
+fn with_teacher(
+    trainer: Trainer,
+    args: &TrainArgs,
+    teacher: &str,
+    weights: &str,
+    precision: &TrainingPrecision,
+    device: tch::Device,
+) -> Result<Trainer> {
+    let source = format!("--distill-model {teacher} --distill-pretrained {weights}");
+    if args.model.to_lowercase().contains("coca") {
+        bail!("{source}: distilling into a CoCa model is not supported (as in OpenCLIP)");
+    }
+    let config = ModelConfig::by_name(teacher, &ModelOverrides::default())
+        .with_context(|| source.clone())?;
+    let LoadedModel { mut vs, model, .. } =
+        build_model(teacher, config, Some(Path::new(weights)), device)
+            .with_context(|| source.clone())?;
+    precision.prepare_weights(&mut vs);
+    trainer.with_teacher(vs, model).with_context(|| source)
 }
 
 /// `--resume` (with `latest` already resolved to a file): loads the

@@ -47,7 +47,11 @@ impl ClipLoss {
 
     /// Class indices of the matching pairs: `0..num_logits`, offset by
     /// `rank * num_logits` with `local_loss` on several ranks.
-    fn labels(&self, device: Device, num_logits: i64) -> Tensor {
+    pub(super) fn collective(&self) -> &dyn Collective {
+        self.collective.as_ref()
+    }
+
+    pub(super) fn labels(&self, device: Device, num_logits: i64) -> Tensor {
         let mut cache = self
             .cached_labels
             .lock()
@@ -68,7 +72,11 @@ impl ClipLoss {
     }
 
     /// `(logits_per_image, logits_per_text)`, as OpenCLIP's `get_logits`.
-    fn logits(&self, gather: &mut GatherScope, inputs: &LossInputs) -> Result<(Tensor, Tensor)> {
+    pub(super) fn logits(
+        &self,
+        gather: &mut GatherScope,
+        inputs: &LossInputs,
+    ) -> Result<(Tensor, Tensor)> {
         let LossInputs {
             image_features,
             text_features,

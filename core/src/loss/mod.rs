@@ -1,19 +1,21 @@
 //! Training losses, as OpenCLIP's `open_clip.loss` computes them: `ClipLoss`
 //! (softmax contrastive, with `--local-loss` and `--gather-with-grad`),
-//! `SigLipLoss` (`--siglip`, with the `--loss-dist-impl` exchanges) and
-//! `CoCaLoss` (contrastive plus captioning), on one process or across the
-//! ranks of a `Collective`. `create_loss` picks one
+//! `SigLipLoss` (`--siglip`, with the `--loss-dist-impl` exchanges),
+//! `CoCaLoss` (contrastive plus captioning) and `DistillClipLoss`
+//! (contrastive plus distillation from a teacher), on one process or across
+//! the ranks of a `Collective`. `create_loss` picks one
 //! from the training flags as OpenCLIP's `create_loss` does.
 
 mod clip;
 mod coca;
+mod distill;
 mod gather;
 mod siglip;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use tch::Tensor;
 
 use crate::collective::Collective;
@@ -21,11 +23,13 @@ use crate::model::ClipOutput;
 
 pub use clip::{ClipLoss, ClipLossOptions};
 pub use coca::CoCaLoss;
+pub use distill::DistillClipLoss;
 pub use siglip::{SigLipDistImpl, SigLipLoss};
 
 /// What a loss reads from the model's forward pass: L2-normalised features
 /// of this rank's batch, the exponentiated `logit_scale`, the optional
-/// `logit_bias`, and a CoCa model's caption predictions.
+/// `logit_bias`, a CoCa model's caption predictions, and a distillation
+/// teacher's outputs on the same batch.
 #[derive(Clone, Copy)]
 pub struct LossInputs<'a> {
     pub image_features: &'a Tensor,
@@ -33,6 +37,17 @@ pub struct LossInputs<'a> {
     pub logit_scale: &'a Tensor,
     pub logit_bias: Option<&'a Tensor>,
     pub caption: Option<CaptionInputs<'a>>,
+    pub teacher: Option<TeacherInputs<'a>>,
+}
+
+/// A frozen teacher's L2-normalised features and exponentiated logit scale
+/// (OpenCLIP's `dist_image_features`, `dist_text_features`,
+/// `dist_logit_scale`).
+#[derive(Clone, Copy)]
+pub struct TeacherInputs<'a> {
+    pub image_features: &'a Tensor,
+    pub text_features: &'a Tensor,
+    pub logit_scale: &'a Tensor,
 }
 
 /// CoCa's next-token `logits` [N, L, vocab] and the `labels` [N, L] they predict.
@@ -53,6 +68,7 @@ impl<'a> From<&'a ClipOutput> for LossInputs<'a> {
                 logits: &c.logits,
                 labels: &c.labels,
             }),
+            teacher: None,
         }
     }
 }
@@ -89,7 +105,7 @@ pub struct LossOptions {
     pub gather_with_grad: bool,
     /// `--loss-dist-impl` (SigLIP only; default bidir)
     pub siglip_dist_impl: Option<SigLipDistImpl>,
-    /// `--distill-model` was given.
+    /// `--distill-model` and `--distill-pretrained` were both given.
     pub distill: bool,
 }
 
@@ -99,14 +115,14 @@ pub fn create_loss(
     options: &LossOptions,
     collective: Arc<dyn Collective>,
 ) -> Result<Box<dyn Loss>> {
-    if options.distill {
-        bail!("--distill-model: distillation (OpenCLIP's DistillClipLoss) is not supported by clipflow");
-    }
     let clip_options = ClipLossOptions {
         local_loss: options.local_loss,
         gather_with_grad: options.gather_with_grad,
         cache_labels: true,
     };
+    if options.distill {
+        return Ok(Box::new(DistillClipLoss::new(clip_options, collective)));
+    }
     if options.model_name.to_lowercase().contains("coca") {
         let (contrastive, caption) = options.coca_weights;
         return Ok(Box::new(CoCaLoss::new(

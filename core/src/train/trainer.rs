@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 use super::grad_scaler::GradScaler;
 use super::optimizer::Optimizer;
 use super::schedule::LrSchedule;
-use crate::loss::{Loss, LossInputs};
+use crate::loss::{Loss, LossInputs, TeacherInputs};
 use crate::model::{CaptionOutput, Clip, ClipOutput};
 use crate::shim::AutocastGuard;
 
@@ -87,6 +87,9 @@ pub struct Trainer {
     /// Their outputs from the gradient-free first pass.
     cached: Vec<ClipOutput>,
     non_finite_in_a_row: usize,
+    /// `--distill-model`: a frozen teacher run on every batch (its
+    /// VarStore kept alive with it).
+    teacher: Option<(VarStore, Clip)>,
 }
 
 impl Trainer {
@@ -115,7 +118,23 @@ impl Trainer {
             window: Vec::new(),
             cached: Vec::new(),
             non_finite_in_a_row: 0,
+            teacher: None,
         })
+    }
+
+    /// Distils from `teacher` (its weights frozen here): each batch's loss
+    /// also reads the teacher's outputs on it. OpenCLIP runs the teacher in
+    /// eval mode, without gradients, under the training autocast. Only with
+    /// `--accum-freq 1`, as in OpenCLIP.
+    pub fn with_teacher(mut self, vs: VarStore, model: Clip) -> Result<Self> {
+        if self.settings.accum_freq != 1 {
+            bail!("--distill-model needs --accum-freq 1 (as in OpenCLIP)");
+        }
+        for (_, mut variable) in vs.variables() {
+            let _ = variable.requires_grad_(false);
+        }
+        self.teacher = Some((vs, model));
+        Ok(self)
     }
 
     pub fn settings(&self) -> &TrainerSettings {
@@ -143,7 +162,8 @@ impl Trainer {
         self.optimizer.zero_grad();
         let (loss, logit_scale) = if self.settings.accum_freq == 1 {
             let out = self.forward(&images, &texts)?;
-            let (loss, terms) = self.total_loss(&out)?;
+            let teacher_out = self.teacher_forward(&images, &texts)?;
+            let (loss, terms) = self.total_loss(&out, teacher_out.as_ref())?;
             let finite = self.backward(&loss)?;
             (finite.then_some((loss, terms)), out.logit_scale)
         } else {
@@ -168,6 +188,15 @@ impl Trainer {
         // depends on the mode.
         let image_train = !self.settings.freeze_image_bn_stats;
         self.model.forward_t(images, texts, image_train)
+    }
+
+    /// The teacher's outputs on the batch, when distilling.
+    fn teacher_forward(&self, images: &Tensor, texts: &Tensor) -> Result<Option<ClipOutput>> {
+        let Some((_, teacher)) = &self.teacher else {
+            return Ok(None);
+        };
+        let _autocast = AutocastGuard::when(self.settings.device, self.settings.autocast)?;
+        tch::no_grad(|| teacher.forward_t(images, texts, false)).map(Some)
     }
 
     /// OpenCLIP's second pass over an accumulation window: each batch again
@@ -202,7 +231,7 @@ impl Trainer {
                 logit_bias: out.logit_bias.as_ref().map(Tensor::shallow_clone),
                 caption,
             };
-            let (loss, terms) = self.total_loss(&window_out)?;
+            let (loss, terms) = self.total_loss(&window_out, None)?;
             all_finite &= self.backward(&loss)?;
             last = Some(((loss, terms), out.logit_scale));
         }
@@ -212,12 +241,17 @@ impl Trainer {
 
     /// The sum of the loss's terms (OpenCLIP's `total_loss`) and the terms,
     /// in OpenCLIP's order: the contrastive term first.
-    fn total_loss(&self, out: &ClipOutput) -> Result<LossTerms> {
-        let mut terms: Vec<(&'static str, Tensor)> = self
-            .loss
-            .forward_dict(&LossInputs::from(out))?
-            .into_iter()
-            .collect();
+    fn total_loss(&self, out: &ClipOutput, teacher: Option<&ClipOutput>) -> Result<LossTerms> {
+        let inputs = LossInputs {
+            teacher: teacher.map(|t| TeacherInputs {
+                image_features: &t.image_features,
+                text_features: &t.text_features,
+                logit_scale: &t.logit_scale,
+            }),
+            ..LossInputs::from(out)
+        };
+        let mut terms: Vec<(&'static str, Tensor)> =
+            self.loss.forward_dict(&inputs)?.into_iter().collect();
         terms.sort_by_key(|(name, _)| *name != "contrastive_loss");
         let mut values = terms.iter().map(|(_, term)| term.shallow_clone());
         let first = values.next().expect("a loss has at least one term");
