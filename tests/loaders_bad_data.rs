@@ -62,14 +62,13 @@ fn damaged_dataset(dir: &Path) -> String {
     format!("{}/shard-{{00000..00003}}.tar", dir.display())
 }
 
-#[test]
-fn bad_data_is_skipped_counted_and_logged_and_the_run_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let pattern = damaged_dataset(dir.path());
-    // Batches of one, so that no sample is dropped with a partial batch.
-    let (ok, stdout, stderr) = run_bench(&[
+/// `clipflow bench data` on the damaged shards `pattern` with `extra`
+/// flags, in batches of one, so that no sample is dropped with a partial
+/// batch.
+fn bench_damaged(pattern: &str, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
         "--train-data",
-        &pattern,
+        pattern,
         "--train-num-samples",
         "40",
         "--batch-size",
@@ -78,7 +77,16 @@ fn bad_data_is_skipped_counted_and_logged_and_the_run_goes_on() {
         "2",
         "--model",
         "RN50",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    run_bench(&args)
+}
+
+#[test]
+fn bad_data_is_skipped_counted_and_logged_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let pattern = damaged_dataset(dir.path());
+    let (ok, stdout, stderr) = bench_damaged(&pattern, &[]);
     assert!(ok, "the run stopped: {stderr}");
     let summary = bench_summary(&stdout);
     assert_eq!(
@@ -111,20 +119,7 @@ fn more_bad_data_than_the_limit_stops_the_run_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let pattern = damaged_dataset(dir.path());
     // 4 of the 28 items read are bad (14%): over a 10% limit.
-    let (ok, stdout, stderr) = run_bench(&[
-        "--train-data",
-        &pattern,
-        "--train-num-samples",
-        "40",
-        "--batch-size",
-        "1",
-        "--workers",
-        "2",
-        "--model",
-        "RN50",
-        "--max-bad-fraction",
-        "0.1",
-    ]);
+    let (ok, stdout, stderr) = bench_damaged(&pattern, &["--max-bad-fraction", "0.1"]);
     assert!(!ok, "the run should stop; stdout: {stdout}");
     assert!(stdout.trim().is_empty(), "no summary after a failure");
     for expected in [
