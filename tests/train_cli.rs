@@ -71,9 +71,11 @@ fn validation_data_gives_openclip_metrics_in_the_log() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let log = std::fs::read_to_string(logs.join("val/out.log")).unwrap();
+    // The running loss after the first batch, then all metrics.
+    assert!(log.contains("Eval Epoch: 1 [32 / 0]\tClip Loss: "), "{log}");
     let eval = log
         .lines()
-        .find(|line| line.contains("Eval Epoch: 1 "))
+        .find(|line| line.contains("Eval Epoch: 1 ") && line.contains("num_samples"))
         .unwrap_or_else(|| panic!("no Eval line in\n{log}"));
     for metric in [
         "image_to_text_mean_rank",

@@ -2,7 +2,8 @@
 //! initial weights once, as `open_clip_train.main` does, and writes the same
 //! `checkpoints/results.jsonl` line: the same metrics in the same order,
 //! `epoch` and `num_samples` as integers, values within what fp32 rounding
-//! explains; for a CoCa model, `val_generative_loss` too. The evaluator
+//! explains; for a CoCa model, `val_generative_loss` too; and the same
+//! validation progress lines in out.log. The evaluator
 //! decodes images on `--workers` threads in file order, so 1 and 3 workers
 //! give the same line, byte for byte.
 
@@ -26,6 +27,8 @@ fn flags(shards: &str, initial: &Path, workers: &str, logs: &Path, name: &str) -
         "32",
         "--workers",
         workers,
+        "--val-num-samples",
+        "96",
         "--precision",
         "fp32",
         "--pretrained",
@@ -38,6 +41,18 @@ fn flags(shards: &str, initial: &Path, workers: &str, logs: &Path, name: &str) -
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// The validation progress records of a run's out.log (`Eval Epoch: E
+/// [N / TOTAL] ...` and CoCa's `Generative Loss: ...`), without their time
+/// stamps.
+fn progress_lines(logs: &Path, name: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(logs.join(name).join("out.log")).unwrap();
+    log.lines()
+        .filter_map(|line| line.split_once(" | INFO | ").map(|(_, message)| message))
+        .filter(|message| message.contains(" / 96]") || message.starts_with("Generative Loss:"))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn results(logs: &Path, name: &str) -> (String, Map<String, Value>) {
@@ -104,6 +119,15 @@ fn check_validation(model: &str, config: &str) -> Map<String, Value> {
     let (our_text, our_metrics) = results(&ours, "val");
     let (their_text, their_metrics) = results(&theirs, "val");
     let (one_worker_text, _) = results(&ours, "val-one-worker");
+    // The running loss after the first batch, to 6 decimals (and CoCa's
+    // generative loss): the same text as OpenCLIP's, whose values agree to
+    // ~1e-7 relative.
+    let their_progress = progress_lines(&theirs, "val");
+    assert!(
+        their_progress[0].starts_with("Eval Epoch: 0 [32 / 96]"),
+        "{their_progress:?}"
+    );
+    assert_eq!(progress_lines(&ours, "val"), their_progress);
     assert_eq!(
         our_text, one_worker_text,
         "the worker count changed the results"

@@ -49,6 +49,10 @@ use crate::step_executor::{SharedTrainer, TrainEvent};
 pub struct ValidationData {
     pub data: String,
     pub format: DataFormat,
+    /// `--val-num-samples`: the size OpenCLIP's progress lines show for
+    /// WebDataset validation data (0 when absent; a CSV table's is its
+    /// length). The whole set is evaluated either way.
+    pub num_samples: Option<u64>,
     /// `--csv-separator`, `--csv-img-key`, `--csv-caption-key`.
     pub csv: (String, String, String),
 }
@@ -83,6 +87,21 @@ pub struct EvaluatorConfig {
     pub input_kind: Kind,
 }
 
+/// The running validation loss that OpenCLIP's `evaluate` logs every 100
+/// batches (from the first): `Eval Epoch: E [N / TOTAL]\tClip Loss: L\t`,
+/// and for CoCa `Generative Loss: G\t`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalProgress {
+    pub epoch: u64,
+    pub num_samples: u64,
+    pub samples_per_val: u64,
+    pub clip_loss: f64,
+    pub generative_loss: Option<f64>,
+}
+
+/// OpenCLIP logs validation progress every this many batches.
+const PROGRESS_EVERY_BATCHES: usize = 100;
+
 /// Evaluates the trainer's model at the end of an epoch when due.
 pub struct Evaluator {
     trainer: SharedTrainer,
@@ -111,8 +130,16 @@ impl Stage for Evaluator {
         if let TrainEvent::EpochEnd(plan) = &event {
             let completed_epoch = plan.epoch + 1;
             let trainer = self.trainer.lock()?;
-            let metrics = evaluate(&trainer.model, &self.config, completed_epoch)?;
+            let mut progress = Vec::new();
+            let metrics = evaluate(&trainer.model, &self.config, completed_epoch, &mut |p| {
+                progress.push(p)
+            })?;
+            // Emitted once the trainer is free: the stages downstream may
+            // wait for it (the checkpointer).
             drop(trainer);
+            for line in progress {
+                out.emit(TrainEvent::EvaluationProgress(line))?;
+            }
             if !metrics.is_empty() {
                 out.emit(TrainEvent::Evaluation {
                     completed_epoch,
@@ -127,10 +154,12 @@ impl Stage for Evaluator {
 
 /// The metrics due after `completed_epoch` epochs, in OpenCLIP's order
 /// (zero-shot sets, then validation); empty when nothing is due.
+/// `progress` gets the validation pass's running loss as OpenCLIP logs it.
 pub fn evaluate(
     model: &Clip,
     config: &EvaluatorConfig,
     completed_epoch: u64,
+    progress: &mut dyn FnMut(EvalProgress),
 ) -> Result<Vec<(String, f64)>> {
     let _span = tracing::info_span!("evaluate", epoch = completed_epoch).entered();
     let mut metrics = Vec::new();
@@ -141,7 +170,13 @@ pub fn evaluate(
     }
     if let Some(validation) = &config.validation {
         if evaluation_due(completed_epoch, config.val_frequency, config.epochs) {
-            metrics.extend(validate(model, config, validation, completed_epoch)?);
+            metrics.extend(validate(
+                model,
+                config,
+                validation,
+                completed_epoch,
+                progress,
+            )?);
         }
     }
     Ok(metrics)
@@ -277,20 +312,18 @@ fn read_labelled(chunk: &[LabelledImage]) -> Result<EncodedBatch<Vec<i64>>> {
     Ok((encoded, targets))
 }
 
-/// The samples of `--val-data` in file order: every shard in turn, or
-/// every row of the CSV table.
+/// The samples of `--val-data` in file order, and the size its progress
+/// lines show (OpenCLIP's `dataloader.num_samples`).
 fn validation_samples(
     data: &ValidationData,
-) -> Result<Box<dyn Iterator<Item = SourceItem> + Send>> {
+) -> Result<(Box<dyn Iterator<Item = SourceItem> + Send>, u64)> {
     match data.format {
         DataFormat::WebDataset => {
             let shards = ShardList::expand(&data.data, None)
                 .with_context(|| format!("--val-data {}", data.data))?;
             let urls: Vec<String> = shards.urls().to_vec();
-            Ok(Box::new(ShardSamples::new(
-                urls.into_iter(),
-                Arc::new(ShardOpener::new()),
-            )))
+            let samples = ShardSamples::new(urls.into_iter(), Arc::new(ShardOpener::new()));
+            Ok((Box::new(samples), data.num_samples.unwrap_or(0)))
         }
         DataFormat::Csv => {
             let (separator, image_key, caption_key) = &data.csv;
@@ -298,7 +331,7 @@ fn validation_samples(
                 .with_context(|| format!("--val-data {}", data.data))?;
             let order: Vec<usize> = (0..table.len()).collect();
             let samples: Vec<SourceItem> = table.samples(order).collect();
-            Ok(Box::new(samples.into_iter()))
+            Ok((Box::new(samples.into_iter()), table.len() as u64))
         }
         DataFormat::Synthetic => anyhow::bail!("--val-data cannot be synthetic"),
     }
@@ -309,9 +342,12 @@ fn validate(
     config: &EvaluatorConfig,
     data: &ValidationData,
     completed_epoch: u64,
+    progress: &mut dyn FnMut(EvalProgress),
 ) -> Result<Vec<(String, f64)>> {
     let mut metrics = ValidationMetrics::new();
-    let batches = validation_batches(validation_samples(data)?, config.batch_size.max(1));
+    let (samples, samples_per_val) = validation_samples(data)?;
+    let batches = validation_batches(samples, config.batch_size.max(1));
+    let mut batch_index = 0;
     with_image_batches(config, batches, |images, captions| {
         let texts = tokenize_batch(config.tokenizer.as_ref(), &captions, config.context_length)
             .to_device(config.device);
@@ -322,7 +358,18 @@ fn validate(
                 metrics.add_caption_batch(&caption.logits, &caption.labels);
             }
             anyhow::Ok(())
-        })?
+        })??;
+        if batch_index % PROGRESS_EVERY_BATCHES == 0 {
+            progress(EvalProgress {
+                epoch: completed_epoch,
+                num_samples: metrics.num_samples() as u64,
+                samples_per_val,
+                clip_loss: metrics.running_loss().unwrap_or(f64::NAN),
+                generative_loss: metrics.running_generative_loss(),
+            });
+        }
+        batch_index += 1;
+        Ok(())
     })?;
     metrics.finish(completed_epoch)
 }

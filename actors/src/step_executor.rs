@@ -67,6 +67,8 @@ pub struct StepEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainEvent {
     Step(StepEvent),
+    /// The running validation loss, every 100 validation batches.
+    EvaluationProgress(crate::evaluator::EvalProgress),
     /// Metrics from an evaluation after `completed_epoch` epochs, by
     /// OpenCLIP's names (`val/...`, `imagenet-zeroshot-val-top1`, ...).
     Evaluation {

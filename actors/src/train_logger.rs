@@ -16,9 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{Context, Result};
 
+use crate::evaluator::EvalProgress;
 use crate::report::{
-    eval_scalars, format_eval_line, format_train_step_line, write_params_txt, LossReading, Meter,
-    ProgressLine, PyValue, RunLog, TensorboardWriter, TrainStepReport, WandbInit, WandbSidecar,
+    eval_scalars, format_eval_line, format_eval_progress_line, format_generative_loss_line,
+    format_train_step_line, write_params_txt, LossReading, Meter, ProgressLine, PyValue, RunLog,
+    TensorboardWriter, TrainStepReport, WandbInit, WandbSidecar,
 };
 use crate::runtime::{Emitter, Stage, WorkerInfo};
 use crate::step_executor::{StepEvent, TrainEvent};
@@ -199,6 +201,21 @@ impl TrainLog {
         Ok(())
     }
 
+    /// Logs the validation pass's running loss (OpenCLIP's progress line).
+    pub fn evaluation_progress(&mut self, progress: &EvalProgress) -> Result<()> {
+        self.run_log.info(&format_eval_progress_line(
+            progress.epoch,
+            progress.num_samples,
+            progress.samples_per_val,
+            progress.clip_loss,
+        ))?;
+        if let Some(generative) = progress.generative_loss {
+            self.run_log
+                .info(&format_generative_loss_line(generative))?;
+        }
+        Ok(())
+    }
+
     /// Logs an evaluation's metrics after `completed_epoch` epochs.
     pub fn evaluation(&mut self, completed_epoch: u64, metrics: &[(String, f64)]) -> Result<()> {
         if metrics.is_empty() {
@@ -290,6 +307,7 @@ impl Stage for TrainLogger {
         let mut log = self.log.lock();
         match event {
             TrainEvent::Step(step) => log.step(&step),
+            TrainEvent::EvaluationProgress(progress) => log.evaluation_progress(&progress),
             TrainEvent::Evaluation {
                 completed_epoch,
                 metrics,

@@ -71,7 +71,11 @@ fn train(args: &TrainArgs, run: &mut setup::PreparedRun) -> Result<()> {
     let Some(epoch_size) = run.epoch_size else {
         // No training data: evaluate the model once, as OpenCLIP does.
         let trainer = shared.lock()?;
-        let metrics = evaluate(&trainer.model, &run.evaluator, run.start_epoch)?;
+        let metrics = evaluate(&trainer.model, &run.evaluator, run.start_epoch, &mut |p| {
+            if let Err(error) = run.logger.lock().evaluation_progress(&p) {
+                eprintln!("clipflow: writing the log: {error:#}");
+            }
+        })?;
         run.logger.lock().evaluation(run.start_epoch, &metrics)?;
         return Ok(());
     };

@@ -476,6 +476,7 @@ fn validation_data(args: &TrainArgs) -> Result<Option<ValidationData>> {
     };
     Ok(Some(ValidationData {
         data: data.clone(),
+        num_samples: args.val_num_samples,
         format: resolve_data_format(data, args.dataset_type.as_str().parse()?)?,
         csv: (
             args.csv_separator.clone(),

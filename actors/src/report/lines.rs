@@ -179,6 +179,12 @@ pub fn format_eval_progress_line(
     )
 }
 
+/// The line `evaluate` logs after the progress line for CoCa models:
+/// `Generative Loss: 9.123456\t`.
+pub fn format_generative_loss_line(generative_loss: f64) -> String {
+    format!("Generative Loss: {}\t", fixed(generative_loss, 6, 0))
+}
+
 /// The line `evaluate` logs with all metrics, each to 4 decimals, tab
 /// separated: `Eval Epoch: 1 image_to_text_mean_rank: 3.5000\t...`.
 ///

@@ -13,8 +13,8 @@ pub mod tensorboard;
 pub mod wandb;
 
 pub use lines::{
-    eval_scalars, format_eval_line, format_eval_progress_line, format_train_step_line, LossReading,
-    Meter, TrainStepReport,
+    eval_scalars, format_eval_line, format_eval_progress_line, format_generative_loss_line,
+    format_train_step_line, LossReading, Meter, TrainStepReport,
 };
 pub use params::{params_lines, write_params_txt};
 pub use progress::ProgressLine;

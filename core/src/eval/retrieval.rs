@@ -61,6 +61,13 @@ impl ValidationMetrics {
         Some((cumulative / self.num_samples).double_value(&[]))
     }
 
+    /// CoCa's generative loss so far (over the batches it counts, divided
+    /// by all samples), which OpenCLIP logs beside the running loss.
+    pub fn running_generative_loss(&self) -> Option<f64> {
+        let cumulative = self.cumulative_generative_loss.as_ref()?;
+        Some((cumulative / self.num_samples).double_value(&[]))
+    }
+
     /// Adds one batch: the model's L2-normalised `image_features` and
     /// `text_features` ([batch, embed_dim], row i of each a matching pair)
     /// and its `logit_scale` (already exponentiated, as the forward pass
