@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tch::{Reduction, Tensor};
 
-use super::{ClipLoss, ClipLossOptions, Loss, LossInputs};
+use super::{total_loss, ClipLoss, ClipLossOptions, Loss, LossInputs};
 use crate::collective::Collective;
 
 /// The padding token of OpenCLIP's tokenizer, which `create_loss` leaves
@@ -39,8 +39,7 @@ impl CoCaLoss {
 
 impl Loss for CoCaLoss {
     fn forward(&self, inputs: &LossInputs) -> Result<Tensor> {
-        let terms = self.forward_dict(inputs)?;
-        Ok(&terms["contrastive_loss"] + &terms["caption_loss"])
+        Ok(total_loss(self.forward_dict(inputs)?).0)
     }
 
     fn forward_dict(&self, inputs: &LossInputs) -> Result<BTreeMap<&'static str, Tensor>> {

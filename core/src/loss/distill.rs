@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use tch::{Kind, Reduction, Tensor};
 
 use super::gather::GatherScope;
-use super::{ClipLoss, ClipLossOptions, Loss, LossInputs};
+use super::{total_loss, ClipLoss, ClipLossOptions, Loss, LossInputs};
 use crate::collective::Collective;
 
 pub struct DistillClipLoss {
@@ -36,8 +36,7 @@ fn distill_term(teacher_logits: &Tensor, student_logits: &Tensor) -> Tensor {
 
 impl Loss for DistillClipLoss {
     fn forward(&self, inputs: &LossInputs) -> Result<Tensor> {
-        let terms = self.forward_dict(inputs)?;
-        Ok(&terms["contrastive_loss"] + &terms["distill_loss"])
+        Ok(total_loss(self.forward_dict(inputs)?).0)
     }
 
     fn forward_dict(&self, inputs: &LossInputs) -> Result<BTreeMap<&'static str, Tensor>> {

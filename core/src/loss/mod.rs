@@ -90,6 +90,16 @@ pub trait Loss: Send + Sync {
     }
 }
 
+/// A loss's terms in OpenCLIP's order (the contrastive term first, as its
+/// loss dicts list it) and their sum, OpenCLIP's `sum(losses.values())`.
+pub fn total_loss(terms: BTreeMap<&'static str, Tensor>) -> (Tensor, Vec<(&'static str, Tensor)>) {
+    let mut terms: Vec<(&'static str, Tensor)> = terms.into_iter().collect();
+    terms.sort_by_key(|(name, _)| *name != "contrastive_loss");
+    let mut values = terms.iter().map(|(_, term)| term.shallow_clone());
+    let first = values.next().expect("a loss has at least one term");
+    (values.fold(first, |total, term| total + term), terms)
+}
+
 /// The training flags that choose and configure the loss.
 #[derive(Debug, Clone, Default)]
 pub struct LossOptions {

@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 use super::grad_scaler::GradScaler;
 use super::optimizer::Optimizer;
 use super::schedule::LrSchedule;
-use crate::loss::{Loss, LossInputs, TeacherInputs};
+use crate::loss::{total_loss, Loss, LossInputs, TeacherInputs};
 use crate::model::{CaptionOutput, Clip, ClipOutput};
 use crate::shim::AutocastGuard;
 
@@ -163,7 +163,7 @@ impl Trainer {
         let (loss, logit_scale) = if self.settings.accum_freq == 1 {
             let out = self.forward(&images, &texts)?;
             let teacher_out = self.teacher_forward(&images, &texts)?;
-            let (loss, terms) = self.total_loss(&out, teacher_out.as_ref())?;
+            let (loss, terms) = self.loss_terms(&out, teacher_out.as_ref())?;
             let finite = self.backward(&loss)?;
             (finite.then_some((loss, terms)), out.logit_scale)
         } else {
@@ -231,7 +231,7 @@ impl Trainer {
                 logit_bias: out.logit_bias.as_ref().map(Tensor::shallow_clone),
                 caption,
             };
-            let (loss, terms) = self.total_loss(&window_out, None)?;
+            let (loss, terms) = self.loss_terms(&window_out, None)?;
             all_finite &= self.backward(&loss)?;
             last = Some(((loss, terms), out.logit_scale));
         }
@@ -239,9 +239,9 @@ impl Trainer {
         Ok((all_finite.then_some(loss), logit_scale))
     }
 
-    /// The sum of the loss's terms (OpenCLIP's `total_loss`) and the terms,
-    /// in OpenCLIP's order: the contrastive term first.
-    fn total_loss(&self, out: &ClipOutput, teacher: Option<&ClipOutput>) -> Result<LossTerms> {
+    /// The loss of `out` (with the teacher's outputs when distilling): its
+    /// sum (OpenCLIP's `total_loss`) and its terms in OpenCLIP's order.
+    fn loss_terms(&self, out: &ClipOutput, teacher: Option<&ClipOutput>) -> Result<LossTerms> {
         let inputs = LossInputs {
             teacher: teacher.map(|t| TeacherInputs {
                 image_features: &t.image_features,
@@ -250,12 +250,7 @@ impl Trainer {
             }),
             ..LossInputs::from(out)
         };
-        let mut terms: Vec<(&'static str, Tensor)> =
-            self.loss.forward_dict(&inputs)?.into_iter().collect();
-        terms.sort_by_key(|(name, _)| *name != "contrastive_loss");
-        let mut values = terms.iter().map(|(_, term)| term.shallow_clone());
-        let first = values.next().expect("a loss has at least one term");
-        Ok((values.fold(first, |total, term| total + term), terms))
+        Ok(total_loss(self.loss.forward_dict(&inputs)?))
     }
 
     /// Backward on `loss` (scaled when a scaler is on); false, with no
