@@ -1,7 +1,8 @@
 //! The augmenter: a decoded sample to what the model takes, namely the
 //! transformed image (8-bit pixels and the normalisation that turns them
 //! into `[3, H, W]` f32 values, which the batcher applies as it writes them
-//! into the batch) and the caption as `context_length` token ids (OpenCLIP's CLIP BPE tokenizer), with the
+//! into the batch) and the caption as `context_length` token ids
+//! (OpenCLIP's CLIP BPE tokenizer), with the
 //! model's image size, context length and preprocessing settings
 //! (`--image-mean`, `--image-std`, `--image-interpolation`,
 //! `--image-resize-mode`, `--aug-cfg`).
@@ -18,8 +19,8 @@
 //! workers in the same order get the same augmentations.
 //!
 //! The per-image work uses no libtorch operations (plain pixel buffers in
-//! and out), so loader threads never enter libtorch's
-//! intra-op thread pool and need no `tch::set_num_threads`.
+//! and out), so loader threads never enter libtorch's intra-op thread pool
+//! and need no `tch::set_num_threads`.
 
 use std::sync::Arc;
 
