@@ -19,9 +19,12 @@ STAMP="$VENV/.clipflow-ready"
 # for open_clip_train.data (newer webdataset releases break OpenCLIP 3.3.0's
 # loader), tensorboard (its event reader checks our event files) and wandb
 # (the official SDK our --report-to wandb sidecar drives), moto's server (an
-# S3 endpoint on localhost, which the object-store tests stream shards from).
+# S3 endpoint on localhost, which the object-store tests stream shards from),
+# and the CUDA 13.0 runtime headers (nvidia-cuda-crt, nvidia-cuda-cccl) that
+# libtorch's ProcessGroupNCCL header needs beside the nccl.h torch pulls in,
+# so the shim builds the NCCL backend.
 # The stamp records this list, so changing it reinstalls.
-REQUIREMENTS="torch==$TORCH_VERSION open_clip_torch==$OPENCLIP_VERSION safetensors pillow scikit-learn scikit-image pandas webdataset==0.2.86 tensorboard wandb moto[server]==5.2.5"
+REQUIREMENTS="torch==$TORCH_VERSION open_clip_torch==$OPENCLIP_VERSION safetensors pillow scikit-learn scikit-image pandas webdataset==0.2.86 tensorboard wandb moto[server]==5.2.5 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85"
 
 log() { echo "[setup] $*" >&2; }
 

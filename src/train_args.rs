@@ -598,7 +598,7 @@ impl TrainArgs {
         if self.horovod {
             found.push(unsupported(
                 "--horovod",
-                "clipflow runs multi-GPU through NCCL with torchrun or SLURM environment variables; launch with torchrun instead",
+                "clipflow does not use Horovod: launch with torchrun or srun (one process per device, gradients over libtorch's c10d)",
             ));
         }
         let python_compilers = [

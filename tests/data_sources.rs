@@ -3,9 +3,10 @@
 //! expansion with `::` and upsampling factors, `--dataset-type auto`,
 //! `sizes.json` / `__len__`, epoch sizes, CSV reading, and the grouping of tar
 //! members into samples (on shards from scripts/make_test_shards.py, and on
-//! damaged shards). Without an oracle: determinism of the seeded shard and
-//! sample shuffles, the split of shards across ranks and readers, and the
-//! frequencies of resampling with upsampling weights.
+//! damaged shards), and the per-epoch shard shuffle (`detshuffle2`). Without
+//! an oracle: determinism of the seeded sample shuffle, the split of shards
+//! across ranks and readers, and the frequencies of resampling with
+//! upsampling weights.
 //!
 //! Everything compared here is exact (strings, counts, bytes); no floating
 //! point tolerance is involved.
@@ -637,6 +638,40 @@ fn shard_shuffle_is_deterministic_per_seed_and_epoch() {
     let mut sorted = epoch0.clone();
     sorted.sort();
     assert_eq!(sorted, shards.urls());
+}
+
+/// OpenCLIP's per-epoch shard order: its `detshuffle2` stage (seeded with
+/// `seed + epoch` through the shared epoch) over `wds.SimpleShardList`, as
+/// its training pipeline builds them.
+const DETSHUFFLE_ORACLE: &str = r#"
+import json, sys
+import webdataset as wds
+from open_clip_train.data import SharedEpoch, detshuffle2
+for case in json.loads(sys.argv[1]):
+    epoch = SharedEpoch(case["epoch"])
+    stages = [wds.SimpleShardList(case["urls"]),
+              detshuffle2(bufsize=2000, initial=500, seed=case["seed"], epoch=epoch)]
+    print(json.dumps([s["url"] for s in wds.DataPipeline(*stages)]))
+"#;
+
+#[test]
+fn shard_shuffle_is_open_clips() {
+    // Fewer shards than the first pick needs (500), more than the buffer
+    // (2000), and few; seeds and epochs that differ.
+    let cases: Vec<(usize, u64, u64)> =
+        vec![(2, 0, 0), (2, 0, 1), (37, 3, 2), (700, 1, 0), (2500, 42, 5)];
+    let lists: Vec<ShardList> = cases.iter().map(|(n, _, _)| numbered_shards(*n)).collect();
+    let request: Vec<Value> = cases
+        .iter()
+        .zip(&lists)
+        .map(|((_, seed, epoch), list)| json!({"urls": list.urls(), "seed": seed, "epoch": epoch}))
+        .collect();
+    let stdout = common::run_oracle(DETSHUFFLE_ORACLE, &[&json!(request).to_string()]);
+    for (((n, seed, epoch), list), line) in cases.iter().zip(&lists).zip(stdout.lines()) {
+        let theirs: Vec<String> = serde_json::from_str(line).unwrap();
+        let ours = shuffle_shards(list.urls(), *seed, *epoch);
+        assert_eq!(ours, theirs, "{n} shards, seed {seed}, epoch {epoch}");
+    }
 }
 
 #[test]

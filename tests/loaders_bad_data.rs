@@ -64,7 +64,11 @@ fn damaged_dataset(dir: &Path) -> String {
 
 /// `clipflow bench data` on the damaged shards `pattern` with `extra`
 /// flags, in batches of one, so that no sample is dropped with a partial
-/// batch.
+/// batch, on one reader. The shards hold 25 readable samples (24 images
+/// and an undecodable one) of the 40 the epoch asks for, so the reader
+/// walks them twice (as webdataset's `with_epoch` does), the second time
+/// for 15 samples, which in this shard order meets every damaged shard
+/// again before the intact one.
 fn bench_damaged(pattern: &str, extra: &[&str]) -> (bool, String, String) {
     let mut args = vec![
         "--train-data",
@@ -74,7 +78,7 @@ fn bench_damaged(pattern: &str, extra: &[&str]) -> (bool, String, String) {
         "--batch-size",
         "1",
         "--workers",
-        "2",
+        "1",
         "--model",
         "RN50",
     ];
@@ -92,13 +96,14 @@ fn bad_data_is_skipped_counted_and_logged_and_the_run_goes_on() {
     assert_eq!(
         summary["skipped"],
         serde_json::json!({
-            "undecodable_image": 1,
-            "missing_caption": 1,
-            "bad_tar": 1,
-            "unreadable_shard": 1,
+            "undecodable_image": 2,
+            "missing_caption": 2,
+            "bad_tar": 2,
+            "unreadable_shard": 2,
         })
     );
-    assert_eq!(summary["images"], 10 + 8 + 6);
+    // 40 samples read, two of them the undecodable image.
+    assert_eq!(summary["images"], 40 - 2);
     // Each skip is logged with its shard and key.
     for expected in [
         "skipped (undecodable_image) in",
@@ -118,15 +123,16 @@ fn bad_data_is_skipped_counted_and_logged_and_the_run_goes_on() {
 fn more_bad_data_than_the_limit_stops_the_run_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let pattern = damaged_dataset(dir.path());
-    // 4 of the 28 items read are bad (14%): over a 10% limit.
+    // 8 of the 46 items read (40 samples, 6 skips before decoding) are bad
+    // (17%): over a 10% limit.
     let (ok, stdout, stderr) = bench_damaged(&pattern, &["--max-bad-fraction", "0.1"]);
     assert!(!ok, "the run should stop; stdout: {stdout}");
     assert!(stdout.trim().is_empty(), "no summary after a failure");
     for expected in [
         "stage 'batcher' failed",
-        "too much bad data: 4 of the 28 items read were skipped",
+        "too much bad data: 8 of the 46 items read were skipped",
         "max-bad-fraction",
-        "1 undecodable_image",
+        "2 undecodable_image",
     ] {
         assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
     }

@@ -97,7 +97,7 @@ fn s3_shards_stream_with_settings_from_aws_variables_only() {
         Command::new(common::clipflow_bin())
             .args(["bench", "data", "--train-data", data])
             .args(["--train-num-samples", "24", "--dataset-type", "webdataset"])
-            .args(["--batch-size", "8", "--workers", "2", "--model", "RN50"])
+            .args(["--batch-size", "4", "--workers", "2", "--model", "RN50"])
             .args(["--max-bad-fraction", "0"])
             .envs(s3_environment(port))
             .env("ENDPOINT", "http://127.0.0.1:1")

@@ -1,8 +1,9 @@
 //! The default loading topology (topologies/train-data.toml: shard reader ->
 //! decoder -> augmenter -> batcher -> sink) on each kind of data: batches
 //! have the model's shapes and dtypes, a one-pass webdataset epoch delivers
-//! every sample exactly once across reader workers, and the CSV and
-//! synthetic paths work. `clipflow bench data` ends with its JSON line.
+//! every sample exactly once across reader workers, a reader whose shards
+//! hold less than its share reads them again, and the CSV and synthetic
+//! paths work. `clipflow bench data` ends with its JSON line.
 
 mod common;
 mod loaders_support;
@@ -26,17 +27,18 @@ fn webdataset_epoch_delivers_each_sample_once_in_model_shaped_batches() {
     let pattern = format!("{}/shard-{{00000..00003}}.tar", dir.path().display());
     let run = run_train_data(&[
         ("train-data", &pattern),
-        ("batch-size", "8"),
+        ("batch-size", "5"),
         ("workers", "2"),
         ("model", "ViT-B-32"),
         ("seed", "3"),
     ])
     .unwrap();
 
-    // 40 samples (sizes.json) in batches of 8: five full batches.
-    assert_eq!(run.batches.len(), 5);
+    // 40 samples (sizes.json) in batches of 5: eight batches, four per
+    // reader, which is one pass over each reader's two shards.
+    assert_eq!(run.batches.len(), 8);
     for batch in &run.batches {
-        assert_batch_layout(batch, 8, 224);
+        assert_batch_layout(batch, 5, 224);
         // Normalised pixels of photographs: finite, within (0 - mean) / std
         // and (1 - mean) / std, and not all equal.
         assert!(batch.images.isfinite().all().int64_value(&[]) == 1);
@@ -47,7 +49,7 @@ fn webdataset_epoch_delivers_each_sample_once_in_model_shaped_batches() {
         assert!(batch.images.min().double_value(&[]) >= low);
         assert!(batch.images.max().double_value(&[]) <= high);
         assert!(batch.images.std(false).double_value(&[]) > 0.1);
-        for row in 0..8 {
+        for row in 0..5 {
             let tokens = Vec::<i64>::try_from(batch.texts.get(row)).unwrap();
             assert_eq!(tokens[0], START_OF_TEXT);
             assert!(tokens.contains(&END_OF_TEXT));
@@ -69,7 +71,7 @@ fn webdataset_epoch_delivers_each_sample_once_in_model_shaped_batches() {
 }
 
 #[test]
-fn partial_last_batch_is_dropped_and_counted() {
+fn a_reader_short_of_its_share_walks_its_shards_again() {
     let dir = tempfile::tempdir().unwrap();
     make_test_shards(dir.path(), 2, 7);
     let pattern = format!("{}/shard-{{00000..00001}}.tar", dir.path().display());
@@ -80,10 +82,15 @@ fn partial_last_batch_is_dropped_and_counted() {
         ("model", "RN50"),
     ])
     .unwrap();
-    // 14 samples: three batches of 4, the last 2 dropped as in training.
-    assert_eq!(run.batches.len(), 3);
-    assert_eq!(run.totals.samples, 12);
-    assert_eq!(run.totals.dropped_samples, 2);
+    // 14 samples make ceil(14 / 4) = 4 batches, OpenCLIP's epoch: the
+    // reader reads its shards a second time for the last 2 samples, as
+    // webdataset's with_epoch does, and nothing is dropped.
+    assert_eq!(run.batches.len(), 4);
+    assert_eq!(run.totals.samples, 16);
+    assert_eq!(run.totals.dropped_samples, 0);
+    let keys = run.keys();
+    let unique: BTreeSet<&String> = keys.iter().collect();
+    assert_eq!(unique.len(), 14, "every sample, and only 2 of them twice");
 }
 
 #[test]

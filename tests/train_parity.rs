@@ -25,6 +25,7 @@ mod common;
 
 use std::path::Path;
 
+use common::parity::{assert_series_close, assert_weights_close, series};
 use common::{make_scenes, run_clipflow, TINY_TRAIN_CONFIG};
 use serde_json::{json, Value};
 
@@ -193,57 +194,6 @@ fn oracle_results(args: &[&str], count: usize) -> Vec<Value> {
         .iter()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
-}
-
-fn series(scalars: &Value, tag: &str) -> Vec<(i64, f64)> {
-    scalars[tag]
-        .as_array()
-        .unwrap_or_else(|| panic!("no TensorBoard scalar {tag}"))
-        .iter()
-        .map(|point| (point[0].as_i64().unwrap(), point[1].as_f64().unwrap()))
-        .collect()
-}
-
-fn assert_series_close(case: &str, tag: &str, ours: &Value, theirs: &Value, relative: f64) {
-    let (ours, theirs) = (series(ours, tag), series(theirs, tag));
-    let steps = |s: &[(i64, f64)]| s.iter().map(|p| p.0).collect::<Vec<_>>();
-    assert_eq!(steps(&ours), steps(&theirs), "{case} {tag}: steps");
-    for ((step, our), (_, their)) in ours.iter().zip(&theirs) {
-        assert!(
-            (our - their).abs() <= relative * their.abs(),
-            "{case} {tag} at step {step}: clipflow {our}, OpenCLIP {their}"
-        );
-    }
-}
-
-/// Every tensor of a `compare` result within what fp32 rounding explains.
-fn assert_weights_close(name: &str, weights: &Value, lr_sum: f64) {
-    assert!(
-        weights["same_keys"].as_bool().unwrap(),
-        "{}: state_dict keys differ",
-        name
-    );
-    for (tensor, numbers) in weights["tensors"].as_object().unwrap() {
-        let diff = numbers["diff"].as_f64().unwrap();
-        let moved = numbers["moved"].as_f64().unwrap();
-        // The attention key bias has no effect on the softmax, so its
-        // gradient is pure rounding noise which Adam normalises to steps
-        // of up to ~lr of either sign: it may differ by two runs' worth
-        // of steps. Every other weight moved up to ~lr per step
-        // (~5e-3 here, weights are O(0.01..1)); fp32 rounding in the
-        // gradients changes Adam's normalised step noticeably only where
-        // a gradient is near zero, seen up to ~4e-6: 1e-5 absolute.
-        let tolerance = if tensor.ends_with("in_proj_bias[k]") {
-            2.0 * lr_sum
-        } else {
-            1e-5
-        };
-        assert!(
-            diff <= tolerance,
-            "{}: {tensor} differs by {diff} (training moved it by {moved})",
-            name
-        );
-    }
 }
 
 #[test]

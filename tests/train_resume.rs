@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::parity::series;
 use common::{make_scenes, run_clipflow, TINY_TRAIN_CONFIG};
 use serde_json::Value;
 
@@ -108,15 +109,6 @@ fn oracle(args: &[String]) -> Vec<Value> {
     common::run_oracle(ORACLE, &args)
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
-fn series(scalars: &Value, tag: &str) -> Vec<(i64, f64)> {
-    scalars[tag]
-        .as_array()
-        .unwrap_or_else(|| panic!("no TensorBoard scalar {tag} in {scalars}"))
-        .iter()
-        .map(|point| (point[0].as_i64().unwrap(), point[1].as_f64().unwrap()))
         .collect()
 }
 

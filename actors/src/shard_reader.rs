@@ -5,9 +5,11 @@
 //! - webdataset: the shard list of `--train-data` (braces, `::`, upsampling
 //!   factors), shuffled per epoch and split across ranks and readers, or
 //!   drawn with replacement (`--dataset-resampled`); tar members grouped into
-//!   samples by key; OpenCLIP's sample shuffle buffer; at most the reader's
+//!   samples by key; OpenCLIP's sample shuffle buffer; exactly the reader's
 //!   share of the epoch's batches (`--train-num-samples` or the size file,
-//!   rounded up to whole batches per reader as OpenCLIP's `with_epoch` does).
+//!   rounded up to whole batches per reader as OpenCLIP's `with_epoch` does),
+//!   walking its shards again when they hold fewer samples, as `with_epoch`
+//!   does, so that every rank trains the same number of steps.
 //! - csv: the rows of `--train-data` in a per-epoch order, split across ranks
 //!   and readers; images read from the paths the rows name.
 //! - synthetic: `--train-num-samples` black images of the model's size.
@@ -199,19 +201,28 @@ impl ShardReader {
         )?;
         let limit = epoch_size.batches_per_reader * config.batch_size;
         let slot = self.slot();
-        let shard_order: Box<dyn Iterator<Item = String> + Send> = if config.resampled {
-            Box::new(ResampledShards::new(
-                &shards,
-                config.seed,
-                config.epoch,
-                slot,
-            )?)
-        } else {
-            Box::new(train_epoch_shards(&shards, config.seed, config.epoch, slot)?.into_iter())
-        };
-        let samples = ShardSamples::new(shard_order, Arc::clone(&self.opener));
-        let shuffled = shuffle_samples(samples, config.seed, config.epoch, slot);
-        emit_all(shuffled, Some(limit), self.worker.index, out)
+        if config.resampled {
+            let shard_order = ResampledShards::new(&shards, config.seed, config.epoch, slot)?;
+            let samples = ShardSamples::new(shard_order, Arc::clone(&self.opener));
+            let shuffled = shuffle_samples(samples, config.seed, config.epoch, slot);
+            emit_all(shuffled, Some(limit), self.worker.index, out)?;
+            return Ok(());
+        }
+        let own_shards = train_epoch_shards(&shards, config.seed, config.epoch, slot)?;
+        let mut emitted = 0;
+        // Passes over this reader's shards until the epoch's share is full;
+        // a pass that yields nothing (every shard bad) ends the epoch early.
+        while emitted < limit {
+            let samples =
+                ShardSamples::new(own_shards.clone().into_iter(), Arc::clone(&self.opener));
+            let shuffled = shuffle_samples(samples, config.seed, config.epoch, slot);
+            let pass = emit_all(shuffled, Some(limit - emitted), self.worker.index, out)?;
+            if pass == 0 {
+                break;
+            }
+            emitted += pass;
+        }
+        Ok(())
     }
 
     fn read_csv(&self, out: &mut Emitter<SampleOrSkip<Sample>>) -> Result<()> {
@@ -223,7 +234,8 @@ impl ShardReader {
             .skip(self.worker.index)
             .step_by(self.worker.count)
             .collect();
-        emit_all(dataset.samples(order), None, self.worker.index, out)
+        emit_all(dataset.samples(order), None, self.worker.index, out)?;
+        Ok(())
     }
 
     fn load_csv(&self) -> Result<Arc<CsvDataset>> {
@@ -250,7 +262,8 @@ impl ShardReader {
             .samples(config.rank as u64, config.world_size as u64)
             .skip(self.worker.index)
             .step_by(self.worker.count);
-        emit_all(share, None, self.worker.index, out)
+        emit_all(share, None, self.worker.index, out)?;
+        Ok(())
     }
 }
 
@@ -276,14 +289,15 @@ impl Source for ShardReader {
 }
 
 /// Sends every item downstream, stopping after `limit` samples (skips do
-/// not count towards it). Reading each item (shard I/O, tar parsing, the
-/// shuffle buffer) runs in a trace-level `read` span naming the worker.
+/// not count towards it); returns the samples sent. Reading each item
+/// (shard I/O, tar parsing, the shuffle buffer) runs in a trace-level `read`
+/// span naming the worker.
 fn emit_all(
     mut items: impl Iterator<Item = SourceItem>,
     limit: Option<u64>,
     worker: usize,
     out: &mut Emitter<SampleOrSkip<Sample>>,
-) -> Result<()> {
+) -> Result<u64> {
     let mut samples = 0u64;
     let mut read_next =
         || tracing::trace_span!("read", worker = worker as i64).in_scope(|| items.next());
@@ -299,5 +313,5 @@ fn emit_all(
             SourceItem::Skipped(skip) => out.emit(SampleOrSkip::Skipped(skip.into()))?,
         }
     }
-    Ok(())
+    Ok(samples)
 }

@@ -44,6 +44,9 @@ pub struct TrainLogConfig {
     pub batch_size: u64,
     pub accum_freq: u64,
     pub world_size: u64,
+    /// A rank that keeps no logs: only warnings and errors reach the
+    /// terminal (OpenCLIP logs from rank 0).
+    pub quiet: bool,
 }
 
 /// The run's logs and the running means of the current epoch.
@@ -75,7 +78,10 @@ impl SharedTrainLog {
     /// Opens out.log, writes params.txt (logging each parameter, as
     /// OpenCLIP does), and starts TensorBoard and wandb when asked.
     pub fn open(config: TrainLogConfig) -> Result<Self> {
-        let run_log = RunLog::open(config.log_file.as_deref(), config.debug)?;
+        let mut run_log = RunLog::open(config.log_file.as_deref(), config.debug)?;
+        if config.quiet {
+            run_log = run_log.warnings_only();
+        }
         if let Some(path) = &config.params_txt {
             run_log.info("Params:")?;
             for line in write_params_txt(path, &config.params)? {

@@ -3,8 +3,8 @@
 //! executor (gradient all-reduce) use, with two implementations that need no
 //! network: `SingleProcess` (world size 1) and `thread_group` (N ranks as
 //! threads of one process, exchanging tensors through shared slots and a
-//! barrier). A multi-process backend (NCCL or gloo through libtorch's c10d)
-//! plugs in by implementing the same trait.
+//! barrier). The multi-process one, over libtorch's c10d, is
+//! [`crate::distributed::ProcessGroup`].
 //!
 //! Every rank of a group must make the same calls in the same order with
 //! tensors of the same shape, as with `torch.distributed`.

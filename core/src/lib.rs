@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod collective;
 pub mod data;
+pub mod distributed;
 pub mod eval;
 pub mod loss;
 pub mod model;

@@ -18,14 +18,17 @@ pub struct EpochSize {
 
 /// - webdataset: `--train-num-samples` (or the shards' size file) cut into
 ///   whole global batches and whole shares per worker, rounding up;
-/// - csv: the table's rows, in full batches (the last partial one dropped);
-/// - synthetic: `--train-num-samples` images, in full batches.
+/// - csv: the table's rows, each rank's share in full batches (the last
+///   partial one dropped);
+/// - synthetic: `--train-num-samples` images, likewise.
 pub fn train_epoch(args: &TrainArgs, world_size: u64) -> Result<EpochSize> {
     let data = args.train_data.clone().unwrap_or_default();
     let batch_size = args.batch_size as u64;
     let format = resolve_data_format(&data, args.dataset_type.as_str().parse()?)?;
+    // DistributedSampler gives each rank ceil(samples / world_size), and
+    // the loader drops the last partial batch.
     let in_full_batches = |samples: u64| EpochSize {
-        num_batches: samples / (batch_size * world_size),
+        num_batches: samples.div_ceil(world_size) / batch_size,
         num_samples: samples,
     };
     Ok(match format {

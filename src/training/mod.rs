@@ -5,8 +5,10 @@
 //! trainer, evaluator settings and logs that live across epochs.
 
 mod epoch_size;
+mod launch;
 mod params;
 mod precision;
+mod ranks;
 mod setup;
 
 use std::io::IsTerminal;
@@ -101,6 +103,8 @@ fn run_epoch(
 ) -> Result<()> {
     let mut flags = topology_flags(args);
     flags.set("epoch", &plan.epoch.to_string());
+    flags.set("rank", &run.launch.rank.to_string());
+    flags.set("world-size", &run.launch.world_size.to_string());
     let mut registry = standard_registry();
     register_training_kinds(
         &mut registry,

@@ -20,6 +20,8 @@ pub struct DerivedParams<'a> {
     pub tensorboard: bool,
     /// `--resume` after `latest` was resolved to a file (or `None`).
     pub resume: Option<String>,
+    /// The launch: `(distributed, world_size, rank, local_rank)`.
+    pub ranks: (bool, usize, usize, usize),
 }
 
 /// `(name, value)` for every attribute of OpenCLIP's `args`, unsorted.
@@ -41,10 +43,11 @@ pub fn run_params(args: &TrainArgs, derived: &DerivedParams) -> Vec<(String, PyV
     };
     set("name", PyValue::Str(derived.name.to_string()));
     set("device", PyValue::Str(derived.device.clone()));
-    set("distributed", PyValue::Bool(false));
-    set("world_size", PyValue::Int(1));
-    set("rank", PyValue::Int(0));
-    set("local_rank", PyValue::Int(0));
+    let (distributed, world_size, rank, local_rank) = derived.ranks;
+    set("distributed", PyValue::Bool(distributed));
+    set("world_size", PyValue::Int(world_size as i64));
+    set("rank", PyValue::Int(rank as i64));
+    set("local_rank", PyValue::Int(local_rank as i64));
     set("log_path", optional(&derived.log_path));
     set("log_level", PyValue::Int(if args.debug { 10 } else { 20 }));
     set("wandb", PyValue::Bool(derived.wandb));

@@ -13,8 +13,9 @@ use clipflow_actors::evaluator::{EvaluatorConfig, ValidationData, ZeroShotData};
 use clipflow_actors::remote_syncer::RemoteSyncer;
 use clipflow_actors::report::WandbInit;
 use clipflow_actors::train_logger::{SharedTrainLog, TrainLogConfig};
-use clipflow_core::collective::SingleProcess;
+use clipflow_core::collective::{Collective, SingleProcess};
 use clipflow_core::data::dataset_type::resolve_data_format;
+use clipflow_core::distributed::ProcessGroup;
 use clipflow_core::eval::zero_shot::ZeroShotSet;
 use clipflow_core::loss::{create_loss, LossOptions};
 use clipflow_core::model::load::load_strict;
@@ -23,6 +24,7 @@ use clipflow_core::tokenizer::ClipTokenizer;
 use clipflow_core::train::checkpoint::{
     default_run_name, local_now, CheckpointPolicy, RunNameFields, RunPaths,
 };
+use clipflow_core::train::data_parallel::DataParallel;
 use clipflow_core::train::lock::{lock_image_tower, lock_text_tower};
 use clipflow_core::train::optimizer::{Optimizer, OptimizerFlags};
 use clipflow_core::train::schedule::{LrSchedule, LrScheduleKind, ScheduleFlags};
@@ -33,8 +35,10 @@ use clipflow_core::transform::{
 use clipflow_core::weights::read_checkpoint;
 
 use super::epoch_size::{train_epoch, EpochSize};
+use super::launch::{DistFlags, Launch};
 use super::params::{run_params, DerivedParams};
 use super::precision::TrainingPrecision;
+use super::ranks::{broadcast_text, check_ranks_agree};
 use crate::remote_sync::{fetch_latest_remote_checkpoint, start_remote_sync};
 use crate::run_config::copy_run_configuration;
 use crate::runtime::{build_model, parse_device, LoadedModel};
@@ -53,6 +57,8 @@ pub struct ZeroShotLabels {
 
 /// A run ready for its epoch loop.
 pub struct PreparedRun {
+    /// This process's rank among the run's processes.
+    pub launch: Launch,
     /// `<--logs>/<name>`, unless `--logs none`.
     pub run_dir: Option<PathBuf>,
     trainer: Option<Trainer>,
@@ -89,14 +95,28 @@ impl PreparedRun {
 }
 
 pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<PreparedRun> {
-    if std::env::var("WORLD_SIZE").is_ok_and(|size| size.trim() != "1") {
+    let launch = Launch::from_env(
+        |name| std::env::var(name).ok(),
+        &DistFlags {
+            dist_url: args.dist_url.as_deref(),
+            dist_backend: args.dist_backend.as_deref(),
+            device: parse_device(&args.device)?,
+            no_set_device_rank: args.no_set_device_rank,
+        },
+    )?;
+    let device = launch.device;
+    if launch.distributed() && args.use_bn_sync {
         bail!(
-            "WORLD_SIZE is {}: clipflow trains in one process for now (multi-process training \
-             over NCCL is not built yet); launch without torchrun",
-            std::env::var("WORLD_SIZE").unwrap_or_default()
+            "--use-bn-sync: clipflow has no synchronised batch norm yet; leave the flag out \
+             (each rank then keeps rank 0's batch-norm statistics, broadcast before every step)"
         );
     }
-    let device = parse_device(&args.device)?;
+    // As OpenCLIP, the group forms before anything else is set up.
+    let group = match &launch.rendezvous {
+        Some(rendezvous) => Some(Arc::new(ProcessGroup::join(rendezvous)?)),
+        None => None,
+    };
+    let is_master = launch.is_master(false);
     let precision = TrainingPrecision::new(args.precision)?;
     let Some(lr) = args.lr else {
         // OpenCLIP leaves --lr unset for timm optimisers, and its scheduler
@@ -119,17 +139,34 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
             local_now(),
         )
     });
+    // The default name holds the time; every rank takes rank 0's.
+    let name = match &group {
+        Some(group) if args.name.is_none() => {
+            broadcast_text(group, Some(name))?.context("rank 0 sent no run name")?
+        }
+        _ => name,
+    };
     let resume_latest = args.resume.as_deref() == Some("latest");
     let (tensorboard, wandb) = (args.reports_to_tensorboard(), args.reports_to_wandb());
-    let paths = args
+    // Rank 0 keeps the run folder (and with --log-local, each node's local
+    // rank 0 its own log file), as in OpenCLIP.
+    let all_paths = args
         .logs_dir()
         .map(|logs| RunPaths::new(Path::new(logs), &name));
-    let log_file = paths
+    let log_file = all_paths
         .as_ref()
-        .map(|paths| paths.log_file(args.log_local, 0));
+        .filter(|_| launch.is_master(args.log_local))
+        .map(|paths| paths.log_file(args.log_local, launch.rank));
+    let paths = all_paths.filter(|_| is_master);
     if let (Some(paths), Some(log_file)) = (&paths, &log_file) {
         paths.check_new_or_resuming(log_file, resume_latest)?;
         paths.create_dirs(tensorboard)?;
+    }
+    if let (Some(log_file), None) = (&log_file, &paths) {
+        if let Some(dir) = log_file.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the log folder {}", dir.display()))?;
+        }
     }
     let resume_from = match (&args.resume, &paths) {
         (Some(resume), Some(paths)) if resume == "latest" => {
@@ -140,10 +177,16 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
                 .or_else(|| paths.resume_latest(args.save_most_recent))
                 .map(|path| path.display().to_string())
         }
-        (Some(resume), None) if resume == "latest" => {
+        (Some(resume), None) if resume == "latest" && args.logs_dir().is_none() => {
             bail!("--resume latest needs a run folder, but --logs is none")
         }
+        // Other ranks take rank 0's answer below.
+        (Some(resume), None) if resume == "latest" => None,
         (resume, _) => resume.clone(),
+    };
+    let resume_from = match &group {
+        Some(group) if resume_latest => broadcast_text(group, resume_from)?,
+        _ => resume_from,
     };
     let path_text = |path: Option<&Path>| path.map(|p| p.display().to_string()).unwrap_or_default();
     let params = run_params(
@@ -164,6 +207,12 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
             wandb,
             tensorboard,
             resume: resume_from.clone(),
+            ranks: (
+                launch.distributed(),
+                launch.world_size,
+                launch.rank,
+                launch.local_rank,
+            ),
         },
     );
     let logger = SharedTrainLog::open(TrainLogConfig {
@@ -190,7 +239,8 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         log_every_n_steps: args.log_every_n_steps,
         batch_size: args.batch_size as u64,
         accum_freq: args.accum_freq as u64,
-        world_size: 1,
+        world_size: launch.world_size as u64,
+        quiet: !launch.is_master(args.log_local),
     })?;
 
     if let (true, Some(paths)) = (args.copy_codebase, &paths) {
@@ -208,6 +258,9 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         {
             logger.lock().info(&format!("{error:#}"));
         }
+    }
+    if let Some(group) = &group {
+        check_ranks_agree(group, args)?;
     }
     let remote_sync = match &paths {
         Some(paths) => start_remote_sync(args, &name, &paths.run_dir)?,
@@ -242,7 +295,10 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         lock_text_tower(&vs, &config, args.lock_text_unlocked_layers);
     }
 
-    let epoch_size = args.trains().then(|| train_epoch(args, 1)).transpose()?;
+    let epoch_size = args
+        .trains()
+        .then(|| train_epoch(args, launch.world_size as u64))
+        .transpose()?;
     let mut named: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let optimizer = Optimizer::new(
@@ -280,7 +336,10 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
                 .transpose()?,
             distill: args.distill_model.is_some() && args.distill_pretrained.is_some(),
         },
-        Arc::new(SingleProcess),
+        match &group {
+            Some(group) => Arc::clone(group) as Arc<dyn Collective>,
+            None => Arc::new(SingleProcess),
+        },
     )?;
     let mut trainer = Trainer::new(
         vs,
@@ -300,15 +359,27 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
             max_non_finite_in_a_row: MAX_NON_FINITE_IN_A_ROW,
         },
     )?;
+    if let Some(group) = &group {
+        // DistributedDataParallel(model): rank 0's weights everywhere, and
+        // a reducer for the gradients.
+        let data_parallel =
+            DataParallel::new(Arc::clone(group), &trainer.vs, args.ddp_static_graph)?;
+        trainer = trainer.with_data_parallel(data_parallel);
+    }
     if let (Some(teacher), Some(weights)) = (&args.distill_model, &args.distill_pretrained) {
         trainer = with_teacher(trainer, args, teacher, weights, &precision, device)?;
     }
     let start_epoch = resume(resume_from.as_deref(), &mut trainer, &logger)?;
 
     let (height, width) = config.vision_cfg.image_size.height_width();
+    // OpenCLIP evaluates on rank 0 alone.
     let evaluator = EvaluatorConfig {
-        validation: validation_data(args)?,
-        zero_shot: zero_shot_data(args, labels),
+        validation: validation_data(args)?.filter(|_| is_master),
+        zero_shot: if is_master {
+            zero_shot_data(args, labels)
+        } else {
+            Vec::new()
+        },
         val_frequency: args.val_frequency,
         zeroshot_frequency: args.zeroshot_frequency,
         epochs: args.epochs,
@@ -344,6 +415,7 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         epochs: args.epochs,
     };
     Ok(PreparedRun {
+        launch,
         run_dir: paths.as_ref().map(|paths| paths.run_dir.clone()),
         remote_sync,
         trainer: Some(trainer),

@@ -1,9 +1,11 @@
 //! Shared by the integration tests: running OpenCLIP (the oracle) in the
-//! project's Python environment, scratch directories, and (model.rs)
-//! models with their features compared against the oracle's.
+//! project's Python environment, scratch directories, (model.rs) models
+//! with their features compared against the oracle's, and (parity.rs) a
+//! training run's scalars and weights against OpenCLIP's.
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod model;
+pub mod parity;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -18,8 +18,9 @@ scalars PREFIX DIR...
 compare INITIAL OURS THEIRS
     loads the three files with torch.load (a training checkpoint's
     "state_dict", else the file itself); per tensor of THEIRS, the largest
-    |OURS - THEIRS| and the largest |THEIRS - INITIAL| (how far training
-    moved it), and whether the key sets are equal. Attention input
+    |OURS - THEIRS|, its element count and how many elements differ by
+    more than 1e-5, the largest |THEIRS - INITIAL| (how far training moved
+    it), and whether the key sets are equal. Attention input
     projection biases are split in thirds (KEY[q], KEY[k], KEY[v]): the key
     bias has no effect on attention, so its gradient is rounding noise.
 features CONFIG OURS THEIRS
@@ -106,8 +107,11 @@ def compare(initial, ours, theirs):
             parts = [(f"{key}[{name}]", slice(i * third, (i + 1) * third))
                      for i, name in enumerate("qkv")]
         for part, where in parts:
+            diff = (ours[key][where].double() - value[where].double()).abs()
             result["tensors"][part] = {
-                "diff": (ours[key][where].double() - value[where].double()).abs().max().item(),
+                "diff": diff.max().item(),
+                "numel": diff.numel(),
+                "over_1e-5": (diff > 1e-5).sum().item(),
                 "moved": (value[where].double() - initial[key][where].double()).abs().max().item(),
             }
     return result

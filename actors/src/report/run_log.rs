@@ -77,6 +77,12 @@ impl RunLog {
         })
     }
 
+    /// Drops DEBUG and INFO records.
+    pub fn warnings_only(mut self) -> Self {
+        self.threshold = Level::Warning;
+        self
+    }
+
     /// The log file, if this log has one.
     pub fn file(&self) -> Option<&Path> {
         self.file.as_ref().map(|(path, _)| path.as_path())

@@ -6,7 +6,8 @@
 //!   split of shards across ranks and readers): [`shard_list`];
 //! - opening a shard from the filesystem or an object store: [`shard_stream`];
 //! - reading tar members and grouping them into samples by key: [`tar_samples`];
-//! - the sample shuffle buffer: [`shuffle_buffer`];
+//! - the shuffle buffer of shards and samples: [`shuffle_buffer`], with
+//!   Python's generator for the shard shuffle: [`python_random`];
 //! - CSV and synthetic datasets: [`csv_source`], [`synthetic`];
 //! - `--dataset-type auto` detection: [`dataset_type`];
 //! - the class-labelled image folders of `--imagenet-val` / `--imagenet-v2`:
@@ -22,6 +23,7 @@
 pub mod csv_source;
 pub mod dataset_type;
 pub mod image_folder;
+pub mod python_random;
 pub mod rendered_scenes;
 pub mod shard_list;
 pub mod shard_stream;
@@ -188,7 +190,6 @@ impl ReaderSlot {
 /// are independent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RngPurpose {
-    ShardShuffle = 1,
     SampleShuffle = 2,
     ShardResampling = 3,
     CsvOrder = 4,

@@ -11,6 +11,7 @@ use rand::distr::Distribution;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::python_random::PythonRandom;
 use super::shuffle_buffer::{ShuffleBuffer, SHARD_SHUFFLE_INITIAL, SHARD_SHUFFLE_SIZE};
 use super::{epoch_rng, ReaderSlot, RngPurpose};
 
@@ -380,12 +381,13 @@ fn remove_escapes(text: &str) -> String {
     result
 }
 
-/// The shards in the order of a one-pass training epoch: shuffled with a
-/// buffer of OpenCLIP's shard-shuffle sizes (2000, first pick after 500),
-/// seeded from `seed + epoch` so that every rank and reader computes the same
-/// order.
+/// The shards in the order of a one-pass training epoch: OpenCLIP's
+/// `detshuffle2`, a buffered shuffle of its shard-shuffle sizes (2000,
+/// first pick after 500) drawing from Python's `random.Random(seed +
+/// epoch)`, so every rank and reader computes the same order, and the same
+/// as OpenCLIP's ranks.
 pub fn shuffle_shards(urls: &[String], seed: u64, epoch: u64) -> Vec<String> {
-    let rng = epoch_rng(seed, epoch, RngPurpose::ShardShuffle, 0);
+    let rng = PythonRandom::new(seed.wrapping_add(epoch));
     ShuffleBuffer::new(
         urls.iter().cloned(),
         SHARD_SHUFFLE_SIZE,

@@ -1,13 +1,34 @@
 //! The buffered shuffle webdataset applies to streams too long to shuffle
 //! whole: items fill a buffer, and once it holds `initial` items each step
-//! emits a random buffered item. OpenCLIP uses it for shards (2000 / 500)
-//! and for samples (5000 / 1000); clipflow seeds the sample shuffle from
-//! `--seed`, the epoch and the reader (OpenCLIP seeds it from the clock).
+//! emits a random buffered item. OpenCLIP uses it for shards (2000 / 500,
+//! drawn from Python's `random.Random(seed + epoch)`, which
+//! [`PythonRandom`] reproduces) and for samples (5000 / 1000); clipflow
+//! seeds the sample shuffle from `--seed`, the epoch and the reader
+//! (OpenCLIP seeds it from the clock).
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::python_random::PythonRandom;
 use super::{epoch_rng, ReaderSlot, RngPurpose};
+
+/// Where a shuffle buffer's draws come from: an index below `n`.
+pub trait IndexDraw {
+    fn below(&mut self, n: usize) -> usize;
+}
+
+impl IndexDraw for ChaCha8Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.random_range(0..n)
+    }
+}
+
+impl IndexDraw for PythonRandom {
+    /// `rng.randint(0, n - 1)`, as webdataset's `pick` draws.
+    fn below(&mut self, n: usize) -> usize {
+        PythonRandom::below(self, n)
+    }
+}
 
 /// Buffer size of OpenCLIP's per-epoch shard shuffle.
 pub const SHARD_SHUFFLE_SIZE: usize = 2000;
@@ -22,17 +43,17 @@ pub const SAMPLE_SHUFFLE_INITIAL: usize = 1000;
 /// size, each step takes two items from the source (filling it quickly);
 /// once it holds `initial` items, each step emits a uniformly chosen
 /// buffered item; when the source ends, the rest drains in random order.
-pub struct ShuffleBuffer<I: Iterator> {
+pub struct ShuffleBuffer<I: Iterator, R = ChaCha8Rng> {
     source: I,
     source_done: bool,
     buffer: Vec<I::Item>,
     capacity: usize,
     initial: usize,
-    rng: ChaCha8Rng,
+    rng: R,
 }
 
-impl<I: Iterator> ShuffleBuffer<I> {
-    pub fn new(source: I, capacity: usize, initial: usize, rng: ChaCha8Rng) -> Self {
+impl<I: Iterator, R: IndexDraw> ShuffleBuffer<I, R> {
+    pub fn new(source: I, capacity: usize, initial: usize, rng: R) -> Self {
         let capacity = capacity.max(1);
         ShuffleBuffer {
             source,
@@ -57,7 +78,7 @@ impl<I: Iterator> ShuffleBuffer<I> {
         if self.buffer.is_empty() {
             return None;
         }
-        let index = self.rng.random_range(0..self.buffer.len());
+        let index = self.rng.below(self.buffer.len());
         Some(self.buffer.swap_remove(index))
     }
 }
@@ -79,7 +100,7 @@ pub fn shuffle_samples<I: Iterator>(
     ShuffleBuffer::new(samples, SAMPLE_SHUFFLE_SIZE, SAMPLE_SHUFFLE_INITIAL, rng)
 }
 
-impl<I: Iterator> Iterator for ShuffleBuffer<I> {
+impl<I: Iterator, R: IndexDraw> Iterator for ShuffleBuffer<I, R> {
     type Item = I::Item;
 
     fn next(&mut self) -> Option<I::Item> {

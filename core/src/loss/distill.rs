@@ -65,8 +65,12 @@ impl Loss for DistillClipLoss {
         let distill = (distill_term(&teacher_per_image, &per_image)
             + distill_term(&teacher_per_text, &per_text))
             / 2.0;
-        // Exchanged features carry their gradient through one settled term.
-        let contrastive = gather.settle(contrastive)?;
+        // The gradients both terms send through the exchanged features
+        // reach their owners through a zero-valued part of one term.
+        let contrastive = match gather.carried(&(&contrastive + &distill))? {
+            Some(zero) => contrastive + zero,
+            None => contrastive,
+        };
         Ok(BTreeMap::from([
             ("contrastive_loss", contrastive),
             ("distill_loss", distill),

@@ -76,20 +76,33 @@ impl<'a> GatherScope<'a> {
 
     /// `loss` plus a zero-valued term carrying the gradients the other ranks'
     /// losses send to this rank's gathered-with-grad tensors. Every rank
-    /// calls this once per evaluation, after building its loss.
+    /// calls this (or [`carried`](Self::carried)) once per evaluation, after
+    /// building its loss.
     pub(crate) fn settle(self, loss: Tensor) -> Result<Tensor> {
+        let carried = self.carried(&loss)?;
+        Ok(match carried {
+            Some(zero) => loss + zero,
+            None => loss,
+        })
+    }
+
+    /// The zero-valued term [`settle`](Self::settle) adds, for a loss
+    /// reported as several terms: add it to one of them, with `total` the
+    /// sum of all (so each term's exchanged gradient reaches its owner).
+    /// `None` when nothing was gathered with grad.
+    pub(crate) fn carried(self, total: &Tensor) -> Result<Option<Tensor>> {
         let leaves: Vec<&Tensor> = self
             .with_grad
             .iter()
             .flat_map(|g| g.others.iter().flatten())
             .collect();
         if leaves.is_empty() {
-            return Ok(loss);
+            return Ok(None);
         }
-        let mut grads = Tensor::f_run_backward(&[&loss], &leaves, true, false)
+        let mut grads = Tensor::f_run_backward(&[total], &leaves, true, false)
             .context("gradient of the loss with respect to the gathered features")?
             .into_iter();
-        let mut carried = Vec::with_capacity(self.with_grad.len());
+        let mut carried: Option<Tensor> = None;
         for gathered in &self.with_grad {
             let chunks: Vec<Tensor> = gathered
                 .others
@@ -102,8 +115,12 @@ impl<'a> GatherScope<'a> {
             let incoming = self.collective.reduce_scatter_sum(&chunks)?;
             let local = gathered.local.to_kind(Kind::Float);
             let term = (local * incoming.to_kind(Kind::Float)).sum(Kind::Float);
-            carried.push(&term - term.detach());
+            let zero = &term - term.detach();
+            carried = Some(match carried {
+                Some(sum) => sum + zero,
+                None => zero,
+            });
         }
-        Ok(carried.into_iter().fold(loss, |total, zero| total + zero))
+        Ok(carried)
     }
 }

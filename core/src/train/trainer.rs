@@ -13,9 +13,11 @@ use anyhow::{bail, Result};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use super::data_parallel::DataParallel;
 use super::grad_scaler::GradScaler;
 use super::optimizer::Optimizer;
 use super::schedule::LrSchedule;
+use crate::collective::Collective;
 use crate::loss::{total_loss, Loss, LossInputs, TeacherInputs};
 use crate::model::{CaptionOutput, Clip, ClipOutput};
 use crate::shim::AutocastGuard;
@@ -90,6 +92,8 @@ pub struct Trainer {
     /// `--distill-model`: a frozen teacher run on every batch (its
     /// VarStore kept alive with it).
     teacher: Option<(VarStore, Clip)>,
+    /// On several ranks: DDP's work around each step.
+    data_parallel: Option<DataParallel>,
 }
 
 impl Trainer {
@@ -119,6 +123,7 @@ impl Trainer {
             cached: Vec::new(),
             non_finite_in_a_row: 0,
             teacher: None,
+            data_parallel: None,
         })
     }
 
@@ -135,6 +140,13 @@ impl Trainer {
         }
         self.teacher = Some((vs, model));
         Ok(self)
+    }
+
+    /// Trains as one rank of `data_parallel`'s group: gradients averaged
+    /// over the ranks as DistributedDataParallel averages them.
+    pub fn with_data_parallel(mut self, data_parallel: DataParallel) -> Self {
+        self.data_parallel = Some(data_parallel);
+        self
     }
 
     pub fn settings(&self) -> &TrainerSettings {
@@ -161,13 +173,13 @@ impl Trainer {
 
         self.optimizer.zero_grad();
         let (loss, logit_scale) = if self.settings.accum_freq == 1 {
-            let out = self.forward(&images, &texts)?;
+            let out = self.forward(&images, &texts, true)?;
             let teacher_out = self.teacher_forward(&images, &texts)?;
             let (loss, terms) = self.loss_terms(&out, teacher_out.as_ref())?;
             let finite = self.backward(&loss)?;
             (finite.then_some((loss, terms)), out.logit_scale)
         } else {
-            let out = tch::no_grad(|| self.forward(&images, &texts))?;
+            let out = tch::no_grad(|| self.forward(&images, &texts, false))?;
             self.cached.push(out);
             self.window.push((images, texts));
             if self.window.len() < self.settings.accum_freq {
@@ -180,14 +192,23 @@ impl Trainer {
     }
 
     /// The model's forward pass in training mode under the precision's
-    /// autocast.
-    fn forward(&self, images: &Tensor, texts: &Tensor) -> Result<ClipOutput> {
-        let _autocast = AutocastGuard::when(self.settings.device, self.settings.autocast)?;
-        // Frozen batch-norm statistics are what the image tower's eval mode
-        // uses; nothing else in a tower that has batch norms (ModifiedResNet)
-        // depends on the mode.
-        let image_train = !self.settings.freeze_image_bn_stats;
-        self.model.forward_t(images, texts, image_train)
+    /// autocast; `with_grad` when its backward will run.
+    fn forward(&mut self, images: &Tensor, texts: &Tensor, with_grad: bool) -> Result<ClipOutput> {
+        if let Some(data_parallel) = &mut self.data_parallel {
+            data_parallel.before_forward(with_grad)?;
+        }
+        let out = {
+            let _autocast = AutocastGuard::when(self.settings.device, self.settings.autocast)?;
+            // Frozen batch-norm statistics are what the image tower's eval
+            // mode uses; nothing else in a tower that has batch norms
+            // (ModifiedResNet) depends on the mode.
+            let image_train = !self.settings.freeze_image_bn_stats;
+            self.model.forward_t(images, texts, image_train)?
+        };
+        if let Some(data_parallel) = &mut self.data_parallel {
+            data_parallel.after_forward(with_grad)?;
+        }
+        Ok(out)
     }
 
     /// The teacher's outputs on the batch, when distilling.
@@ -210,7 +231,7 @@ impl Trainer {
         let mut last = None;
         let mut all_finite = true;
         for (j, (images, texts)) in window.iter().enumerate() {
-            let out = self.forward(images, texts)?;
+            let out = self.forward(images, texts, true)?;
             // The window's `pick` outputs, batch j's fresh one.
             let with_fresh = |pick: fn(&ClipOutput) -> &Tensor| {
                 let parts: Vec<Tensor> = cached
@@ -254,15 +275,26 @@ impl Trainer {
     }
 
     /// Backward on `loss` (scaled when a scaler is on); false, with no
-    /// backward, when the loss is not finite.
+    /// backward, when the loss is not finite (on any rank).
     fn backward(&mut self, loss: &Tensor) -> Result<bool> {
-        if loss.isfinite().all().int64_value(&[]) == 0 {
+        let mut finite = loss.isfinite().all().int64_value(&[]) != 0;
+        if let Some(data_parallel) = &self.data_parallel {
+            finite = data_parallel.all_finite(finite)?;
+        }
+        if !finite {
             return Ok(false);
         }
-        match &self.scaler {
-            Some(scaler) => scaler.scale_loss(loss).f_backward()?,
-            None => loss.f_backward()?,
+        let backward = match &self.scaler {
+            Some(scaler) => scaler.scale_loss(loss).f_backward(),
+            None => loss.f_backward(),
+        };
+        if let (Err(error), Some(data_parallel)) = (&backward, &self.data_parallel) {
+            anyhow::bail!(
+                "the backward pass, whose gradients are all-reduced across {} ranks: {error}",
+                data_parallel.group().world_size()
+            );
         }
+        backward?;
         Ok(true)
     }
 

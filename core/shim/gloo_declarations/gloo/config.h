@@ -1,0 +1,2 @@
+// Declarations only (see context.h): gloo's build configuration header.
+#pragma once
