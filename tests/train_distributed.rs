@@ -644,3 +644,83 @@ fn a_world_that_never_fills_fails_the_rendezvous_within_its_timeout() {
         );
     }
 }
+
+#[test]
+fn two_ranks_resume_latest_where_they_stopped() {
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path();
+    let scenes = root.join("scenes");
+    make_scenes(&scenes, 32, 16, 0);
+    let config = root.join(format!("{MODEL_NAME}.json"));
+    std::fs::write(&config, TINY_TRAIN_CONFIG).unwrap();
+    let initial = root.join("initial.pt");
+    run_oracle(
+        ORACLE,
+        &["init", config.to_str().unwrap(), initial.to_str().unwrap()],
+    );
+    // A constant schedule: the first epochs' learning rates do not depend
+    // on --epochs, so a run of 2 epochs is the first half of one of 4.
+    let flags = |name: &str, epochs: usize, extra: &[&str]| {
+        let case = Case {
+            name: "resume",
+            model: MODEL_NAME,
+            shards: "scenes-{00000..00001}.tar",
+            epochs,
+            flags: &["--lr-scheduler", "const", "--warmup", "1"],
+            siglip: false,
+            distill: false,
+        };
+        let mut flags = shared_flags(&case, name, &scenes.join("shards"), &initial);
+        flags.extend(["--model".into(), config.to_str().unwrap().into()]);
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        flags
+    };
+    let run = |args: &[String]| {
+        let out = clipflow_under_torchrun(root, args);
+        assert_success("clipflow under torchrun", &out);
+    };
+    run(&flags("whole", 4, &[]));
+    // Stopped after 2 of 4 epochs, then resumed from the latest checkpoint,
+    // which rank 0 finds and every rank loads.
+    run(&flags("resumed", 2, &[]));
+    run(&flags("resumed", 4, &["--resume", "latest"]));
+    let log = std::fs::read_to_string(root.join("logs/resumed/out.log")).unwrap();
+    assert!(log.contains("=> resuming checkpoint"), "{log}");
+    let checkpoint = |name: &str| {
+        root.join(format!("logs/{name}/checkpoints/epoch_4.pt"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let stdout = run_oracle(
+        ORACLE,
+        &[
+            "scalars",
+            "train/",
+            root.join("logs/whole/tensorboard").to_str().unwrap(),
+            root.join("logs/resumed/tensorboard").to_str().unwrap(),
+            "+",
+            "compare",
+            initial.to_str().unwrap(),
+            &checkpoint("resumed"),
+            &checkpoint("whole"),
+        ],
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .rev()
+        .take(2)
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let (weights, scalars) = (&lines[0], &lines[1]);
+    // The same batches in the same order on each rank: the same numbers.
+    for tag in ["train/loss", "train/lr"] {
+        let whole = series(&scalars[0], tag);
+        let resumed = series(&scalars[1], tag);
+        assert_eq!(whole.len(), 4, "{tag}");
+        assert_eq!(resumed, whole, "{tag}: the resumed run's steps");
+    }
+    for (tensor, numbers) in weights["tensors"].as_object().unwrap() {
+        assert_eq!(numbers["diff"].as_f64().unwrap(), 0.0, "{tensor}");
+    }
+}
