@@ -107,8 +107,9 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
     let device = launch.device;
     if launch.distributed() && args.use_bn_sync {
         bail!(
-            "--use-bn-sync: clipflow has no synchronised batch norm yet; leave the flag out \
-             (each rank then keeps rank 0's batch-norm statistics, broadcast before every step)"
+            "--use-bn-sync: clipflow has no synchronised batch norm; leave the flag out (each \
+             rank then takes rank 0's batch-norm statistics before every step, as DDP's buffer \
+             broadcast does)"
         );
     }
     // As OpenCLIP, the group forms before anything else is set up.

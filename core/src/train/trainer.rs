@@ -2,7 +2,9 @@
 //! device: learning rate from the schedule, forward under the precision's
 //! autocast, loss, backward (scaled for fp16), `--accum-freq` with OpenCLIP's
 //! feature caching, `--grad-clip-norm`, optimiser step, and the clamp of
-//! `logit_scale` to [0, ln 100].
+//! `logit_scale` to [0, ln 100]. As one rank of several
+//! ([`Trainer::with_data_parallel`]), the gradients are averaged over the
+//! ranks during backward, as DistributedDataParallel averages them.
 //!
 //! One thing OpenCLIP does not do: a non-finite loss skips the step (no
 //! gradient reaches the weights) and is reported; more than
