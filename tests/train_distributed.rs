@@ -14,7 +14,10 @@
 //! `MASTER_PORT`). Also: rank 0 alone writes the run folder, the Train line's
 //! samples/s is the global rate and samples/s/gpu the per-rank one, ranks
 //! launched with different flags stop naming the flag, a rank killed mid-run
-//! makes the other stop with an error, and `--dist-backend nccl` on a
+//! makes the other stop with an error, a world that never fills fails the
+//! rendezvous within its timeout, the other rank waits out rank 0's
+//! evaluation however long it is, two ranks resumed with `--resume latest`
+//! repeat the uninterrupted run exactly, and `--dist-backend nccl` on a
 //! machine without a GPU fails in libtorch's ProcessGroupNCCL (so it is
 //! built in) with a clear error.
 //!
@@ -723,4 +726,85 @@ fn two_ranks_resume_latest_where_they_stopped() {
     for (tensor, numbers) in weights["tensors"].as_object().unwrap() {
         assert_eq!(numbers["diff"].as_f64().unwrap(), 0.0, "{tensor}");
     }
+}
+
+#[test]
+fn ranks_wait_for_rank_0_evaluation_longer_than_the_timeout() {
+    // Rank 0 validates on 4,000 samples after each epoch while rank 1 waits;
+    // the group's timeout is 2 s, far shorter than that evaluation.
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path();
+    let scenes = root.join("scenes");
+    make_scenes(&scenes, 4000, 1000, 0);
+    let config = root.join(format!("{MODEL_NAME}.json"));
+    std::fs::write(&config, TINY_TRAIN_CONFIG).unwrap();
+    let shards = scenes.join("shards");
+    let mut args: Vec<String> = [
+        "--train-data",
+        shards.join("scenes-{00000..00001}.tar").to_str().unwrap(),
+        "--train-num-samples",
+        "64",
+        "--val-data",
+        shards.join("scenes-{00000..00003}.tar").to_str().unwrap(),
+        "--dataset-type",
+        "webdataset",
+        "--batch-size",
+        "16",
+        "--workers",
+        "1",
+        "--epochs",
+        "2",
+        "--name",
+        "long-eval",
+        "--logs",
+        root.join("logs").to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--model",
+        config.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(["--lr".into(), "1e-3".into()]);
+    let port = free_port().to_string();
+    let children: Vec<Child> = (0..2)
+        .map(|rank| {
+            Command::new(clipflow_bin())
+                .arg("train")
+                .args(&args)
+                .env_remove("WORLD_SIZE")
+                .env("SLURM_NTASKS", "2")
+                .env("SLURM_PROCID", rank.to_string())
+                .env("SLURM_LOCALID", rank.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env("CLIPFLOW_DIST_TIMEOUT", "2")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_success(&format!("rank {rank}"), &out);
+    }
+    // The evaluation after the first epoch outlasted the timeout: from the
+    // epoch's last Train line to its Eval line (out.log's times are whole
+    // seconds).
+    let log = std::fs::read_to_string(root.join("logs/long-eval/out.log")).unwrap();
+    let time_of = |needle: &str| -> chrono::NaiveTime {
+        let line = log
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{log}"));
+        let stamp = line.split(" | ").next().unwrap();
+        chrono::NaiveTime::parse_from_str(stamp.split(',').nth(1).unwrap(), "%H:%M:%S").unwrap()
+    };
+    let evaluation = time_of("Eval Epoch: 1 ") - time_of("Train Epoch: 0 [");
+    assert!(
+        evaluation.num_seconds() >= 4,
+        "the evaluation took {evaluation}: no longer than the timeout, so this shows nothing"
+    );
 }

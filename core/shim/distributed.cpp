@@ -152,6 +152,24 @@ char *clipflow_barrier(clipflow_process_group *group) {
   });
 }
 
+// A barrier on the CPU backend that waits as long as it takes: the
+// backend's timeout is lifted for it and put back after. A rank that died
+// still fails it at once (its connections close).
+char *clipflow_barrier_unbounded(clipflow_process_group *group) {
+  return catch_errors([&] {
+    const auto forever = std::chrono::hours(24 * 365);
+    auto cpu = group->group->getBackend(c10::DeviceType::CPU);
+    cpu->setTimeout(forever);
+    try {
+      cpu->barrier()->wait(forever);
+    } catch (...) {
+      cpu->setTimeout(group->timeout);
+      throw;
+    }
+    cpu->setTimeout(group->timeout);
+  });
+}
+
 // DDP's Reducer over `count` parameters, bucketed as
 // DistributedDataParallel buckets them (one bucket before the first
 // backward, then buckets of `bucket_bytes` rebuilt in the order gradients

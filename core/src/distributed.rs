@@ -67,6 +67,7 @@ extern "C" {
         root: i32,
     ) -> *mut c_char;
     fn clipflow_barrier(group: *mut RawProcessGroup) -> *mut c_char;
+    fn clipflow_barrier_unbounded(group: *mut RawProcessGroup) -> *mut c_char;
     fn clipflow_reducer_new(
         group: *mut RawProcessGroup,
         params: *const *const AtTensor,
@@ -204,6 +205,17 @@ impl ProcessGroup {
         // SAFETY: no tensors; the group is live.
         check(unsafe { clipflow_barrier(self.raw) })
             .with_context(|| format!("barrier across {} ranks", self.world_size))
+    }
+}
+
+impl ProcessGroup {
+    /// Waits until every rank got here, however long that takes (rank 0
+    /// evaluating while the others wait); a rank that died still fails it
+    /// at once.
+    pub fn barrier_unbounded(&self) -> Result<()> {
+        // SAFETY: no tensors; the group is live.
+        check(unsafe { clipflow_barrier_unbounded(self.raw) })
+            .with_context(|| format!("waiting for every rank across {} ranks", self.world_size))
     }
 }
 

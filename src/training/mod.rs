@@ -90,6 +90,12 @@ fn train(args: &TrainArgs, run: &mut setup::PreparedRun) -> Result<()> {
             samples_per_epoch: epoch_size.num_samples,
         };
         run_epoch(args, run, &shared, plan)?;
+        if let Some(group) = &run.group {
+            // Rank 0 evaluates and saves after the epoch while the others
+            // wait here (as at OpenCLIP's barrier), for as long as that
+            // takes rather than the group's timeout.
+            group.barrier_unbounded()?;
+        }
     }
     Ok(())
 }

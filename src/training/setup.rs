@@ -59,6 +59,8 @@ pub struct ZeroShotLabels {
 pub struct PreparedRun {
     /// This process's rank among the run's processes.
     pub launch: Launch,
+    /// The run's process group, when there are several ranks.
+    pub group: Option<Arc<ProcessGroup>>,
     /// `<--logs>/<name>`, unless `--logs none`.
     pub run_dir: Option<PathBuf>,
     trainer: Option<Trainer>,
@@ -417,6 +419,7 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
     };
     Ok(PreparedRun {
         launch,
+        group,
         run_dir: paths.as_ref().map(|paths| paths.run_dir.clone()),
         remote_sync,
         trainer: Some(trainer),
