@@ -233,25 +233,33 @@ fn clipflow_under_slurm(args: &[String], extra: impl Fn(usize) -> Vec<String>) -
     let port = free_port().to_string();
     (0..2)
         .map(|rank| {
-            Command::new(clipflow_bin())
-                .arg("train")
-                .args(args)
+            slurm_rank(rank, &port, args)
                 .args(extra(rank))
-                .env_remove("WORLD_SIZE")
-                .env_remove("RANK")
-                .env_remove("LOCAL_RANK")
-                .env("SLURM_NTASKS", "2")
-                .env("SLURM_PROCID", rank.to_string())
-                .env("SLURM_LOCALID", rank.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port)
-                .env("OMP_NUM_THREADS", "1")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect()
+}
+
+/// `clipflow train ARGS` as rank `rank` of 2, with the variables `srun` sets
+/// and the store at 127.0.0.1:`port`.
+fn slurm_rank(rank: usize, port: &str, args: &[String]) -> Command {
+    let mut command = Command::new(clipflow_bin());
+    command
+        .arg("train")
+        .args(args)
+        .env_remove("WORLD_SIZE")
+        .env_remove("RANK")
+        .env_remove("LOCAL_RANK")
+        .env("SLURM_NTASKS", "2")
+        .env("SLURM_PROCID", rank.to_string())
+        .env("SLURM_LOCALID", rank.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port)
+        .env("OMP_NUM_THREADS", "1");
+    command
 }
 
 /// `(samples/s, samples/s/gpu)` of every Train line of an out.log.
@@ -622,15 +630,7 @@ fn a_world_that_never_fills_fails_the_rendezvous_within_its_timeout() {
     for rank in 0..2 {
         let logs = scratch.path().join(rank.to_string());
         let started = Instant::now();
-        let out = Command::new(clipflow_bin())
-            .arg("train")
-            .args(synthetic_run(&logs, &[]))
-            .env_remove("WORLD_SIZE")
-            .env("SLURM_NTASKS", "2")
-            .env("SLURM_PROCID", rank.to_string())
-            .env("SLURM_LOCALID", rank.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", free_port().to_string())
+        let out = slurm_rank(rank, &free_port().to_string(), &synthetic_run(&logs, &[]))
             .env("CLIPFLOW_DIST_TIMEOUT", "3")
             .output()
             .unwrap();
@@ -770,15 +770,7 @@ fn ranks_wait_for_rank_0_evaluation_longer_than_the_timeout() {
     let port = free_port().to_string();
     let children: Vec<Child> = (0..2)
         .map(|rank| {
-            Command::new(clipflow_bin())
-                .arg("train")
-                .args(&args)
-                .env_remove("WORLD_SIZE")
-                .env("SLURM_NTASKS", "2")
-                .env("SLURM_PROCID", rank.to_string())
-                .env("SLURM_LOCALID", rank.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port)
+            slurm_rank(rank, &port, &args)
                 .env("CLIPFLOW_DIST_TIMEOUT", "2")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
