@@ -3,8 +3,8 @@
 //! loopback TCPStore (the `CLIPFLOW_TEST_RANK` variable tells a copy which
 //! rank it is and runs only that test), and checks what every rank sees.
 //!
-//! - all-gather, all-reduce and broadcast give each rank the values torch's
-//!   collectives give;
+//! - all-gather, all-reduce, broadcast and the all-reduce inside autograd
+//!   give each rank the values (and gradients) torch's collectives give;
 //! - DDP's Reducer leaves every parameter's gradient equal to the per-rank
 //!   gradients averaged by hand, over two steps (the first with one bucket,
 //!   the second with the buckets rebuilt in the order gradients arrived):
@@ -125,6 +125,13 @@ fn collectives_give_every_rank_the_group_values() {
         Vec::<i64>::try_from(shared[1].flatten(0, -1)).unwrap(),
         [7; 4]
     );
+    // Inside autograd: rank r's loss weighs the sum by (r + 1), so the
+    // gradient each rank's input gets is the sum over ranks, 1 + 2.
+    let input = Tensor::from_slice(&[rank, 1.0]).set_requires_grad(true);
+    let summed = group.all_reduce_sum_with_grad(&(&input * 2.0)).unwrap();
+    assert_eq!(Vec::<f32>::try_from(summed.detach()).unwrap(), [2.0, 4.0]);
+    (summed * (1.0 + rank as f64)).sum(Kind::Float).backward();
+    assert_eq!(Vec::<f32>::try_from(input.grad()).unwrap(), [6.0, 6.0]);
     group.barrier().unwrap();
 }
 

@@ -63,7 +63,7 @@ fn check_model(name: &str, config_file: Option<&str>, kwargs: &str, overrides: M
 
     let inputs = read(&dir.path().join("inputs.safetensors"));
     let expected = read(&dir.path().join("outputs.safetensors"));
-    let image_features = model.encode_image(&inputs["images"], false);
+    let image_features = model.encode_image(&inputs["images"], false).unwrap();
     let text_features = model.encode_text(&inputs["text"]);
     let image_diff = max_abs_diff(&image_features, &expected["image_features"]);
     let text_diff = max_abs_diff(&text_features, &expected["text_features"]);

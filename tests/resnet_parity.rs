@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use clipflow_core::model::modified_resnet::{ModifiedResNet, ModifiedResNetConfig};
-use tch::nn::{ModuleT, VarStore};
+use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 /// Writes `<name>.weights.safetensors` (the tower's state_dict) and
@@ -136,14 +136,14 @@ fn check_parity(dir: &Path, name: &str, config: &ModifiedResNetConfig) {
     // 1e-4 leaves margin yet catches any wrong layer, which moves the
     // features by O(0.1).
     const FEATURE_TOLERANCE: f64 = 1e-4;
-    let eval_features = tch::no_grad(|| tower.forward_t(images, false));
+    let eval_features = tch::no_grad(|| tower.forward(images, false).unwrap());
     let eval_diff = max_abs_diff(&eval_features, &reference["eval_features"]);
     assert!(
         eval_diff <= FEATURE_TOLERANCE,
         "{name}: eval features differ by {eval_diff}"
     );
 
-    let train_features = tower.forward_t(images, true);
+    let train_features = tower.forward(images, true).unwrap();
     let train_diff = max_abs_diff(&train_features, &reference["train_features"]);
     assert!(
         train_diff <= FEATURE_TOLERANCE,
@@ -225,15 +225,15 @@ fn check_lock(dir: &Path) {
     );
     tower.lock(0, true).unwrap();
     assert!(tower.parameters().iter().all(|p| !p.requires_grad()));
-    let eval_features = tower.forward_t(images, false);
-    let frozen_train_features = tower.forward_t(images, true);
+    let eval_features = tower.forward(images, false).unwrap();
+    let frozen_train_features = tower.forward(images, true).unwrap();
     assert!(!frozen_train_features.requires_grad());
     assert_eq!(max_abs_diff(&frozen_train_features, &eval_features), 0.0);
 
     let (_vs, tower) = load_tower(&weights, &config);
     tower.lock(0, false).unwrap();
-    let eval_features = tower.forward_t(images, false);
-    let train_features = tower.forward_t(images, true);
+    let eval_features = tower.forward(images, false).unwrap();
+    let train_features = tower.forward(images, true).unwrap();
     assert!(
         max_abs_diff(&train_features, &eval_features) > 1e-3,
         "unfrozen batch norms use batch statistics"

@@ -8,7 +8,8 @@
 //! `--accum-freq 2`, distillation with `--gather-with-grad` (both loss
 //! terms' gradients cross the ranks), and a ModifiedResNet (batch-norm
 //! statistics taken from rank 0 before each step, compared in the final
-//! checkpoint), each launched with `torchrun --no-python` (its agent
+//! checkpoint) without and with `--use-bn-sync` (OpenCLIP's SyncBatchNorm
+//! runs on CPU in the oracle, which says how), each launched with `torchrun --no-python` (its agent
 //! hosts the store); the first again launched with SLURM's variables alone
 //! (`SLURM_PROCID`, `SLURM_LOCALID`, `SLURM_NTASKS`, `MASTER_ADDR`,
 //! `MASTER_PORT`). Also: rank 0 alone writes the run folder, the Train line's
@@ -59,7 +60,7 @@ struct Case {
     distill: bool,
 }
 
-const CASES: [Case; 6] = [
+const CASES: [Case; 7] = [
     Case {
         name: "ddp-cosine",
         model: MODEL_NAME,
@@ -143,6 +144,16 @@ const CASES: [Case; 6] = [
         shards: "scenes-{00000..00001}.tar",
         epochs: 3,
         flags: &["--lr-scheduler", "const", "--warmup", "1"],
+        siglip: false,
+        distill: false,
+    },
+    // Synchronised batch norms: both ranks' batches normalise together.
+    Case {
+        name: "resnet-bn-sync",
+        model: RESNET_NAME,
+        shards: "scenes-{00000..00001}.tar",
+        epochs: 3,
+        flags: &["--lr-scheduler", "const", "--warmup", "1", "--use-bn-sync"],
         siglip: false,
         distill: false,
     },

@@ -292,9 +292,9 @@ fn zero_shot(
     let batches = images.chunks(config.batch_size.max(1)).map(read_labelled);
     with_image_batches(config, batches, |images, targets| {
         let logits = no_grad_forward(config, || {
-            let features = l2_normalize(&model.encode_image(&images, false));
-            zero_shot_logits(&features, &classifier)
-        })?;
+            let features = l2_normalize(&model.encode_image(&images, false)?);
+            anyhow::Ok(zero_shot_logits(&features, &classifier))
+        })??;
         accuracy.add_batch(&logits, &Tensor::from_slice(&targets))
     })?;
     accuracy.finish(data.set)

@@ -2,7 +2,8 @@
 // process group over ProcessGroupGloo for CPU tensors and, when asked,
 // ProcessGroupNCCL for CUDA tensors (nccl_backend.h), the collectives the
 // losses and the trainer use, and DDP's gradient Reducer (bucketed
-// all-reduce fired by autograd hooks during backward), all as `extern "C"`
+// all-reduce fired by autograd hooks during backward), an all-reduce inside
+// autograd (synchronised batch norm's statistics), all as `extern "C"`
 // functions. Every function reports C++ exceptions as errors.h describes.
 //
 // The wheel ships c10d's headers but not gloo's; the declaration-only headers
@@ -19,6 +20,7 @@
 #include <torch/csrc/distributed/c10d/reducer.hpp>
 
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <chrono>
 #include <cstdint>
@@ -51,6 +53,41 @@ void wait(const c10::intrusive_ptr<c10d::Work> &work,
           std::chrono::milliseconds timeout) {
   work->wait(timeout);
 }
+
+// A contiguous copy of `tensor` summed over the ranks.
+at::Tensor summed_over_ranks(const c10::intrusive_ptr<c10d::ProcessGroup> &group,
+                             const at::Tensor &tensor,
+                             std::chrono::milliseconds timeout) {
+  std::vector<at::Tensor> tensors{tensor.clone(at::MemoryFormat::Contiguous)};
+  wait(group->allreduce(tensors), timeout);
+  return tensors[0];
+}
+
+// torch.distributed.nn.functional.all_reduce: the sum over ranks, whose
+// backward sums the incoming gradient over the ranks too. The node keeps
+// the group alive until it is gone.
+struct AllReduceSumWithGrad
+    : public torch::autograd::Function<AllReduceSumWithGrad> {
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx,
+                            const at::Tensor &input,
+                            const ProcessGroupHandle *handle) {
+    ctx->saved_data["group"] = c10::IValue::make_capsule(
+        c10::intrusive_ptr<torch::CustomClassHolder>(handle->group));
+    ctx->saved_data["timeout_ms"] =
+        static_cast<int64_t>(handle->timeout.count());
+    return summed_over_ranks(handle->group, input, handle->timeout);
+  }
+
+  static torch::autograd::variable_list
+  backward(torch::autograd::AutogradContext *ctx,
+           torch::autograd::variable_list grad_outputs) {
+    const auto group = c10::static_intrusive_pointer_cast<c10d::ProcessGroup>(
+        ctx->saved_data["group"].toCapsule());
+    const std::chrono::milliseconds timeout(
+        ctx->saved_data["timeout_ms"].toInt());
+    return {summed_over_ranks(group, grad_outputs[0], timeout), at::Tensor()};
+  }
+};
 
 } // namespace
 
@@ -119,6 +156,17 @@ char *clipflow_all_reduce_sum(clipflow_process_group *group,
   return catch_errors([&] {
     std::vector<at::Tensor> tensors{*tensor};
     wait(group->group->allreduce(tensors), group->timeout);
+  });
+}
+
+// The sum over ranks of `input`, as a new tensor at *output that autograd
+// differentiates: its backward sums the gradient over the ranks, so every
+// rank must run that backward too.
+char *clipflow_all_reduce_sum_with_grad(clipflow_process_group *group,
+                                        const at::Tensor *input,
+                                        at::Tensor **output) {
+  return catch_errors([&] {
+    *output = new at::Tensor(AllReduceSumWithGrad::apply(*input, group));
   });
 }
 

@@ -6,6 +6,9 @@
 //!   TCPStore (`init_process_group("env://")`): gloo for CPU tensors and,
 //!   with [`Backend::Nccl`], NCCL for CUDA tensors. It is a [`Collective`],
 //!   so the losses' feature exchanges run over it.
+//! - [`ProcessGroup::all_reduce_sum_with_grad`]: a sum over the ranks that
+//!   autograd differentiates (`torch.distributed.nn.functional.all_reduce`),
+//!   which synchronised batch norm gathers its statistics with.
 //! - [`GradientReducer`]: DDP's own Reducer, which all-reduces and averages
 //!   gradients in buckets while the backward pass still runs.
 //!
@@ -53,6 +56,11 @@ extern "C" {
     fn clipflow_process_group_free(group: *mut RawProcessGroup);
     fn clipflow_all_reduce_sum(group: *mut RawProcessGroup, tensor: *const AtTensor)
         -> *mut c_char;
+    fn clipflow_all_reduce_sum_with_grad(
+        group: *mut RawProcessGroup,
+        input: *const AtTensor,
+        output: *mut *mut AtTensor,
+    ) -> *mut c_char;
     fn clipflow_all_gather(
         group: *mut RawProcessGroup,
         input: *const AtTensor,
@@ -127,6 +135,15 @@ pub struct ProcessGroup {
 
 // SAFETY: c10d process groups are made to be driven from any thread; the
 // handle is only freed on drop.
+impl std::fmt::Debug for ProcessGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessGroup")
+            .field("rank", &self.rank)
+            .field("world_size", &self.world_size)
+            .finish_non_exhaustive()
+    }
+}
+
 unsafe impl Send for ProcessGroup {}
 unsafe impl Sync for ProcessGroup {}
 
@@ -198,6 +215,28 @@ impl ProcessGroup {
             )
         })
         .with_context(|| format!("broadcast from rank 0 across {} ranks", self.world_size))
+    }
+
+    /// The sum over ranks of `tensor`, inside autograd: the backward pass
+    /// sums the gradient reaching the result over the ranks and hands it to
+    /// `tensor` (`torch.distributed.nn.functional.all_reduce`). Every rank's
+    /// backward must reach it, as every rank's forward did.
+    pub fn all_reduce_sum_with_grad(&self, tensor: &Tensor) -> Result<Tensor> {
+        let mut output: *mut AtTensor = std::ptr::null_mut();
+        // SAFETY: `tensor` is live for the call, which on success writes a
+        // new heap-allocated tensor handle, owned by tch's Tensor from here.
+        check(unsafe {
+            clipflow_all_reduce_sum_with_grad(self.raw, tensor.as_ptr().cast(), &mut output)
+        })
+        .with_context(|| {
+            format!(
+                "all-reduce with grad of a {:?} tensor across {} ranks",
+                tensor.size(),
+                self.world_size
+            )
+        })?;
+        // SAFETY: see above.
+        Ok(unsafe { Tensor::from_ptr(output.cast()) })
     }
 
     /// Waits until every rank got here.

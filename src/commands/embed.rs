@@ -125,7 +125,7 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
             let batch = Tensor::stack(&pixels, 0)
                 .to_device(device)
                 .to_kind(precision.input_kind());
-            rows.push(precision.run(device, || model.encode_image(&batch, false))?);
+            rows.push(precision.run(device, || model.encode_image(&batch, false))??);
         }
         outputs.push((
             "image_features".into(),

@@ -107,13 +107,6 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         },
     )?;
     let device = launch.device;
-    if launch.distributed() && args.use_bn_sync {
-        bail!(
-            "--use-bn-sync: clipflow has no synchronised batch norm; leave the flag out (each \
-             rank then takes rank 0's batch-norm statistics before every step, as DDP's buffer \
-             broadcast does)"
-        );
-    }
     // As OpenCLIP, the group forms before anything else is set up.
     let group = match &launch.rendezvous {
         Some(rendezvous) => Some(Arc::new(ProcessGroup::join(rendezvous)?)),
@@ -287,6 +280,11 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         config,
     } = build_model(&args.model, config, pretrained, device)?;
     model.set_grad_checkpointing(args.grad_checkpointing);
+    if let (Some(group), true) = (&group, args.use_bn_sync) {
+        // OpenCLIP converts to SyncBatchNorm before wrapping in DDP, and
+        // only when distributed.
+        model.synchronise_batch_norms(Arc::clone(group));
+    }
     precision.prepare_weights(&mut vs);
     if args.lock_image {
         lock_image_tower(&vs, &config, args.lock_image_unlocked_groups)?;

@@ -5,6 +5,8 @@
 //! with a class embedding) plus `text_decoder`, which predicts each caption
 //! token from the ones before it and the image tokens.
 
+use std::sync::Arc;
+
 use anyhow::{ensure, Result};
 use tch::nn;
 use tch::Tensor;
@@ -13,6 +15,7 @@ use super::config::{ModelConfig, VisionLayers};
 use super::multimodal_transformer::MultimodalTransformer;
 use super::text_transformer::TextTransformer;
 use super::visual::VisualTower;
+use crate::distributed::ProcessGroup;
 
 #[derive(Debug)]
 pub struct Clip {
@@ -101,9 +104,16 @@ impl Clip {
         }
     }
 
+    /// `--use-bn-sync` on several ranks (`SyncBatchNorm.convert_sync_batchnorm`):
+    /// the image tower's batch norms, if it has any, normalise with the
+    /// statistics of every rank's batch in train mode.
+    pub fn synchronise_batch_norms(&mut self, group: Arc<ProcessGroup>) {
+        self.visual.synchronise_batch_norms(group);
+    }
+
     /// Image features [N, embed_dim], not normalised (OpenCLIP's `encode_image`).
-    pub fn encode_image(&self, images: &Tensor, train: bool) -> Tensor {
-        self.visual.forward_t(images, train)
+    pub fn encode_image(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        self.visual.forward(images, train)
     }
 
     /// Text features [N, embed_dim], not normalised (OpenCLIP's `encode_text`).
@@ -116,7 +126,7 @@ impl Clip {
     pub fn forward_t(&self, images: &Tensor, text: &Tensor, train: bool) -> Result<ClipOutput> {
         let (image_features, text_features, caption) = match &self.text_decoder {
             None => (
-                self.encode_image(images, train),
+                self.encode_image(images, train)?,
                 self.encode_text(text),
                 None,
             ),

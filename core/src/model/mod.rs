@@ -2,6 +2,7 @@
 //! so a VarStore's variable names are OpenCLIP's keys
 //! (`visual.transformer.resblocks.0.attn.in_proj_weight`, `logit_scale`, ...).
 
+mod batch_norm;
 pub mod clip;
 pub mod config;
 pub mod load;

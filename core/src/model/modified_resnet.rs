@@ -10,10 +10,14 @@
 //! without renaming.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use anyhow::{bail, ensure};
-use tch::nn::{self, Init, ModuleT};
-use tch::{Kind, Tensor};
+use anyhow::{bail, ensure, Result};
+use tch::nn::{self, Init};
+use tch::Tensor;
+
+use super::batch_norm::{BatchNorm2d, BatchStatistics};
+use crate::distributed::ProcessGroup;
 
 /// Output channels of a bottleneck block per channel of its inner width.
 const BOTTLENECK_EXPANSION: i64 = 4;
@@ -112,45 +116,6 @@ impl ModifiedResNetConfig {
     }
 }
 
-/// `nn.BatchNorm2d` with its `num_batches_tracked` counter, which tch's batch
-/// norm lacks. The counter is an Int64 scalar buffer, as in PyTorch.
-#[derive(Debug)]
-struct BatchNorm2d {
-    norm: nn::BatchNorm,
-    num_batches_tracked: Tensor,
-}
-
-impl BatchNorm2d {
-    fn new(p: nn::Path, channels: i64, initial_weight: f64) -> Self {
-        let config = nn::BatchNormConfig {
-            ws_init: Init::Const(initial_weight),
-            bs_init: Init::Const(0.),
-            ..Default::default()
-        };
-        let norm = nn::batch_norm2d(&p, channels, config);
-        let counter = Tensor::zeros([], (Kind::Int64, p.device()));
-        let num_batches_tracked = p.add("num_batches_tracked", counter, false);
-        Self {
-            norm,
-            num_batches_tracked,
-        }
-    }
-
-    /// Normalises with the batch's statistics (updating the running ones and
-    /// the counter) when `use_batch_stats`, else with the running statistics.
-    fn forward(&self, xs: &Tensor, use_batch_stats: bool) -> Tensor {
-        if use_batch_stats {
-            let mut counter = self.num_batches_tracked.shallow_clone();
-            tch::no_grad(|| counter += 1);
-        }
-        self.norm.forward_t(xs, use_batch_stats)
-    }
-
-    fn collect_parameters<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
-        out.extend(self.norm.ws.iter().chain(self.norm.bs.iter()));
-    }
-}
-
 fn conv2d(
     p: nn::Path,
     in_channels: i64,
@@ -226,19 +191,16 @@ impl Bottleneck {
         }
     }
 
-    fn forward(&self, xs: &Tensor, use_batch_stats: bool) -> Tensor {
-        let mut out = self
-            .bn1
-            .forward(&xs.apply(&self.conv1), use_batch_stats)
-            .relu();
+    fn forward(&self, xs: &Tensor, statistics: BatchStatistics) -> Result<Tensor> {
+        let mut out = self.bn1.forward(&xs.apply(&self.conv1), statistics)?.relu();
         out = self
             .bn2
-            .forward(&out.apply(&self.conv2), use_batch_stats)
+            .forward(&out.apply(&self.conv2), statistics)?
             .relu();
         if self.stride > 1 {
             out = average_pool(&out, self.stride);
         }
-        out = self.bn3.forward(&out.apply(&self.conv3), use_batch_stats);
+        out = self.bn3.forward(&out.apply(&self.conv3), statistics)?;
         let identity = match &self.downsample {
             Some(d) => {
                 let pooled = if d.stride > 1 {
@@ -246,11 +208,11 @@ impl Bottleneck {
                 } else {
                     xs.shallow_clone()
                 };
-                d.norm.forward(&pooled.apply(&d.conv), use_batch_stats)
+                d.norm.forward(&pooled.apply(&d.conv), statistics)?
             }
             None => xs.shallow_clone(),
         };
-        (out + identity).relu()
+        Ok((out + identity).relu())
     }
 
     fn collect_parameters<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
@@ -363,6 +325,9 @@ pub struct ModifiedResNet {
     image_size: i64,
     /// Set by `lock(_, true)`: batch norms always use their running statistics.
     bn_stats_frozen: AtomicBool,
+    /// Set by `synchronise_batch_norms`: in train mode the batch norms
+    /// normalise with the statistics of every rank's batch.
+    batch_norm_group: Option<Arc<ProcessGroup>>,
 }
 
 impl ModifiedResNet {
@@ -412,18 +377,27 @@ impl ModifiedResNet {
             attnpool,
             image_size: cfg.image_size,
             bn_stats_frozen: AtomicBool::new(false),
+            batch_norm_group: None,
         }
     }
 
     /// Like `forward_t`, but first checks that `images` is `[N, 3, S, S]` with
     /// S the configured image size, and says so in the error when it is not.
-    pub fn forward_checked(&self, images: &Tensor, train: bool) -> anyhow::Result<Tensor> {
+    pub fn forward_checked(&self, images: &Tensor, train: bool) -> Result<Tensor> {
         let size = images.size();
         let side = self.image_size;
         if size.len() != 4 || size[1..] != [3, side, side] {
             bail!("the ResNet image tower expects images of shape [batch, 3, {side}, {side}], got {size:?}");
         }
-        Ok(self.forward_t(images, train))
+        self.forward(images, train)
+    }
+
+    /// `--use-bn-sync` (`nn.SyncBatchNorm.convert_sync_batchnorm`): from
+    /// now on, a train-mode forward pass normalises with the statistics of
+    /// every rank's batch together, exchanged over `group`, so every rank
+    /// must run its forward and backward passes in step.
+    pub fn synchronise_batch_norms(&mut self, group: Arc<ProcessGroup>) {
+        self.batch_norm_group = Some(group);
     }
 
     /// Freezes the tower, as OpenCLIP's `ModifiedResNet.lock` does for
@@ -460,22 +434,28 @@ impl ModifiedResNet {
         self.attnpool.collect_parameters(&mut out);
         out
     }
-}
 
-impl ModuleT for ModifiedResNet {
     /// `train` selects batch statistics (and updates the running ones) in the
     /// batch norms, unless `lock` froze them; the attention pool has no
-    /// dropout, so it is the same in both modes.
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let use_batch_stats = train && !self.bn_stats_frozen.load(Ordering::Relaxed);
+    /// dropout, so it is the same in both modes. Fails only when the batch
+    /// norms' statistics cannot cross the ranks.
+    pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let statistics = if !train || self.bn_stats_frozen.load(Ordering::Relaxed) {
+            BatchStatistics::Running
+        } else {
+            match &self.batch_norm_group {
+                Some(group) => BatchStatistics::AcrossRanks(group),
+                None => BatchStatistics::Batch,
+            }
+        };
         let mut x = xs.shallow_clone();
         for (conv, norm) in &self.stem {
-            x = norm.forward(&x.apply(conv), use_batch_stats).relu();
+            x = norm.forward(&x.apply(conv), statistics)?.relu();
         }
         x = average_pool(&x, 2);
         for block in self.stages.iter().flatten() {
-            x = block.forward(&x, use_batch_stats);
+            x = block.forward(&x, statistics)?;
         }
-        self.attnpool.forward(&x)
+        Ok(self.attnpool.forward(&x))
     }
 }

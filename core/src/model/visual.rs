@@ -1,9 +1,13 @@
 //! The image tower under `visual.`: a ViT, or (for the RN configs) a
 //! ModifiedResNet, chosen by the shape of the config's `layers`.
 
+use std::sync::Arc;
+
 use anyhow::{bail, Result};
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::Tensor;
+
+use crate::distributed::ProcessGroup;
 
 use super::config::{ModelConfig, VisionLayers};
 use super::modified_resnet::{ModifiedResNet, ModifiedResNetConfig};
@@ -48,6 +52,15 @@ impl VisualTower {
         }
     }
 
+    /// `--use-bn-sync`: a ModifiedResNet's batch norms normalise with every
+    /// rank's statistics in train mode; a ViT has no batch norm to convert.
+    pub fn synchronise_batch_norms(&mut self, group: Arc<ProcessGroup>) {
+        match self {
+            VisualTower::VisionTransformer(_) => {}
+            VisualTower::ModifiedResNet(resnet) => resnet.synchronise_batch_norms(group),
+        }
+    }
+
     /// Features and tokens, for CoCa; only a ViT image tower has tokens.
     pub fn forward_with_tokens(&self, images: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
         match self {
@@ -58,10 +71,12 @@ impl VisualTower {
         }
     }
 
-    pub fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+    /// Image features; fails only when a synchronised batch norm's
+    /// statistics cannot cross the ranks.
+    pub fn forward(&self, images: &Tensor, train: bool) -> Result<Tensor> {
         match self {
-            VisualTower::VisionTransformer(vit) => vit.forward_t(images, train),
-            VisualTower::ModifiedResNet(resnet) => resnet.forward_t(images, train),
+            VisualTower::VisionTransformer(vit) => Ok(vit.forward_t(images, train)),
+            VisualTower::ModifiedResNet(resnet) => resnet.forward(images, train),
         }
     }
 }
