@@ -12,7 +12,8 @@
 //! runs on CPU in the oracle, which says how), each launched with `torchrun --no-python` (its agent
 //! hosts the store); the first again launched with SLURM's variables alone
 //! (`SLURM_PROCID`, `SLURM_LOCALID`, `SLURM_NTASKS`, `MASTER_ADDR`,
-//! `MASTER_PORT`). Also: rank 0 alone writes the run folder, the Train line's
+//! `MASTER_PORT`). Also: rank 0 alone writes the run folder (with
+//! `--log-local`, each node's first rank its own log), the Train line's
 //! samples/s is the global rate and samples/s/gpu the per-rank one, ranks
 //! launched with different flags stop naming the flag, a rank killed mid-run
 //! makes the other stop with an error, a world that never fills fails the
@@ -539,6 +540,55 @@ fn synthetic_run(logs: &Path, extra: &[&str]) -> Vec<String> {
     .chain(extra)
     .map(|s| s.to_string())
     .collect()
+}
+
+#[test]
+fn log_local_gives_each_node_its_own_log() {
+    // Two ranks as the only rank of two nodes (SLURM_LOCALID 0 on both):
+    // with --log-local each writes out-RANK in the run folder, as
+    // OpenCLIP's do; rank 0 alone writes the rest.
+    let scratch = tempfile::tempdir().unwrap();
+    let config = scratch.path().join(format!("{MODEL_NAME}.json"));
+    std::fs::write(&config, TINY_TRAIN_CONFIG).unwrap();
+    let logs = scratch.path().join("logs");
+    let extra = ["--name", "two-nodes", "--log-local", "--batch-size", "8"];
+    let mut args = synthetic_run(&logs, &extra);
+    args.extend(["--model".into(), config.to_str().unwrap().into()]);
+    let port = free_port().to_string();
+    let children: Vec<Child> = (0..2)
+        .map(|rank| {
+            slurm_rank(rank, &port, &args)
+                .env("SLURM_LOCALID", "0")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_success(&format!("rank {rank} on its own node"), &out);
+    }
+    let run = logs.join("two-nodes");
+    let mut entries = common::file_names(&run);
+    entries.retain(|entry| entry != "checkpoints");
+    assert_eq!(entries, ["out-0", "out-1", "params.txt"], "run folder");
+    // As OpenCLIP's: each log opens with its rank's launch line, and only
+    // rank 0 logs the training.
+    for rank in 0..2 {
+        let log = std::fs::read_to_string(run.join(format!("out-{rank}"))).unwrap();
+        let launch = format!(
+            "Running in distributed mode with multiple processes. Device: cpu.\
+             Process (global: {rank}, local 0), total 2."
+        );
+        let first = log.lines().next().unwrap_or_default();
+        assert!(first.ends_with(&launch), "out-{rank} opens with {first:?}");
+        assert_eq!(
+            log.contains("Train Epoch: 0"),
+            rank == 0,
+            "out-{rank} and its Train lines:\n{log}"
+        );
+    }
 }
 
 #[test]

@@ -44,8 +44,12 @@ pub struct TrainLogConfig {
     pub batch_size: u64,
     pub accum_freq: u64,
     pub world_size: u64,
-    /// A rank that keeps no logs: only warnings and errors reach the
-    /// terminal (OpenCLIP logs from rank 0).
+    /// What a rank of a distributed run logs first, as OpenCLIP's ranks
+    /// do (which rank on which device, of how many).
+    pub launch_line: Option<String>,
+    /// A rank other than 0: after the launch line, only warnings and errors
+    /// reach its terminal and its log file, if it keeps one (OpenCLIP logs
+    /// training from rank 0).
     pub quiet: bool,
 }
 
@@ -79,6 +83,9 @@ impl SharedTrainLog {
     /// OpenCLIP does), and starts TensorBoard and wandb when asked.
     pub fn open(config: TrainLogConfig) -> Result<Self> {
         let mut run_log = RunLog::open(config.log_file.as_deref(), config.debug)?;
+        if let Some(line) = &config.launch_line {
+            run_log.info(line)?;
+        }
         if config.quiet {
             run_log = run_log.warnings_only();
         }

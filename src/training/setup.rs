@@ -185,14 +185,23 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         _ => resume_from,
     };
     let path_text = |path: Option<&Path>| path.map(|p| p.display().to_string()).unwrap_or_default();
+    // The device as OpenCLIP names it.
+    let device_name = match device {
+        tch::Device::Cuda(index) => format!("cuda:{index}"),
+        _ => "cpu".to_string(),
+    };
+    let launch_line = launch.distributed().then(|| {
+        format!(
+            "Running in distributed mode with multiple processes. Device: {device_name}.\
+             Process (global: {}, local {}), total {}.",
+            launch.rank, launch.local_rank, launch.world_size
+        )
+    });
     let params = run_params(
         args,
         &DerivedParams {
             name: &name,
-            device: match device {
-                tch::Device::Cuda(index) => format!("cuda:{index}"),
-                _ => "cpu".to_string(),
-            },
+            device: device_name,
             log_path: log_file.as_ref().map(|path| path.display().to_string()),
             checkpoint_path: path_text(paths.as_ref().map(|p| p.checkpoints.as_path())),
             tensorboard_path: if tensorboard {
@@ -236,7 +245,8 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
         batch_size: args.batch_size as u64,
         accum_freq: args.accum_freq as u64,
         world_size: launch.world_size as u64,
-        quiet: !launch.is_master(args.log_local),
+        launch_line,
+        quiet: !is_master,
     })?;
 
     if let (true, Some(paths)) = (args.copy_codebase, &paths) {
