@@ -240,13 +240,14 @@ fn clipflow_under_torchrun(folder: &Path, args: &[String]) -> Output {
 
 /// Two `clipflow train ARGS` processes with the variables `srun` sets (and
 /// the MASTER_ADDR/MASTER_PORT an sbatch script exports), one per rank;
-/// `extra(rank)` adds flags to that rank's command line.
-fn clipflow_under_slurm(args: &[String], extra: impl Fn(usize) -> Vec<String>) -> Vec<Child> {
+/// `adjust(rank, command)` adds flags or variables to that rank's.
+fn clipflow_under_slurm(args: &[String], adjust: impl Fn(usize, &mut Command)) -> Vec<Child> {
     let port = free_port().to_string();
     (0..2)
         .map(|rank| {
-            slurm_rank(rank, &port, args)
-                .args(extra(rank))
+            let mut command = slurm_rank(rank, &port, args);
+            adjust(rank, &mut command);
+            command
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -407,7 +408,7 @@ fn two_ranks_train_as_open_clip_does() {
     let slurm = "ddp-cosine-slurm";
     let mut slurm_flags = our_flags(&CASES[0], slurm);
     slurm_flags.extend(["--logs".into(), ours.to_str().unwrap().into()]);
-    for (rank, child) in clipflow_under_slurm(&slurm_flags, |_| Vec::new())
+    for (rank, child) in clipflow_under_slurm(&slurm_flags, |_, _| {})
         .into_iter()
         .enumerate()
     {
@@ -554,17 +555,9 @@ fn log_local_gives_each_node_its_own_log() {
     let extra = ["--name", "two-nodes", "--log-local", "--batch-size", "8"];
     let mut args = synthetic_run(&logs, &extra);
     args.extend(["--model".into(), config.to_str().unwrap().into()]);
-    let port = free_port().to_string();
-    let children: Vec<Child> = (0..2)
-        .map(|rank| {
-            slurm_rank(rank, &port, &args)
-                .env("SLURM_LOCALID", "0")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children = clipflow_under_slurm(&args, |_, command| {
+        command.env("SLURM_LOCALID", "0");
+    });
     for (rank, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
         assert_success(&format!("rank {rank} on its own node"), &out);
@@ -595,7 +588,9 @@ fn log_local_gives_each_node_its_own_log() {
 fn ranks_launched_with_different_flags_stop_naming_the_flag() {
     let scratch = tempfile::tempdir().unwrap();
     let args = synthetic_run(scratch.path(), &["--name", "mismatch"]);
-    let batch_size = |rank: usize| vec!["--batch-size".to_string(), (8 + 8 * rank).to_string()];
+    let batch_size = |rank: usize, command: &mut Command| {
+        command.args(["--batch-size", &(8 + 8 * rank).to_string()]);
+    };
     for (rank, child) in clipflow_under_slurm(&args, batch_size)
         .into_iter()
         .enumerate()
@@ -639,7 +634,7 @@ fn a_rank_killed_mid_run_stops_the_other() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut children = clipflow_under_slurm(&args, |_| Vec::new());
+    let mut children = clipflow_under_slurm(&args, |_, _| {});
     let log = logs.join("killed/out.log");
     let started = Instant::now();
     while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Train Epoch: 0 [")) {
@@ -670,7 +665,7 @@ fn a_rank_killed_mid_run_stops_the_other() {
 fn nccl_without_a_gpu_is_a_clear_error() {
     let scratch = tempfile::tempdir().unwrap();
     let args = synthetic_run(scratch.path(), &["--dist-backend", "nccl"]);
-    for (rank, child) in clipflow_under_slurm(&args, |_| Vec::new())
+    for (rank, child) in clipflow_under_slurm(&args, |_, _| {})
         .into_iter()
         .enumerate()
     {
@@ -828,17 +823,9 @@ fn ranks_wait_for_rank_0_evaluation_longer_than_the_timeout() {
     .map(|s| s.to_string())
     .collect();
     args.extend(["--lr".into(), "1e-3".into()]);
-    let port = free_port().to_string();
-    let children: Vec<Child> = (0..2)
-        .map(|rank| {
-            slurm_rank(rank, &port, &args)
-                .env("CLIPFLOW_DIST_TIMEOUT", "2")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children = clipflow_under_slurm(&args, |_, command| {
+        command.env("CLIPFLOW_DIST_TIMEOUT", "2");
+    });
     for (rank, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
         assert_success(&format!("rank {rank}"), &out);
