@@ -5,7 +5,7 @@
 //! TensorBoard events, final weights, and the checkpoint loading strictly in
 //! OpenCLIP. Cases: DDP's averaged gradients with a cosine schedule and
 //! `--grad-clip-norm`, `--local-loss --gather-with-grad`, `--siglip`,
-//! `--accum-freq 2`, distillation with `--gather-with-grad` (both loss
+//! `--accum-freq 2 --local-loss --gather-with-grad`, distillation with `--gather-with-grad` (both loss
 //! terms' gradients cross the ranks), and a ModifiedResNet (batch-norm
 //! statistics taken from rank 0 before each step, compared in the final
 //! checkpoint) without and with `--use-bn-sync` (OpenCLIP's SyncBatchNorm
@@ -105,9 +105,11 @@ const CASES: [Case; 7] = [
     },
     // Each rank's one shard holds half its share of the epoch, so both
     // sides walk it twice (webdataset's `with_epoch`): each micro-batch of
-    // the window is the same 16 samples on both sides.
+    // the window is the same 16 samples on both sides. Each rank's local
+    // loss sends gradients to the other rank's features of the micro-batch
+    // (gathered with grad), which a gradient scale alone cannot mimic.
     Case {
-        name: "accum",
+        name: "accum-gather",
         model: MODEL_NAME,
         shards: "scenes-{00000..00001}.tar",
         epochs: 3,
@@ -118,6 +120,8 @@ const CASES: [Case; 7] = [
             "1",
             "--accum-freq",
             "2",
+            "--local-loss",
+            "--gather-with-grad",
             "--train-num-samples",
             "64",
         ],
