@@ -1,33 +1,33 @@
 //! `clipflow train` on two CPU processes over gloo beside OpenCLIP's own
 //! `open_clip_train.main` on two processes (tests/oracle/train_parity_dist.py
 //! under torchrun), from the same initial weights on the same shards:
-//! per-step losses, learning rates and logit scales from rank 0's
-//! TensorBoard events, final weights, and the checkpoint loading strictly in
-//! OpenCLIP. Cases: DDP's averaged gradients with a cosine schedule and
+//! per-step losses, learning rates and logit scales from rank 0's TensorBoard
+//! events, final weights, and the checkpoint loading strictly in OpenCLIP.
+//! Cases: DDP's averaged gradients with a cosine schedule and
 //! `--grad-clip-norm`, `--local-loss --gather-with-grad`, `--siglip`,
-//! `--accum-freq 2 --local-loss --gather-with-grad`, distillation with `--gather-with-grad` (both loss
-//! terms' gradients cross the ranks), and a ModifiedResNet (batch-norm
-//! statistics taken from rank 0 before each step, compared in the final
-//! checkpoint) without and with `--use-bn-sync` (OpenCLIP's SyncBatchNorm
-//! runs on CPU in the oracle, which says how), each launched with `torchrun --no-python` (its agent
-//! hosts the store); the first again launched with SLURM's variables alone
-//! (`SLURM_PROCID`, `SLURM_LOCALID`, `SLURM_NTASKS`, `MASTER_ADDR`,
-//! `MASTER_PORT`). Also: rank 0 alone writes the run folder (with
-//! `--log-local`, each node's first rank its own log), the Train line's
-//! samples/s is the global rate and samples/s/gpu the per-rank one, ranks
-//! launched with different flags stop naming the flag, a rank killed mid-run
-//! makes the other stop with an error, a world that never fills fails the
-//! rendezvous within its timeout, the other rank waits out rank 0's
-//! evaluation however long it is, two ranks resumed with `--resume latest`
-//! repeat the uninterrupted run exactly, and `--dist-backend nccl` on a
-//! machine without a GPU fails in libtorch's ProcessGroupNCCL (so it is
-//! built in) with a clear error.
+//! `--accum-freq 2 --local-loss --gather-with-grad`, distillation with
+//! `--gather-with-grad` (both loss terms' gradients cross the ranks), and a
+//! ModifiedResNet (batch-norm statistics taken from rank 0 before each step,
+//! compared in the final checkpoint) without and with `--use-bn-sync`
+//! (OpenCLIP's SyncBatchNorm runs on CPU in the oracle, which says how), each
+//! launched with `torchrun --no-python` (its agent hosts the store); the
+//! first again launched with SLURM's variables alone (`SLURM_PROCID`,
+//! `SLURM_LOCALID`, `SLURM_NTASKS`, `MASTER_ADDR`, `MASTER_PORT`). Also: rank
+//! 0 alone writes the run folder (with `--log-local`, each node's first rank
+//! its own log), the Train line's samples/s is the global rate and
+//! samples/s/gpu the per-rank one, ranks launched with different flags stop
+//! naming the flag, a rank killed mid-run makes the other stop with an error,
+//! a world that never fills fails the rendezvous within its timeout, the
+//! other rank waits out rank 0's evaluation however long it is, two ranks
+//! resumed with `--resume latest` repeat the uninterrupted run exactly, and
+//! `--dist-backend nccl` on a machine without a GPU fails in libtorch's
+//! ProcessGroupNCCL (so it is built in) with a clear error.
 //!
 //! As in tests/train_parity.rs, each rank's epoch is one batch of one shard
 //! (16 samples, batch size 16; that shard twice with `--accum-freq 2`), and
 //! every loss is a sum over the step's pairs, so neither side's sample order
-//! matters; which rank gets which shard follows OpenCLIP's seeded
-//! shard shuffle and split by rank, which the loss of the first step checks.
+//! matters; which rank gets which shard follows OpenCLIP's seeded shard
+//! shuffle and split by rank, which the loss of the first step checks.
 
 mod common;
 
