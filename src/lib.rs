@@ -1,6 +1,7 @@
 //! The clipflow command line as a library: flag definitions and the
 //! subcommands behind `clipflow train`, `embed`, `tokenize`, `convert`, `models`,
-//! `run`, `bench`, and the tracing export they share.
+//! `run`, `bench`, the topology files they run and the tracing export they
+//! share.
 
 pub mod commands;
 pub mod plot;
@@ -8,5 +9,6 @@ pub mod remote_sync;
 pub mod run_config;
 pub mod runtime;
 pub mod telemetry;
+pub mod topology_files;
 pub mod train_args;
 pub mod training;

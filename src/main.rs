@@ -7,7 +7,6 @@ use clipflow::commands::{
     bench, check, convert, embed, make_scenes, models, quickstart, run, tokenize, train,
 };
 use clipflow::telemetry::{Telemetry, TelemetryArgs};
-use clipflow::train_args::TrainArgs;
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +27,7 @@ enum Command {
     /// small CLIP on it (CPU, a few minutes), report zero-shot accuracy.
     Quickstart(quickstart::QuickstartArgs),
     /// Train a model with open_clip_train.main's flags.
-    Train(TrainArgs),
+    Train(train::TrainCommand),
     /// Images and captions to OpenCLIP's encode_image / encode_text features.
     Embed(embed::EmbedArgs),
     /// Captions on stdin to token ids on stdout, one line each.

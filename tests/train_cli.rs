@@ -1,7 +1,8 @@
 //! `clipflow train` from the command line on a tiny model and rendered
 //! scenes: validation metrics, every `--precision` the CPU runs, the
-//! non-finite-loss stop, and the errors a user meets first (a run that
-//! already exists, training data that is not there, a pretrained tag).
+//! non-finite-loss stop, the errors a user meets first (a run that already
+//! exists, training data that is not there, a pretrained tag), and a
+//! topology file of the user's (`--topology`) being what runs.
 
 mod common;
 
@@ -201,5 +202,66 @@ fn an_existing_run_and_missing_data_are_clear_errors() {
         stderr(&tag).contains("--pretrained openai: a pretrained tag"),
         "{}",
         stderr(&tag)
+    );
+}
+
+#[test]
+fn a_topology_file_of_the_users_is_what_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = scenes(dir.path());
+    let logs = dir.path().join("logs");
+    let standard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/train.toml"),
+    )
+    .unwrap();
+    // Re-linked: the evaluator taken out, the checkpointer reading the
+    // step executor.
+    let evaluator = standard.find("[stages.evaluator]").unwrap();
+    let checkpointer = standard.find("[stages.checkpointer]").unwrap();
+    let relinked = format!(
+        "{}{}",
+        &standard[..evaluator],
+        &standard[checkpointer..].replacen(
+            "inputs = [\"evaluator\"]",
+            "inputs = [\"step-executor\"]",
+            1
+        )
+    );
+    let mine = dir.path().join("without-evaluator.toml");
+    std::fs::write(&mine, &relinked).unwrap();
+    let flags = [
+        "--precision",
+        "fp32",
+        "--train-num-samples",
+        "64",
+        "--val-data",
+        &shards,
+        "--topology",
+        mine.to_str().unwrap(),
+    ];
+    let out = train(&shards, &logs, "mine", &flags);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = std::fs::read_to_string(logs.join("mine/out.log")).unwrap();
+    assert!(log.contains("Train Epoch: 0"), "{log}");
+    assert!(!log.contains("Eval Epoch"), "no evaluator ran:\n{log}");
+
+    // A setting no stage reads is an error naming the file, line and stage.
+    let batcher = standard.find("[stages.batcher]").unwrap();
+    let line = standard[..batcher].matches('\n').count() + 2;
+    let misspelt = standard.replacen("[stages.batcher]\n", "[stages.batcher]\nbatchsize = 8\n", 1);
+    let bad = dir.path().join("misspelt.toml");
+    std::fs::write(&bad, misspelt).unwrap();
+    let out = train(
+        &shards,
+        &logs,
+        "misspelt",
+        &["--precision", "fp32", "--topology", bad.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    let wanted = format!("misspelt.toml:{line}: stage 'batcher'");
+    assert!(
+        stderr(&out).contains(&wanted),
+        "wanted {wanted} in {}",
+        stderr(&out)
     );
 }

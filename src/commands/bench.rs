@@ -5,11 +5,11 @@
 //! `peak_memory_bytes` (the process's peak resident set), and the batch
 //! count, batch size and workers.
 //!
-//! The graph is `topologies/train-data.toml` (built into the binary), or the
-//! file `--topology` names; the training flags fill in its `[flags]`.
+//! The graph is `topologies/train-data.toml` (read when the command starts,
+//! see `crate::topology_files`), or the file `--topology` names; the training flags fill in its `[flags]`.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -20,11 +20,12 @@ use clipflow_actors::topology::{FlagValues, Topology};
 use serde_json::json;
 
 use crate::runtime::run_graph;
+use crate::topology_files::TopologyFile;
 use crate::train_args::TrainArgs;
 
-/// The default loading topology, as the binary carries it.
-const TRAIN_DATA_TOPOLOGY: &str = include_str!("../../topologies/train-data.toml");
-const TRAIN_DATA_TOPOLOGY_NAME: &str = "topologies/train-data.toml";
+/// The loading topology in clipflow's topologies/ folder that `clipflow
+/// bench data` runs unless `--topology` names another.
+const TRAIN_DATA_TOPOLOGY_NAME: &str = "train-data.toml";
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -40,7 +41,7 @@ pub enum BenchTarget {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchDataArgs {
-    /// Loading topology to run instead of the built-in topologies/train-data.toml.
+    /// Loading topology to run instead of clipflow's topologies/train-data.toml.
     #[arg(long, value_name = "FILE")]
     pub topology: Option<PathBuf>,
     /// Stop with an error when more than this fraction of the data is bad
@@ -73,24 +74,15 @@ fn bench_data(args: BenchDataArgs) -> Result<()> {
     let ledger = Arc::new(LoadingLedger::default());
     let mut registry = standard_registry();
     register_batcher(&mut registry, Arc::clone(&ledger));
-    let (topology_name, topology) = match &args.topology {
-        Some(path) => (
-            path.display().to_string(),
-            Topology::load(path, &flags, &registry)?,
-        ),
-        None => (
-            TRAIN_DATA_TOPOLOGY_NAME.to_string(),
-            Topology::parse(
-                Path::new(TRAIN_DATA_TOPOLOGY_NAME),
-                TRAIN_DATA_TOPOLOGY,
-                &flags,
-                &registry,
-            )?,
-        ),
-    };
+    let file = TopologyFile::chosen(args.topology.as_deref(), TRAIN_DATA_TOPOLOGY_NAME)?;
+    let topology = Topology::parse(&file.path, &file.text, &flags, &registry)?;
     let mut graph = topology.into_graph()?;
     graph.show_live_status(std::io::stderr().is_terminal());
-    let report = run_graph(graph, &topology_name, "the loading path was stopped")?;
+    let report = run_graph(
+        graph,
+        &file.path.display().to_string(),
+        "the loading path was stopped",
+    )?;
     eprintln!("{report}");
 
     let totals = ledger.totals();

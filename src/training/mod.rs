@@ -1,8 +1,9 @@
 //! `clipflow train`, the drop-in for `python -m open_clip_train.main`: sets up
 //! the run as OpenCLIP's `main` does (run folder, params.txt, model with
 //! `--pretrained`, precision, locked towers, optimiser, schedule, loss,
-//! `--resume`), then runs `topologies/train.toml` once per epoch around a
-//! trainer, evaluator settings and logs that live across epochs.
+//! `--resume`), then runs its topology (`topologies/train.toml`, or the file
+//! `--topology` names) once per epoch around a trainer, evaluator settings
+//! and logs that live across epochs.
 
 mod epoch_size;
 mod launch;
@@ -12,7 +13,7 @@ mod ranks;
 mod setup;
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
@@ -23,11 +24,12 @@ use clipflow_actors::topology::Topology;
 
 use crate::commands::bench::topology_flags;
 use crate::runtime::run_graph;
+use crate::topology_files::TopologyFile;
 use crate::train_args::TrainArgs;
 
-/// The default training topology, as the binary carries it.
-pub(crate) const TRAIN_TOPOLOGY: &str = include_str!("../../topologies/train.toml");
-pub(crate) const TRAIN_TOPOLOGY_NAME: &str = "topologies/train.toml";
+/// The file in clipflow's topologies/ folder that `clipflow train` runs
+/// unless `--topology` names another.
+pub const TOPOLOGY_NAME: &str = "train.toml";
 
 pub use setup::ZeroShotLabels;
 
@@ -41,13 +43,18 @@ pub struct RunSummary {
     pub evaluations: Vec<(u64, Vec<(String, f64)>)>,
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
-    run_with(args, None).map(|_| ())
+/// Trains with `args`, running `topology` each epoch.
+pub fn run(args: TrainArgs, topology: TopologyFile) -> Result<()> {
+    run_with(args, None, topology).map(|_| ())
 }
 
-/// Trains with `args`; `labels` replaces the class names and prompt
-/// templates of `--imagenet-val` (the quickstart's own classes).
-pub fn run_with(args: TrainArgs, labels: Option<ZeroShotLabels>) -> Result<RunSummary> {
+/// [`run`]; `labels` replaces the class names and prompt templates of
+/// `--imagenet-val` (the quickstart's own classes).
+pub fn run_with(
+    args: TrainArgs,
+    labels: Option<ZeroShotLabels>,
+    topology: TopologyFile,
+) -> Result<RunSummary> {
     let args = args
         .resolve_defaults_and_validate()
         .unwrap_or_else(|e| e.exit());
@@ -56,8 +63,8 @@ pub fn run_with(args: TrainArgs, labels: Option<ZeroShotLabels>) -> Result<RunSu
         let lines: Vec<String> = unsupported.iter().map(ToString::to_string).collect();
         bail!("{}", lines.join("\n"));
     }
-    let mut run = setup::prepare(&args, labels)?;
-    let result = train(&args, &mut run);
+    let mut run = setup::prepare(&args, labels, &topology)?;
+    let result = train(&args, &mut run, &topology);
     let finished = run.finish();
     result.and(finished)?;
     let log = run.logger.lock();
@@ -68,7 +75,7 @@ pub fn run_with(args: TrainArgs, labels: Option<ZeroShotLabels>) -> Result<RunSu
     })
 }
 
-fn train(args: &TrainArgs, run: &mut setup::PreparedRun) -> Result<()> {
+fn train(args: &TrainArgs, run: &mut setup::PreparedRun, topology: &TopologyFile) -> Result<()> {
     let shared = SharedTrainer::new(run.take_trainer()?);
     let Some(epoch_size) = run.epoch_size else {
         // No training data: evaluate the model once, as OpenCLIP does.
@@ -89,7 +96,7 @@ fn train(args: &TrainArgs, run: &mut setup::PreparedRun) -> Result<()> {
             steps_per_epoch: epoch_size.num_batches / args.accum_freq as u64,
             samples_per_epoch: epoch_size.num_samples,
         };
-        run_epoch(args, run, &shared, plan)?;
+        run_epoch(args, run, &shared, plan, topology)?;
         if let Some(group) = &run.group {
             // Rank 0 evaluates and saves after the epoch while the others
             // wait here (as at OpenCLIP's barrier), for as long as that
@@ -106,6 +113,7 @@ fn run_epoch(
     run: &setup::PreparedRun,
     trainer: &SharedTrainer,
     plan: EpochPlan,
+    topology: &TopologyFile,
 ) -> Result<()> {
     let mut flags = topology_flags(args);
     flags.set("epoch", &plan.epoch.to_string());
@@ -122,16 +130,11 @@ fn run_epoch(
             logger: run.logger.clone(),
         },
     );
-    let topology = Topology::parse(
-        Path::new(TRAIN_TOPOLOGY_NAME),
-        TRAIN_TOPOLOGY,
-        &flags,
-        &registry,
-    )?;
-    let mut graph = topology.into_graph()?;
+    let checked = Topology::parse(&topology.path, &topology.text, &flags, &registry)?;
+    let mut graph = checked.into_graph()?;
     graph.show_live_status(args.debug && std::io::stderr().is_terminal());
     let stopped = format!("training stopped in epoch {}", plan.epoch);
-    let report = run_graph(graph, TRAIN_TOPOLOGY_NAME, &stopped)?;
+    let report = run_graph(graph, &topology.path.display().to_string(), &stopped)?;
     if args.debug {
         eprintln!("{report}");
     }

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::topology_files::TopologyFile;
 use anyhow::{bail, Context, Result};
 use clipflow_actors::checkpointer::CheckpointerConfig;
 use clipflow_actors::evaluator::{EvaluatorConfig, ValidationData, ZeroShotData};
@@ -96,7 +97,11 @@ impl PreparedRun {
     }
 }
 
-pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<PreparedRun> {
+pub fn prepare(
+    args: &TrainArgs,
+    labels: Option<ZeroShotLabels>,
+    topology: &TopologyFile,
+) -> Result<PreparedRun> {
     let launch = Launch::from_env(
         |name| std::env::var(name).ok(),
         &DistFlags {
@@ -254,13 +259,9 @@ pub fn prepare(args: &TrainArgs, labels: Option<ZeroShotLabels>) -> Result<Prepa
             .iter()
             .map(|(name, value)| (name.clone(), value.to_string()))
             .collect();
-        let topology = Path::new(super::TRAIN_TOPOLOGY_NAME)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("train.toml");
         // OpenCLIP reports a taken code/ folder and trains on.
         if let Err(error) =
-            copy_run_configuration(&paths.run_dir, topology, super::TRAIN_TOPOLOGY, &flags)
+            copy_run_configuration(&paths.run_dir, topology.file_name(), &topology.text, &flags)
         {
             logger.lock().info(&format!("{error:#}"));
         }
