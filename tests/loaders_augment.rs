@@ -252,10 +252,10 @@ fn bad_aug_cfg_is_an_error_naming_the_key_file_and_stage() {
     ] {
         assert!(unknown.contains(part), "{part:?} missing from: {unknown}");
     }
-    // A value out of range, and a key only timm's pipeline reads.
+    // Values out of range.
     for (aug_cfg, key) in [
         ("gray_scale_prob=2", "gray_scale_prob"),
-        ("re_prob=0.25", "re_prob"),
+        ("scale=(0.9,0.1)", "scale"),
     ] {
         let message = with(aug_cfg);
         assert!(

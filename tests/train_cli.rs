@@ -2,7 +2,8 @@
 //! scenes: validation metrics, every `--precision` the CPU runs, the
 //! non-finite-loss stop, the errors a user meets first (a run that already
 //! exists, training data that is not there, a pretrained tag), and a
-//! topology file of the user's (`--topology`) being what runs.
+//! topology file of the user's (`--topology`) being what runs, and
+//! OpenCLIP's warning for `--aug-cfg` keys only timm reads.
 
 mod common;
 
@@ -263,5 +264,30 @@ fn a_topology_file_of_the_users_is_what_runs() {
         stderr(&out).contains(&wanted),
         "wanted {wanted} in {}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn aug_cfg_keys_only_timm_reads_are_accepted_with_open_clips_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = scenes(dir.path());
+    let logs = dir.path().join("logs");
+    let flags = [
+        "--precision",
+        "fp32",
+        "--train-num-samples",
+        "32",
+        "--aug-cfg",
+        "scale=(0.9,1.0)",
+        "ratio=(0.75,1.33)",
+    ];
+    let out = train(&shards, &logs, "ratio", &flags);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = std::fs::read_to_string(logs.join("ratio/out.log")).unwrap();
+    assert!(
+        log.contains(
+            "WARNING | Unused augmentation cfg items, specify `use_timm` to use (['ratio'])."
+        ),
+        "{log}"
     );
 }

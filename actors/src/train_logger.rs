@@ -19,8 +19,8 @@ use anyhow::{Context, Result};
 use crate::evaluator::EvalProgress;
 use crate::report::{
     eval_scalars, format_eval_line, format_eval_progress_line, format_generative_loss_line,
-    format_train_step_line, write_params_txt, LossReading, Meter, ProgressLine, PyValue, RunLog,
-    TensorboardWriter, TrainStepReport, WandbInit, WandbSidecar,
+    format_train_step_line, write_params_txt, Level, LossReading, Meter, ProgressLine, PyValue,
+    RunLog, TensorboardWriter, TrainStepReport, WandbInit, WandbSidecar,
 };
 use crate::runtime::{Emitter, Stage, WorkerInfo};
 use crate::step_executor::{StepEvent, TrainEvent};
@@ -129,6 +129,13 @@ impl TrainLog {
     /// written is reported on stderr, not fatal.
     pub fn info(&self, message: &str) {
         if let Err(error) = self.run_log.info(message) {
+            eprintln!("clipflow: writing the log: {error:#}");
+        }
+    }
+
+    /// A WARNING record in out.log and on the terminal (every rank's).
+    pub fn warning(&self, message: &str) {
+        if let Err(error) = self.run_log.log(Level::Warning, message) {
             eprintln!("clipflow: writing the log: {error:#}");
         }
     }

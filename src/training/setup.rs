@@ -254,6 +254,13 @@ pub fn prepare(
         quiet: !is_master,
     })?;
 
+    if let Some(warning) = args
+        .trains()
+        .then(|| args.augmentation_cfg().unused_without_timm_warning())
+        .flatten()
+    {
+        logger.lock().warning(&warning);
+    }
     if let (true, Some(paths)) = (args.copy_codebase, &paths) {
         let flags: Vec<(String, String)> = params
             .iter()

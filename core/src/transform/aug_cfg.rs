@@ -222,6 +222,31 @@ impl AugmentationCfg {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self::from_entries(&entries))
     }
+
+    /// OpenCLIP's warning for keys its own transform (without `use_timm`)
+    /// leaves unread, in its words: `ratio`, `re_prob`, `re_count`, and
+    /// `color_jitter` without a `color_jitter_prob`. (Its list also names
+    /// the colour-jitter keys when the jitter is on, though its transform
+    /// reads them then; this one names only the unread ones.)
+    pub fn unused_without_timm_warning(&self) -> Option<String> {
+        let jitter_off = !self.color_jitter_prob.is_some_and(|p| p > 0.0);
+        let unused: Vec<String> = [
+            ("ratio", self.ratio.is_some()),
+            ("color_jitter", self.color_jitter.is_some() && jitter_off),
+            ("re_prob", self.re_prob.is_some()),
+            ("re_count", self.re_count.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set && !self.use_timm)
+        .map(|(key, _)| format!("'{key}'"))
+        .collect();
+        (!unused.is_empty()).then(|| {
+            format!(
+                "Unused augmentation cfg items, specify `use_timm` to use ([{}]).",
+                unused.join(", ")
+            )
+        })
+    }
 }
 
 /// Splits `text` at runs of white space that are not inside `(...)` or
@@ -273,10 +298,11 @@ pub(super) struct CheckedAugmentation {
 }
 
 impl AugmentationCfg {
-    /// Checks the settings against OpenCLIP's own training transform: the
-    /// timm-only keys (which OpenCLIP ignores with a warning unless
-    /// `use_timm=True`) and values OpenCLIP would reject are errors naming
-    /// `--aug-cfg`.
+    /// Checks the settings against OpenCLIP's own training transform:
+    /// `use_timm=True` and values OpenCLIP would reject are errors naming
+    /// `--aug-cfg`. Keys that transform does not read are accepted, as
+    /// OpenCLIP accepts them (see
+    /// [`unused_without_timm_warning`](Self::unused_without_timm_warning)).
     pub(super) fn check(&self) -> Result<CheckedAugmentation> {
         if self.use_timm {
             bail!(
@@ -284,29 +310,11 @@ impl AugmentationCfg {
                  clipflow does not carry; leave use_timm out to get OpenCLIP's own augmentations"
             );
         }
-        let timm_only = [
-            ("ratio", self.ratio.is_some()),
-            ("re_prob", self.re_prob.is_some()),
-            ("re_count", self.re_count.is_some()),
-        ];
-        for (key, given) in timm_only {
-            if given {
-                bail!(
-                    "--aug-cfg {key}: only timm's pipeline (use_timm=True) reads {key}, and \
-                     clipflow has no timm pipeline; OpenCLIP's own transform ignores it, so \
-                     remove it to get the same augmentations"
-                );
-            }
-        }
         let (low, high) = self.scale;
         if !(low.is_finite() && high.is_finite() && 0.0 <= low && low <= high) {
             bail!("--aug-cfg scale must be (low, high) with 0 <= low <= high, got ({low}, {high})");
         }
         let color_jitter = match (&self.color_jitter, self.color_jitter_prob) {
-            (Some(_), None) => bail!(
-                "--aug-cfg color_jitter has no effect without color_jitter_prob (OpenCLIP ignores \
-                 it then); add color_jitter_prob=P, e.g. color_jitter_prob=0.8, or remove it"
-            ),
             (None, Some(p)) if p > 0.0 => bail!(
                 "--aug-cfg color_jitter_prob needs color_jitter=(brightness, contrast, \
                  saturation, hue), e.g. color_jitter=(0.4,0.4,0.4,0.1)"
@@ -364,6 +372,27 @@ fn checked_jitter_strengths(strengths: &[f64]) -> Result<JitterStrengths> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_only_timm_reads_get_open_clips_warning() {
+        let cfg = AugmentationCfg::parse("scale=(0.9,1.0) ratio=(0.75,1.33) re_count=2").unwrap();
+        assert_eq!(
+            cfg.unused_without_timm_warning().as_deref(),
+            Some(
+                "Unused augmentation cfg items, specify `use_timm` to use (['ratio', 're_count'])."
+            )
+        );
+        let jitter = AugmentationCfg::parse("color_jitter=(0.4,0.4,0.4,0.1) re_prob=0.25").unwrap();
+        assert_eq!(
+            jitter.unused_without_timm_warning().as_deref(),
+            Some("Unused augmentation cfg items, specify `use_timm` to use (['color_jitter', 're_prob']).")
+        );
+        let used = AugmentationCfg::parse(
+            "scale=(0.5,1.0) gray_scale_prob=0.2 color_jitter=(0.4,0.4,0.4,0.1) color_jitter_prob=0.8",
+        )
+        .unwrap();
+        assert_eq!(used.unused_without_timm_warning(), None);
+    }
 
     #[test]
     fn parse_splits_items_outside_brackets_and_the_last_key_wins() {
