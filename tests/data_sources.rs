@@ -21,7 +21,7 @@ use std::sync::Arc;
 use clipflow_core::data::csv_source::CsvDataset;
 use clipflow_core::data::dataset_type::{resolve_data_format, DataFormat, DatasetType};
 use clipflow_core::data::shard_list::{
-    shuffle_shards, split_for_reader, train_epoch_shards, ResampledShards, ShardList,
+    shuffle_shards, split_for_reader, train_epoch_shards, ResampledShards, SampleSplit, ShardList,
 };
 use clipflow_core::data::shard_stream::ShardOpener;
 use clipflow_core::data::shuffle_buffer::shuffle_samples;
@@ -689,8 +689,9 @@ fn shards_split_across_ranks_and_workers_exactly_once() {
                         workers,
                     };
                     let mine = train_epoch_shards(&shards, 9, 4, slot).unwrap();
-                    assert!(!mine.is_empty());
-                    for shard in mine {
+                    assert_eq!(mine.sample_split, None);
+                    assert!(!mine.shards.is_empty());
+                    for shard in mine.shards {
                         *taken.entry(shard).or_default() += 1;
                     }
                 }
@@ -699,14 +700,23 @@ fn shards_split_across_ranks_and_workers_exactly_once() {
             assert!(taken.values().all(|&n| n == 1));
         }
     }
-    let too_many = ReaderSlot {
-        rank: 0,
+    // Fewer shards than readers: every reader reads all of them, in the
+    // epoch's order, and keeps its own samples.
+    let beyond = ReaderSlot {
+        rank: 1,
         world_size: 8,
-        worker: 0,
+        worker: 3,
         workers: 5,
     };
-    let error = train_epoch_shards(&shards, 9, 4, too_many).unwrap_err();
-    assert!(format!("{error}").contains("37 shards"), "{error}");
+    let share = train_epoch_shards(&shards, 9, 4, beyond).unwrap();
+    assert_eq!(share.shards, shuffle_shards(shards.urls(), 9, 4));
+    assert_eq!(
+        share.sample_split,
+        Some(SampleSplit {
+            every: 40,
+            offset: 8
+        })
+    );
     // Without a shuffle, the split is OpenCLIP's islice(rank, None, world_size).
     let plain: Vec<String> = (0..10).map(|i| i.to_string()).collect();
     let slot = ReaderSlot {

@@ -1,7 +1,8 @@
 //! The default loading topology (topologies/train-data.toml: shard reader ->
 //! decoder -> augmenter -> batcher -> sink) on each kind of data: batches
 //! have the model's shapes and dtypes, a one-pass webdataset epoch delivers
-//! every sample exactly once across reader workers, a reader whose shards
+//! every sample exactly once across reader workers (also when there are
+//! fewer shards than workers, which split the samples), a reader whose shards
 //! hold less than its share reads them again, and the CSV and synthetic
 //! paths work. `clipflow bench data` ends with its JSON line.
 
@@ -67,6 +68,29 @@ fn webdataset_epoch_delivers_each_sample_once_in_model_shaped_batches() {
         "the epoch was not shuffled"
     );
     assert_eq!(run.totals.samples, 40);
+    assert_eq!(run.totals.skipped.total(), 0);
+}
+
+#[test]
+fn one_shard_and_three_workers_split_its_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    make_test_shards(dir.path(), 1, 24);
+    let pattern = format!("{}/shard-00000.tar", dir.path().display());
+    let run = run_train_data(&[
+        ("train-data", &pattern),
+        ("batch-size", "4"),
+        ("workers", "3"),
+        ("model", "RN50"),
+    ])
+    .unwrap();
+    // OpenCLIP refuses fewer shards than workers; here each of the three
+    // readers reads the shard and keeps every third sample: 24 samples in
+    // six batches, each sample once.
+    assert_eq!(run.batches.len(), 6);
+    let keys = run.keys();
+    let unique: BTreeSet<&String> = keys.iter().collect();
+    assert_eq!(unique.len(), 24, "every sample once: {keys:?}");
+    assert_eq!(keys.len(), 24);
     assert_eq!(run.totals.skipped.total(), 0);
 }
 

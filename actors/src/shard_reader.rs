@@ -5,7 +5,9 @@
 //! - webdataset: the shard list of `--train-data` (braces, `::`, upsampling
 //!   factors), shuffled per epoch and split across ranks and readers, or
 //!   drawn with replacement (`--dataset-resampled`); tar members grouped into
-//!   samples by key; OpenCLIP's sample shuffle buffer; exactly the reader's
+//!   samples by key (with fewer shards than readers, every reader reads
+//!   every shard and keeps its every-(readers)-th sample, where OpenCLIP
+//!   refuses); OpenCLIP's sample shuffle buffer; exactly the reader's
 //!   share of the epoch's batches (`--train-num-samples` or the size file,
 //!   rounded up to whole batches per reader as OpenCLIP's `with_epoch` does),
 //!   walking its shards again when they hold fewer samples, as `with_epoch`
@@ -208,14 +210,18 @@ impl ShardReader {
             emit_all(shuffled, Some(limit), self.worker.index, out)?;
             return Ok(());
         }
-        let own_shards = train_epoch_shards(&shards, config.seed, config.epoch, slot)?;
+        let share = train_epoch_shards(&shards, config.seed, config.epoch, slot)?;
         let mut emitted = 0;
         // Passes over this reader's shards until the epoch's share is full;
         // a pass that yields nothing (every shard bad) ends the epoch early.
         while emitted < limit {
             let samples =
-                ShardSamples::new(own_shards.clone().into_iter(), Arc::clone(&self.opener));
-            let shuffled = shuffle_samples(samples, config.seed, config.epoch, slot);
+                ShardSamples::new(share.shards.clone().into_iter(), Arc::clone(&self.opener));
+            let mine: Box<dyn Iterator<Item = SourceItem>> = match share.sample_split {
+                Some(split) => Box::new(split.take_share(samples)),
+                None => Box::new(samples),
+            };
+            let shuffled = shuffle_samples(mine, config.seed, config.epoch, slot);
             let pass = emit_all(shuffled, Some(limit - emitted), self.worker.index, out)?;
             if pass == 0 {
                 break;

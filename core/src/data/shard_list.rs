@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::python_random::PythonRandom;
 use super::shuffle_buffer::{ShuffleBuffer, SHARD_SHUFFLE_INITIAL, SHARD_SHUFFLE_SIZE};
-use super::{epoch_rng, ReaderSlot, RngPurpose};
+use super::{epoch_rng, ReaderSlot, RngPurpose, SourceItem};
 
 /// The separator of several data sources in one `--train-data` value.
 pub const SOURCE_SEPARATOR: &str = "::";
@@ -412,26 +412,75 @@ pub fn split_for_reader(shards: &[String], slot: ReaderSlot) -> Vec<String> {
         .collect()
 }
 
-/// One reader's shards for a one-pass training epoch: [`shuffle_shards`] then
-/// [`split_for_reader`]. Like OpenCLIP, refuses fewer shards than readers.
+/// What one reader reads of a one-pass training epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderShare {
+    /// The shards it opens, in order.
+    pub shards: Vec<String>,
+    /// When there are fewer shards than readers, every reader opens every
+    /// shard and keeps the samples whose place in that stream is `offset`
+    /// modulo `every` (its global reader index, of all readers); `None`
+    /// when it keeps all the samples of its own shards.
+    pub sample_split: Option<SampleSplit>,
+}
+
+/// Every `every`-th sample from `offset` (see [`ReaderShare`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleSplit {
+    pub every: usize,
+    pub offset: usize,
+}
+
+impl SampleSplit {
+    /// This reader's items of a stream every reader reads: its samples, and
+    /// the skips when it is the first reader (so that a bad shard or member
+    /// is counted once, not by every reader).
+    pub fn take_share(
+        self,
+        items: impl Iterator<Item = SourceItem>,
+    ) -> impl Iterator<Item = SourceItem> {
+        let mut index = 0u64;
+        items.filter(move |item| match item {
+            SourceItem::Sample(_) => {
+                let mine = index % self.every as u64 == self.offset as u64;
+                index += 1;
+                mine
+            }
+            SourceItem::Skipped(_) => self.offset == 0,
+        })
+    }
+}
+
+/// One reader's share of a one-pass training epoch: the shards in
+/// [`shuffle_shards`] order, then [`split_for_reader`] (OpenCLIP's split by
+/// rank, then by worker) when there are at least as many shards as
+/// readers. With fewer (one shard and four workers, say, which OpenCLIP
+/// refuses), the samples are split instead: each reader reads every shard
+/// and keeps every (readers)-th sample, so every sample is still read by
+/// exactly one reader.
 pub fn train_epoch_shards(
     shards: &ShardList,
     seed: u64,
     epoch: u64,
     slot: ReaderSlot,
-) -> Result<Vec<String>> {
+) -> Result<ReaderShare> {
+    ensure!(!shards.is_empty(), "the training data names no shards");
     let readers = slot.world_size * slot.workers;
-    ensure!(
-        shards.len() >= readers,
-        "the training data has {} shards but there are {readers} readers (--workers {} on each of {} ranks): every reader needs at least one shard; use fewer workers or --dataset-resampled",
-        shards.len(),
-        slot.workers,
-        slot.world_size
-    );
-    Ok(split_for_reader(
-        &shuffle_shards(shards.urls(), seed, epoch),
-        slot,
-    ))
+    let ordered = shuffle_shards(shards.urls(), seed, epoch);
+    Ok(if shards.len() >= readers {
+        ReaderShare {
+            shards: split_for_reader(&ordered, slot),
+            sample_split: None,
+        }
+    } else {
+        ReaderShare {
+            shards: ordered,
+            sample_split: Some(SampleSplit {
+                every: readers,
+                offset: slot.global_index(),
+            }),
+        }
+    })
 }
 
 /// An endless stream of shards drawn with replacement (`--dataset-resampled`):
@@ -485,6 +534,46 @@ impl Iterator for ResampledShards {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sample_split_keeps_every_nth_sample_and_the_first_reader_keeps_the_skips() {
+        use crate::data::{ImageData, Sample, Skip, SkipKind};
+        let sample = |key: usize| {
+            SourceItem::Sample(Sample {
+                key: key.to_string(),
+                origin: "one.tar".into(),
+                image: ImageData::Encoded {
+                    bytes: Vec::new(),
+                    extension: "jpg".into(),
+                },
+                caption: String::new(),
+            })
+        };
+        let skip = SourceItem::Skipped(Skip {
+            kind: SkipKind::UnreadableShard,
+            origin: "two.tar".into(),
+            key: None,
+            detail: String::new(),
+        });
+        let stream = || {
+            (0..7)
+                .map(sample)
+                .chain([skip.clone()])
+                .chain((7..9).map(sample))
+        };
+        let keys = |offset: usize| -> Vec<String> {
+            SampleSplit { every: 3, offset }
+                .take_share(stream())
+                .map(|item| match item {
+                    SourceItem::Sample(sample) => sample.key,
+                    SourceItem::Skipped(_) => "skip".into(),
+                })
+                .collect()
+        };
+        assert_eq!(keys(0), ["0", "3", "6", "skip"]);
+        assert_eq!(keys(1), ["1", "4", "7"]);
+        assert_eq!(keys(2), ["2", "5", "8"]);
+    }
 
     #[test]
     fn escapes_and_literal_groups() {
