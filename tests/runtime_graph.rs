@@ -1,7 +1,8 @@
 //! The dataflow runtime built in Rust: backpressure bounds the items in
 //! flight, end-of-stream reaches every stage (also across merged inputs),
 //! a failing stage stops the graph with its name and leaves no thread behind,
-//! a stateless stage is restarted, and the counters add up.
+//! a stateless stage is restarted, the counters add up, and a fan-out gives
+//! each of its stages every item (only for item types it may copy).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -100,37 +101,52 @@ impl Stage for SlowSink {
     }
 }
 
+/// Adds `numbers`, a source of `count` numbers that counts them in `sent`.
+fn add_numbers(graph: &mut Graph, count: u64, sent: &Arc<AtomicU64>, instances: &Instances) {
+    let (sent, instances) = (Arc::clone(sent), instances.clone());
+    graph
+        .add_source("numbers", options(1, 1), move |_| {
+            Ok(Numbers {
+                count: Some(count),
+                sent: Arc::clone(&sent),
+                _tracked: instances.track(),
+            })
+        })
+        .unwrap();
+}
+
+/// Adds a [`SlowSink`] `(name, input, capacity)`.
+fn add_slow_sink(
+    graph: &mut Graph,
+    (name, input, capacity): (&str, &str, usize),
+    sent: &Arc<AtomicU64>,
+    max_in_flight: &Arc<AtomicU64>,
+) {
+    let (sent, max_in_flight) = (Arc::clone(sent), Arc::clone(max_in_flight));
+    graph
+        .add_stage(name, &[input], options(1, capacity), move |_| {
+            Ok(SlowSink {
+                sent: Arc::clone(&sent),
+                received: 0,
+                max_in_flight: Arc::clone(&max_in_flight),
+            })
+        })
+        .unwrap();
+}
+
 #[test]
 fn a_slow_sink_bounds_the_items_in_flight() {
     let sent = Arc::new(AtomicU64::new(0));
     let max_in_flight = Arc::new(AtomicU64::new(0));
     let instances = Instances::default();
     let mut graph = Graph::new();
-    let (source_sent, tracker) = (Arc::clone(&sent), instances.clone());
-    graph
-        .add_source("numbers", options(1, 1), move |_| {
-            Ok(Numbers {
-                count: Some(2000),
-                sent: Arc::clone(&source_sent),
-                _tracked: tracker.track(),
-            })
-        })
-        .unwrap();
+    add_numbers(&mut graph, 2000, &sent, &instances);
     graph
         .add_stage("middle", &["numbers"], options(2, 4), |_| {
             Ok(Work::default())
         })
         .unwrap();
-    let (sink_sent, sink_max) = (Arc::clone(&sent), Arc::clone(&max_in_flight));
-    graph
-        .add_stage("sink", &["middle"], options(1, 8), move |_| {
-            Ok(SlowSink {
-                sent: Arc::clone(&sink_sent),
-                received: 0,
-                max_in_flight: Arc::clone(&sink_max),
-            })
-        })
-        .unwrap();
+    add_slow_sink(&mut graph, ("sink", "middle", 8), &sent, &max_in_flight);
     let report = run_within(graph, LIMIT).unwrap();
     // Between the source and the sink an item can only be in the middle
     // stage's queue (4), in a middle worker's hands (2) or in the sink's
@@ -439,4 +455,58 @@ impl Stage for Strings {
     fn process(&mut self, _item: String, _out: &mut Emitter<()>) -> anyhow::Result<()> {
         Ok(())
     }
+}
+
+#[test]
+fn a_fan_out_gives_every_stage_every_item_at_the_slowest_ones_pace() {
+    let sent = Arc::new(AtomicU64::new(0));
+    let max_in_flight = Arc::new(AtomicU64::new(0));
+    let instances = Instances::default();
+    let mut graph = Graph::new();
+    graph.allow_fan_out::<u64>();
+    add_numbers(&mut graph, 500, &sent, &instances);
+    let collected = Arc::new(Mutex::new(Vec::new()));
+    let into = Arc::clone(&collected);
+    graph
+        .add_stage("collect", &["numbers"], options(1, 64), move |_| {
+            Ok(Collect(Arc::clone(&into)))
+        })
+        .unwrap();
+    add_slow_sink(&mut graph, ("slow", "numbers", 4), &sent, &max_in_flight);
+    let report = run_within(graph, LIMIT).unwrap();
+    assert_eq!(*collected.lock().unwrap(), (0..500).collect::<Vec<u64>>());
+    assert_eq!(report.stage("slow").unwrap().items_in, 500);
+    assert_eq!(report.stage("numbers").unwrap().items_out, 500);
+    // The slow sibling's queue (4) bounds what the source runs ahead of it,
+    // however fast the other one is.
+    let max = max_in_flight.load(Ordering::SeqCst);
+    assert!(max <= 4 + 1, "{max} items ahead of the slow stage");
+    assert_eq!(instances.live(), 0);
+}
+
+#[test]
+fn an_output_whose_items_cannot_be_copied_feeds_one_stage() {
+    let mut graph = Graph::new();
+    graph
+        .add_source("numbers", StageOptions::default(), |w| {
+            Ok(Counter::new(1, w))
+        })
+        .unwrap();
+    graph
+        .add_stage("first", &["numbers"], StageOptions::default(), |_| {
+            Ok(Null::default())
+        })
+        .unwrap();
+    let second = graph.add_stage("second", &["numbers"], StageOptions::default(), |_| {
+        Ok(Null::default())
+    });
+    assert_eq!(
+        second,
+        Err(GraphError::OutputTaken {
+            producer: "numbers".into(),
+            first: "first".into(),
+            second: "second".into(),
+            item_type: "u64".into(),
+        })
+    );
 }

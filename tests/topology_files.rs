@@ -1,5 +1,6 @@
 //! Topology files: every validation error names the file, the line and the
-//! component; flags fill in and override values; `clipflow check` and
+//! component; flags fill in and override values; an output of numbers fans
+//! out to two stages, an output of strings may not; `clipflow check` and
 //! `clipflow run` work on the shipped demo and report failures by stage.
 
 mod common;
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clipflow_actors::kinds::standard_registry;
-use clipflow_actors::runtime::{Emitter, Stage};
+use clipflow_actors::runtime::{Emitter, Source, Stage};
 use clipflow_actors::topology::{FlagValues, Registry, Restarts, Topology, TopologyError};
 
 /// A kind whose input type (`String`) matches none of the generic kinds.
@@ -22,9 +23,23 @@ impl Stage for PrintStrings {
     }
 }
 
-/// The shipped kinds plus one registered the way an embedder would.
+/// Emits one string: an item type no fan-out was allowed for.
+struct OneString;
+
+impl Source for OneString {
+    type Out = String;
+    fn run(&mut self, out: &mut Emitter<String>) -> anyhow::Result<()> {
+        out.emit("word".into())?;
+        Ok(())
+    }
+}
+
+/// The shipped kinds plus two registered the way an embedder would.
 fn registry() -> Registry {
     let mut registry = standard_registry();
+    registry.register_source("words", "emits a string", |_settings| {
+        Ok(|_worker| Ok(OneString))
+    });
     registry.register_stage(
         "print",
         "prints strings",
@@ -107,6 +122,60 @@ fn type_mismatch() {
         7,
         Some("show"),
         "kind 'print' takes String but input 'numbers' (kind 'counter') emits u64",
+    );
+}
+
+#[test]
+fn a_fan_out_gives_each_stage_every_item() {
+    let text = r#"
+[stages.numbers]
+kind = "counter"
+count = 300
+
+[stages.left]
+kind = "work"
+inputs = ["numbers"]
+
+[stages.right]
+kind = "null"
+inputs = ["numbers"]
+
+[stages.drain]
+kind = "null"
+inputs = ["left"]
+"#;
+    let topology = Topology::parse(
+        Path::new("fan-out.toml"),
+        text,
+        &FlagValues::new(),
+        &registry(),
+    )
+    .unwrap();
+    let report = topology.into_graph().unwrap().run().unwrap();
+    for stage in ["left", "right", "drain"] {
+        assert_eq!(report.stage(stage).unwrap().items_in, 300, "{stage}");
+    }
+}
+
+#[test]
+fn an_output_that_cannot_be_copied_feeds_one_stage() {
+    let text = r#"
+[stages.words]
+kind = "words"
+
+[stages.first]
+kind = "print"
+inputs = ["words"]
+
+[stages.second]
+kind = "print"
+inputs = ["words"]
+"#;
+    assert_one_error(
+        text,
+        11,
+        Some("second"),
+        "input 'words' already feeds 'first'; its items (String) go to one stage",
     );
 }
 

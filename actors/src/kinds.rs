@@ -134,6 +134,8 @@ pub fn register_training_kinds(registry: &mut Registry, stages: TrainingStages) 
 
 /// `counter`, `work` and `null`: components for trying the runtime out.
 fn register_generic_kinds(registry: &mut Registry) {
+    // The numbers may fan out: each stage that reads them gets every one.
+    registry.allow_fan_out::<u64>();
     registry.register_source(
         "counter",
         "emits the numbers 0..count (setting: count)",

@@ -1,6 +1,10 @@
 //! [`Graph`]: a pipeline built in Rust from sources and stages joined by
 //! bounded queues, checked as it is built (names, links, item types), and
 //! [`Graph::run`], which launches it under its supervisors and waits for it.
+//!
+//! A component's output feeds one stage, or, for item types the graph was
+//! told it may copy ([`Graph::allow_fan_out`]), several: a fan-out, where
+//! each of them gets every item and the slowest sets the pace.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -10,7 +14,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Sender};
 
 use super::live::LiveStatus;
-use super::stage::{Source, Stage, WorkerInfo};
+use super::stage::{Outputs, Source, Stage, WorkerInfo};
 use super::stats::{RunReport, StageStats};
 use super::supervisor::{self, StageLaunch};
 use super::worker::{SourceSpawner, StageSpawner, WorkerSpawner};
@@ -99,11 +103,12 @@ pub enum GraphError {
         expected: String,
         found: String,
     },
-    #[error("'{producer}' already feeds '{first}', so it cannot also feed '{second}' (a component's output goes to one stage)")]
+    #[error("'{producer}' already feeds '{first}', so it cannot also feed '{second}': its items ({item_type}) go to one stage, as they cannot be copied to several")]
     OutputTaken {
         producer: String,
         first: String,
         second: String,
+        item_type: String,
     },
     #[error("'{stage}': {what} must be at least 1")]
     Zero { stage: String, what: &'static str },
@@ -136,17 +141,22 @@ pub enum RunError {
     },
 }
 
-/// Connects a component to its consumer's queue once that consumer exists.
-type Wire = Box<dyn FnOnce(Option<Box<dyn Any + Send>>) -> Box<dyn WorkerSpawner> + Send>;
+/// Connects a component to its consumers' queues once they exist: the
+/// boxed `Sender<Out>` of each, and the boxed `fn(&Out) -> Out` that copies
+/// items for a fan-out.
+type Wire = Box<
+    dyn FnOnce(Vec<Box<dyn Any + Send>>, Option<&(dyn Any + Send)>) -> Box<dyn WorkerSpawner>
+        + Send,
+>;
 
 struct Node {
     name: String,
     options: StageOptions,
     output_type: ItemType,
-    /// The stage this node's output feeds, once added.
-    consumer: Option<String>,
-    /// `Sender<Out>` of the consumer's queue, boxed until launch.
-    output: Option<Box<dyn Any + Send>>,
+    /// The stages this node's output feeds, once added.
+    consumers: Vec<String>,
+    /// `Sender<Out>` of each consumer's queue, boxed until launch.
+    outputs: Vec<Box<dyn Any + Send>>,
     wire: Wire,
     stats: Arc<StageStats>,
 }
@@ -157,6 +167,8 @@ struct Node {
 pub struct Graph {
     nodes: Vec<Node>,
     by_name: HashMap<String, usize>,
+    /// The item types that may fan out, with their boxed `fn(&T) -> T`.
+    copiers: HashMap<TypeId, Box<dyn Any + Send>>,
     live_status: bool,
 }
 
@@ -169,6 +181,13 @@ impl Graph {
     /// stderr is a terminal).
     pub fn show_live_status(&mut self, show: bool) {
         self.live_status = show;
+    }
+
+    /// Lets an output of items of type `T` feed several stages, each of
+    /// which gets a copy of every item.
+    pub fn allow_fan_out<T: Clone + Send + 'static>(&mut self) {
+        let copy: fn(&T) -> T = T::clone;
+        self.copiers.insert(TypeId::of::<T>(), Box::new(copy));
     }
 
     /// Adds a source named `name`; `make` builds one instance per worker.
@@ -189,10 +208,10 @@ impl Graph {
             });
         }
         let make = Arc::new(make);
-        let wire: Wire = Box::new(move |output| {
+        let wire: Wire = Box::new(move |senders, copy| {
             Box::new(SourceSpawner::<S> {
                 make,
-                output: downcast_sender(output),
+                output: downcast_outputs(senders, copy),
             })
         });
         let stats = StageStats::new(name, options.parallelism, None);
@@ -240,30 +259,33 @@ impl Graph {
                     found: producer.output_type.name(),
                 });
             }
-            if let Some(first) = &producer.consumer {
-                return Err(GraphError::OutputTaken {
-                    producer: input.to_string(),
-                    first: first.clone(),
-                    second: name.to_string(),
-                });
+            if let Some(first) = producer.consumers.first() {
+                if !self.copiers.contains_key(&expected.id) {
+                    return Err(GraphError::OutputTaken {
+                        producer: input.to_string(),
+                        first: first.clone(),
+                        second: name.to_string(),
+                        item_type: expected.name(),
+                    });
+                }
             }
         }
         let (sender, receiver) = bounded::<S::In>(options.capacity);
         for input in inputs {
             let index = self.by_name[*input];
             let producer = &mut self.nodes[index];
-            producer.consumer = Some(name.to_string());
-            producer.output = Some(Box::new(sender.clone()));
+            producer.consumers.push(name.to_string());
+            producer.outputs.push(Box::new(sender.clone()));
         }
         let stats = StageStats::new(name, options.parallelism, Some(options.capacity));
         let probe = receiver.clone();
         stats.set_queue_probe(Some(Box::new(move || probe.len())));
         let make = Arc::new(make);
-        let wire: Wire = Box::new(move |output| {
+        let wire: Wire = Box::new(move |senders, copy| {
             Box::new(StageSpawner::<S> {
                 make,
                 input: receiver,
-                output: downcast_sender(output),
+                output: downcast_outputs(senders, copy),
             })
         });
         self.push(name, options, ItemType::of::<S::Out>(), wire, stats);
@@ -287,6 +309,7 @@ impl Graph {
     pub fn run(self) -> Result<RunReport, RunError> {
         self.check_complete().map_err(RunError::Invalid)?;
         let stats = self.stats();
+        let copiers = self.copiers;
         let live = self
             .live_status
             .then(|| LiveStatus::start(stats.clone()))
@@ -300,7 +323,10 @@ impl Graph {
                 name: node.name.as_str().into(),
                 parallelism: node.options.parallelism,
                 restarts: node.options.restarts,
-                spawner: (node.wire)(node.output),
+                spawner: (node.wire)(
+                    node.outputs,
+                    copiers.get(&node.output_type.id).map(|copy| copy.as_ref()),
+                ),
                 stats: node.stats,
                 graph_span: graph_span.clone(),
             })
@@ -335,7 +361,7 @@ impl Graph {
         match self
             .nodes
             .iter()
-            .find(|n| n.consumer.is_none() && !n.output_type.is_unit())
+            .find(|n| n.consumers.is_empty() && !n.output_type.is_unit())
         {
             Some(node) => Err(GraphError::DanglingOutput {
                 stage: node.name.clone(),
@@ -375,16 +401,30 @@ impl Graph {
             name: name.to_string(),
             options,
             output_type,
-            consumer: None,
-            output: None,
+            consumers: Vec::new(),
+            outputs: Vec::new(),
             wire,
             stats: Arc::new(stats),
         });
     }
 }
 
-/// The sender a consumer handed to this component; `None` for a sink. The
-/// type was checked when the consumer was added, so the downcast holds.
-fn downcast_sender<T: 'static>(output: Option<Box<dyn Any + Send>>) -> Option<Sender<T>> {
-    output.and_then(|boxed| boxed.downcast::<Sender<T>>().ok().map(|sender| *sender))
+/// The senders the consumers handed to this component (none for a sink),
+/// with the copier of a fan-out. The types were checked when the consumers
+/// were added, so the downcasts hold.
+fn downcast_outputs<T: 'static>(
+    senders: Vec<Box<dyn Any + Send>>,
+    copy: Option<&(dyn Any + Send)>,
+) -> Outputs<T> {
+    let mut senders: Vec<Sender<T>> = senders
+        .into_iter()
+        .filter_map(|boxed| boxed.downcast::<Sender<T>>().ok().map(|sender| *sender))
+        .collect();
+    let copy = copy.and_then(|copy| copy.downcast_ref::<fn(&T) -> T>().copied());
+    match (senders.len(), copy) {
+        (0, _) => Outputs::None,
+        // Several senders come with a copier: add_stage checks it.
+        (1, _) | (_, None) => Outputs::One(senders.swap_remove(0)),
+        (_, Some(copy)) => Outputs::FanOut { senders, copy },
+    }
 }

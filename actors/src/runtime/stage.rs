@@ -55,21 +55,44 @@ pub trait Stage: Send + 'static {
 #[error("the graph is stopping")]
 pub struct Stopped;
 
-/// Sends a component's items to the next stage's bounded queue, blocking while
-/// that queue is full (this is the backpressure), and counts them.
+/// Where a component's items go.
+pub(crate) enum Outputs<T> {
+    /// Nowhere: the component is a sink.
+    None,
+    /// The queue of the one stage that reads them.
+    One(Sender<T>),
+    /// The queues of several stages, each of which gets every item (a
+    /// fan-out): copies made with `copy`, the item itself to the last.
+    FanOut {
+        senders: Vec<Sender<T>>,
+        copy: fn(&T) -> T,
+    },
+}
+
+impl<T> Clone for Outputs<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Outputs::None => Outputs::None,
+            Outputs::One(sender) => Outputs::One(sender.clone()),
+            Outputs::FanOut { senders, copy } => Outputs::FanOut {
+                senders: senders.clone(),
+                copy: *copy,
+            },
+        }
+    }
+}
+
+/// Sends a component's items to the next stages' bounded queues, blocking
+/// while a queue is full (this is the backpressure), and counts them.
 pub struct Emitter<T> {
-    output: Option<Sender<T>>,
+    output: Outputs<T>,
     shutdown: Receiver<()>,
     stats: Arc<StageStats>,
     time_waiting: Duration,
 }
 
 impl<T> Emitter<T> {
-    pub(crate) fn new(
-        output: Option<Sender<T>>,
-        shutdown: Receiver<()>,
-        stats: Arc<StageStats>,
-    ) -> Self {
+    pub(crate) fn new(output: Outputs<T>, shutdown: Receiver<()>, stats: Arc<StageStats>) -> Self {
         Emitter {
             output,
             shutdown,
@@ -78,26 +101,26 @@ impl<T> Emitter<T> {
         }
     }
 
-    /// Sends `item` downstream, waiting for room in the queue.
+    /// Sends `item` downstream (a copy to each stage of a fan-out), waiting
+    /// for room in each queue in turn.
     pub fn emit(&mut self, item: T) -> Result<(), Stopped> {
-        if let Some(output) = &self.output {
-            match output.try_send(item) {
-                Ok(()) => {}
-                Err(TrySendError::Disconnected(_)) => return Err(Stopped),
-                Err(TrySendError::Full(item)) => {
-                    let started = Instant::now();
-                    let sent = select! {
-                        send(output, item) -> sent => sent.is_ok(),
-                        recv(self.shutdown) -> _ => false,
-                    };
-                    let waited = started.elapsed();
-                    self.time_waiting += waited;
-                    self.stats.add_wait_output(waited);
-                    if !sent {
-                        return Err(Stopped);
+        let waited = match &self.output {
+            Outputs::None => Duration::ZERO,
+            Outputs::One(sender) => send(sender, item, &self.shutdown)?,
+            Outputs::FanOut { senders, copy } => {
+                let mut waited = Duration::ZERO;
+                if let Some((last, others)) = senders.split_last() {
+                    for sender in others {
+                        waited += send(sender, copy(&item), &self.shutdown)?;
                     }
+                    waited += send(last, item, &self.shutdown)?;
                 }
+                waited
             }
+        };
+        if !waited.is_zero() {
+            self.time_waiting += waited;
+            self.stats.add_wait_output(waited);
         }
         self.stats.add_items_out(1);
         Ok(())
@@ -116,5 +139,26 @@ impl<T> Emitter<T> {
     /// worker can tell busy time from time waiting to send.
     pub(crate) fn time_waiting(&self) -> Duration {
         self.time_waiting
+    }
+}
+
+/// Sends `item` to one queue, waiting while it is full unless the graph
+/// stops; returns how long it waited.
+fn send<T>(output: &Sender<T>, item: T, shutdown: &Receiver<()>) -> Result<Duration, Stopped> {
+    match output.try_send(item) {
+        Ok(()) => Ok(Duration::ZERO),
+        Err(TrySendError::Disconnected(_)) => Err(Stopped),
+        Err(TrySendError::Full(item)) => {
+            let started = Instant::now();
+            let sent = select! {
+                send(output, item) -> sent => sent.is_ok(),
+                recv(shutdown) -> _ => false,
+            };
+            if sent {
+                Ok(started.elapsed())
+            } else {
+                Err(Stopped)
+            }
+        }
     }
 }

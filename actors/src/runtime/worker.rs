@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{select, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{select, Receiver, TryRecvError};
 
-use super::stage::{Emitter, Source, Stage, Stopped, WorkerInfo};
+use super::stage::{Emitter, Outputs, Source, Stage, Stopped, WorkerInfo};
 use super::stats::StageStats;
 
 /// How a worker thread ended.
@@ -51,13 +51,13 @@ pub(crate) trait WorkerSpawner: Send {
 
 pub(crate) struct SourceSpawner<S: Source> {
     pub make: MakeComponent<S>,
-    pub output: Option<Sender<S::Out>>,
+    pub output: Outputs<S::Out>,
 }
 
 pub(crate) struct StageSpawner<S: Stage> {
     pub make: MakeComponent<S>,
     pub input: Receiver<S::In>,
-    pub output: Option<Sender<S::Out>>,
+    pub output: Outputs<S::Out>,
 }
 
 fn spawn_thread(

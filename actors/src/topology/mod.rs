@@ -31,7 +31,7 @@ use toml::Spanned;
 use crate::runtime::{Graph, StageOptions};
 pub use error::{TopologyError, TopologyErrors};
 pub use flags::FlagValues;
-use registry::Plant;
+use registry::{AllowFanOut, Plant};
 pub use registry::{Kind, Registry, Restarts, SettingError, Settings};
 
 /// A topology file as written.
@@ -58,6 +58,8 @@ struct Component {
 pub struct Topology {
     file: PathBuf,
     components: Vec<Component>,
+    /// The item types that may fan out, for the graph.
+    fan_outs: Vec<AllowFanOut>,
 }
 
 impl Topology {
@@ -97,6 +99,7 @@ impl Topology {
             Ok(Topology {
                 file: file.to_path_buf(),
                 components,
+                fan_outs: registry.fan_out_allowances(),
             })
         } else {
             errors.sort_by_key(|e| e.line);
@@ -114,6 +117,9 @@ impl Topology {
     /// Builds the runnable graph.
     pub fn into_graph(self) -> Result<Graph, TopologyErrors> {
         let mut graph = Graph::new();
+        for allow in &self.fan_outs {
+            allow(&mut graph);
+        }
         for component in self.components {
             let inputs: Vec<&str> = component.inputs.iter().map(String::as_str).collect();
             (component.plant)(&mut graph, &component.name, &inputs, component.options).map_err(
@@ -436,7 +442,8 @@ impl Checker<'_> {
     }
 
     /// Checks the links (inputs exist, types match, each output feeds one
-    /// stage, every output is used, no cycle) and orders producers first.
+    /// stage unless its items may fan out, every output is used, no cycle)
+    /// and orders producers first.
     fn link(
         &mut self,
         parsed: Vec<Parsed>,
@@ -449,7 +456,7 @@ impl Checker<'_> {
             .map(|(i, p)| (p.component.name.clone(), i))
             .collect();
         let kind_of = |p: &Parsed| registry.kind(&p.component.kind).expect("checked kind");
-        let mut consumer_of: Vec<Option<String>> = vec![None; parsed.len()];
+        let mut consumers_of: Vec<Vec<String>> = vec![Vec::new(); parsed.len()];
         let mut edges: Vec<Vec<usize>> = vec![Vec::new(); parsed.len()];
         for (consumer, p) in parsed.iter().enumerate() {
             let c = &p.component;
@@ -479,11 +486,16 @@ impl Checker<'_> {
                         ),
                     );
                 }
-                if let Some(first) = &consumer_of[producer] {
-                    let message = format!("input '{input}' already feeds '{first}'; a component's output goes to one stage");
-                    self.error(Some(p.inputs_line), Some(&c.name), message);
-                } else {
-                    consumer_of[producer] = Some(c.name.clone());
+                match consumers_of[producer].first() {
+                    Some(first) if !registry.can_fan_out(found) => {
+                        let message = format!(
+                            "input '{input}' already feeds '{first}'; its items ({}) go to one \
+                             stage, as they cannot be copied to several",
+                            found.name()
+                        );
+                        self.error(Some(p.inputs_line), Some(&c.name), message);
+                    }
+                    _ => consumers_of[producer].push(c.name.clone()),
                 }
                 edges[producer].push(consumer);
             }
@@ -491,7 +503,7 @@ impl Checker<'_> {
         for (i, p) in parsed.iter().enumerate() {
             let output = kind_of(p).output;
             let named_by_broken_component = declared.inputs.contains(&p.component.name);
-            if consumer_of[i].is_none() && !output.is_unit() && !named_by_broken_component {
+            if consumers_of[i].is_empty() && !output.is_unit() && !named_by_broken_component {
                 self.error(
                     Some(p.component.line),
                     Some(&p.component.name),

@@ -1,7 +1,8 @@
 //! The registry of component kinds a topology file can name: for each kind,
 //! its role (source or stage), the item types it takes and emits (so links
 //! can be type-checked before anything runs), whether it may be restarted,
-//! and how to build it from its settings.
+//! and how to build it from its settings; and the item types whose outputs
+//! may fan out to several stages.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,7 +50,13 @@ impl Kind {
 #[derive(Default)]
 pub struct Registry {
     kinds: BTreeMap<String, Kind>,
+    /// Item types an output of which may feed several stages, with what
+    /// lets a graph copy them.
+    fan_outs: Vec<(ItemType, AllowFanOut)>,
 }
+
+/// Tells a graph that it may copy one item type to several stages.
+pub(crate) type AllowFanOut = fn(&mut Graph);
 
 impl Registry {
     pub fn new() -> Self {
@@ -114,6 +121,25 @@ impl Registry {
 
     pub fn kind(&self, name: &str) -> Option<&Kind> {
         self.kinds.get(name)
+    }
+
+    /// Lets an output of items of type `T` be listed in the inputs of
+    /// several stages, each of which then gets a copy of every item.
+    pub fn allow_fan_out<T: Clone + Send + 'static>(&mut self) {
+        let item = ItemType::of::<T>();
+        if !self.can_fan_out(item) {
+            self.fan_outs.push((item, Graph::allow_fan_out::<T>));
+        }
+    }
+
+    /// Whether an output of `item`s may feed several stages.
+    pub fn can_fan_out(&self, item: ItemType) -> bool {
+        self.fan_outs.iter().any(|(allowed, _)| *allowed == item)
+    }
+
+    /// What tells a graph about every item type that may fan out.
+    pub(crate) fn fan_out_allowances(&self) -> Vec<AllowFanOut> {
+        self.fan_outs.iter().map(|(_, allow)| *allow).collect()
     }
 
     /// Every kind, by name.
