@@ -215,19 +215,20 @@ fn a_topology_file_of_the_users_is_what_runs() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/train.toml"),
     )
     .unwrap();
-    // Re-linked: the evaluator taken out, the checkpointer reading the
-    // step executor.
+    // Re-linked: the evaluator taken out, the logger reading the step
+    // executor alone.
     let evaluator = standard.find("[stages.evaluator]").unwrap();
     let checkpointer = standard.find("[stages.checkpointer]").unwrap();
     let relinked = format!(
         "{}{}",
         &standard[..evaluator],
         &standard[checkpointer..].replacen(
-            "inputs = [\"evaluator\"]",
+            "inputs = [\"step-executor\", \"evaluator\"]",
             "inputs = [\"step-executor\"]",
             1
         )
     );
+    assert!(!relinked.contains("\"evaluator\""), "{relinked}");
     let mine = dir.path().join("without-evaluator.toml");
     std::fs::write(&mine, &relinked).unwrap();
     let flags = [

@@ -3,7 +3,9 @@
 //! `checkpoints/epoch_N.pt` and `epoch_latest.pt` as `--save-frequency`,
 //! `--save-most-recent` and `--delete-previous-checkpoint` say. Every file is
 //! written atomically (temporary file, fsync, rename), so a run killed at any
-//! instant leaves the previous checkpoint valid. Every event passes through.
+//! instant leaves the previous checkpoint valid. It takes the step
+//! executor's events beside the evaluator and the logger (a fan-out), and
+//! emits nothing.
 
 use std::path::PathBuf;
 
@@ -11,7 +13,8 @@ use anyhow::{Context, Result};
 use clipflow_core::train::checkpoint::{checkpoint_dict, CheckpointPolicy};
 
 use crate::runtime::{Emitter, Stage, WorkerInfo};
-use crate::step_executor::{SharedTrainer, TrainEvent};
+use crate::step_executor::SharedTrainer;
+use crate::train_events::TrainEvent;
 
 /// Where and when checkpoints are written.
 #[derive(Debug, Clone)]
@@ -85,13 +88,12 @@ impl Checkpointer {
 
 impl Stage for Checkpointer {
     type In = TrainEvent;
-    type Out = TrainEvent;
+    type Out = ();
 
-    fn process(&mut self, event: TrainEvent, out: &mut Emitter<TrainEvent>) -> Result<()> {
+    fn process(&mut self, event: TrainEvent, _out: &mut Emitter<()>) -> Result<()> {
         if let TrainEvent::EpochEnd(plan) = &event {
             self.save(plan.epoch + 1)?;
         }
-        out.emit(event)?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! The evaluator: after an epoch, on OpenCLIP's schedule
 //! (`--zeroshot-frequency`, `--val-frequency`, and always after the last
-//! epoch), it evaluates the trainer's model and emits the metrics as a
-//! [`TrainEvent::Evaluation`] before passing the epoch's end on:
+//! epoch), it evaluates the trainer's model and emits the validation
+//! progress and the metrics ([`TrainEvent::Evaluation`]) for the logger:
 //!
 //! - zero-shot top-1 / top-5 on `--imagenet-val` (an ImageFolder; OpenAI's
 //!   ImageNet class names when it has 1000 classes, else the folder names)
@@ -14,7 +14,8 @@
 //! batch ahead of the model and in file order, so the batches (and the
 //! validation loss, a mean over batches) do not depend on the thread count.
 //! The forward pass runs in eval mode under the training precision's
-//! autocast. Other events pass through untouched.
+//! autocast. It takes the step executor's events beside the checkpointer
+//! and the logger (a fan-out) and emits only its own.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,7 +43,8 @@ use clipflow_core::transform::ValTransform;
 use tch::{Device, Kind, Tensor};
 
 use crate::runtime::{Emitter, Stage, WorkerInfo};
-use crate::step_executor::{SharedTrainer, TrainEvent};
+use crate::step_executor::SharedTrainer;
+use crate::train_events::{EvalProgress, TrainEvent};
 
 /// `--val-data` and how to read it.
 #[derive(Debug, Clone)]
@@ -85,18 +87,6 @@ pub struct EvaluatorConfig {
     pub device: Device,
     pub autocast: Option<Kind>,
     pub input_kind: Kind,
-}
-
-/// The running validation loss that OpenCLIP's `evaluate` logs every 100
-/// batches (from the first): `Eval Epoch: E [N / TOTAL]\tClip Loss: L\t`,
-/// and for CoCa `Generative Loss: G\t`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EvalProgress {
-    pub epoch: u64,
-    pub num_samples: u64,
-    pub samples_per_val: u64,
-    pub clip_loss: f64,
-    pub generative_loss: Option<f64>,
 }
 
 /// OpenCLIP logs validation progress every this many batches.
@@ -147,7 +137,6 @@ impl Stage for Evaluator {
                 })?;
             }
         }
-        out.emit(event)?;
         Ok(())
     }
 }

@@ -12,8 +12,9 @@ use crate::decoder::Decoder;
 use crate::evaluator::{Evaluator, EvaluatorConfig};
 use crate::runtime::generic::{Counter, Null, Work};
 use crate::shard_reader::{ShardReader, ShardReaderConfig};
-use crate::step_executor::{EpochPlan, SharedTrainer, StepExecutor};
+use crate::step_executor::{SharedTrainer, StepExecutor};
 use crate::topology::{Registry, Restarts};
+use crate::train_events::{EpochPlan, TrainEvent};
 use crate::train_logger::{SharedTrainLog, TrainLogger};
 
 /// Every kind clipflow knows.
@@ -99,6 +100,9 @@ pub fn register_training_kinds(registry: &mut Registry, stages: TrainingStages) 
         checkpointer,
         logger,
     } = stages;
+    // The step executor's events go to the evaluator, the checkpointer and
+    // the logger alike.
+    registry.allow_fan_out::<TrainEvent>();
     let step_trainer = trainer.clone();
     registry.register_stage(
         "step-executor",

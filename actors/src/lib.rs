@@ -15,4 +15,5 @@ pub mod runtime;
 pub mod shard_reader;
 pub mod step_executor;
 pub mod topology;
+pub mod train_events;
 pub mod train_logger;

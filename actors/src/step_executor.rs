@@ -2,20 +2,21 @@
 //! optimiser and schedule (a [`Trainer`]), takes the batcher's batches and
 //! trains on them, and reports each optimiser step and the end of the epoch
 //! as [`TrainEvent`]s for the stages after it (evaluator, checkpointer,
-//! logger).
+//! logger, each of which takes every event).
 //!
 //! The trainer outlives the graph of one epoch: the program that runs
 //! training keeps it in a [`SharedTrainer`] and builds each epoch's graph
 //! around it, as OpenCLIP's loader restarts its workers every epoch.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, Result};
-use clipflow_core::train::trainer::{StepReport, Trainer};
+use clipflow_core::train::trainer::Trainer;
 
 use crate::batcher::Batch;
 use crate::runtime::{Emitter, Stage, WorkerInfo};
+use crate::train_events::{EpochPlan, StepEvent, TrainEvent};
 
 /// The trainer, shared by the step executor and the stages that read the
 /// model between epochs (evaluator, checkpointer).
@@ -33,50 +34,6 @@ impl SharedTrainer {
             .lock()
             .map_err(|_| anyhow!("the trainer was poisoned by a failed stage"))
     }
-}
-
-/// Where one epoch stands; the same for every stage of the epoch's graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EpochPlan {
-    /// The epoch being trained, from 0.
-    pub epoch: u64,
-    /// `--epochs`.
-    pub epochs: u64,
-    /// Optimiser steps in one epoch (the loader's batches / `--accum-freq`).
-    pub steps_per_epoch: u64,
-    /// Samples in one epoch (OpenCLIP's `dataloader.num_samples`).
-    pub samples_per_epoch: u64,
-}
-
-/// One optimiser step, with OpenCLIP's timings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepEvent {
-    pub plan: EpochPlan,
-    pub report: StepReport,
-    /// Optimiser steps done in this epoch, this one included.
-    pub steps_done: u64,
-    /// Rows in the step's last batch.
-    pub batch_size: usize,
-    /// Time waiting for the batch (OpenCLIP's "data time").
-    pub data_time: Duration,
-    /// Time of the whole step, waiting included ("batch time").
-    pub batch_time: Duration,
-}
-
-/// What flows from the step executor to the stages after it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TrainEvent {
-    Step(StepEvent),
-    /// The running validation loss, every 100 validation batches.
-    EvaluationProgress(crate::evaluator::EvalProgress),
-    /// Metrics from an evaluation after `completed_epoch` epochs, by
-    /// OpenCLIP's names (`val/...`, `imagenet-zeroshot-val-top1`, ...).
-    Evaluation {
-        completed_epoch: u64,
-        metrics: Vec<(String, f64)>,
-    },
-    /// Every batch of the epoch has been trained on.
-    EpochEnd(EpochPlan),
 }
 
 /// Trains on each batch it receives.

@@ -16,14 +16,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{Context, Result};
 
-use crate::evaluator::EvalProgress;
 use crate::report::{
     eval_scalars, format_eval_line, format_eval_progress_line, format_generative_loss_line,
     format_train_step_line, write_params_txt, Level, LossReading, Meter, ProgressLine, PyValue,
     RunLog, TensorboardWriter, TrainStepReport, WandbInit, WandbSidecar,
 };
 use crate::runtime::{Emitter, Stage, WorkerInfo};
-use crate::step_executor::{StepEvent, TrainEvent};
+use crate::train_events::{EvalProgress, StepEvent, TrainEvent};
 
 /// Where and how a run logs.
 pub struct TrainLogConfig {

@@ -19,8 +19,9 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use clipflow_actors::evaluator::evaluate;
 use clipflow_actors::kinds::{register_training_kinds, standard_registry, TrainingStages};
-use clipflow_actors::step_executor::{EpochPlan, SharedTrainer};
+use clipflow_actors::step_executor::SharedTrainer;
 use clipflow_actors::topology::Topology;
+use clipflow_actors::train_events::EpochPlan;
 
 use crate::commands::bench::topology_flags;
 use crate::runtime::run_graph;

@@ -1,0 +1,66 @@
+//! The events of a training graph: what the step executor reports (each
+//! optimiser step, the end of an epoch) and the evaluator adds (validation
+//! progress, metrics), which the stages after the step executor (evaluator,
+//! checkpointer, logger) take, and the epoch plan every stage of a graph
+//! shares. Events are plain values that copy, so one output can fan out to
+//! several stages.
+
+use std::time::Duration;
+
+use clipflow_core::train::trainer::StepReport;
+
+/// Where one epoch stands; the same for every stage of the epoch's graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochPlan {
+    /// The epoch being trained, from 0.
+    pub epoch: u64,
+    /// `--epochs`.
+    pub epochs: u64,
+    /// Optimiser steps in one epoch (the loader's batches / `--accum-freq`).
+    pub steps_per_epoch: u64,
+    /// Samples in one epoch (OpenCLIP's `dataloader.num_samples`).
+    pub samples_per_epoch: u64,
+}
+
+/// One optimiser step, with OpenCLIP's timings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepEvent {
+    pub plan: EpochPlan,
+    pub report: StepReport,
+    /// Optimiser steps done in this epoch, this one included.
+    pub steps_done: u64,
+    /// Rows in the step's last batch.
+    pub batch_size: usize,
+    /// Time waiting for the batch (OpenCLIP's "data time").
+    pub data_time: Duration,
+    /// Time of the whole step, waiting included ("batch time").
+    pub batch_time: Duration,
+}
+
+/// The running validation loss that OpenCLIP's `evaluate` logs every 100
+/// batches (from the first): `Eval Epoch: E [N / TOTAL]\tClip Loss: L\t`,
+/// and for CoCa `Generative Loss: G\t`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalProgress {
+    pub epoch: u64,
+    pub num_samples: u64,
+    pub samples_per_val: u64,
+    pub clip_loss: f64,
+    pub generative_loss: Option<f64>,
+}
+
+/// What flows from the step executor to the stages after it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainEvent {
+    Step(StepEvent),
+    /// The running validation loss, every 100 validation batches.
+    EvaluationProgress(EvalProgress),
+    /// Metrics from an evaluation after `completed_epoch` epochs, by
+    /// OpenCLIP's names (`val/...`, `imagenet-zeroshot-val-top1`, ...).
+    Evaluation {
+        completed_epoch: u64,
+        metrics: Vec<(String, f64)>,
+    },
+    /// Every batch of the epoch has been trained on.
+    EpochEnd(EpochPlan),
+}
