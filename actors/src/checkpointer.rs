@@ -1,5 +1,5 @@
 //! The checkpointer: at the end of each epoch it writes OpenCLIP's training
-//! checkpoint (`{"epoch", "name", "state_dict", "optimizer", "scaler"}`) to
+//! checkpoint, from the epoch's snapshot of the trained state, (`{"epoch", "name", "state_dict", "optimizer", "scaler"}`) to
 //! `checkpoints/epoch_N.pt` and `epoch_latest.pt` as `--save-frequency`,
 //! `--save-most-recent` and `--delete-previous-checkpoint` say. Every file is
 //! written atomically (temporary file, fsync, rename), so a run killed at any
@@ -11,9 +11,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clipflow_core::train::checkpoint::{checkpoint_dict, CheckpointPolicy};
+use clipflow_core::train::snapshot::TrainerSnapshot;
 
 use crate::runtime::{Emitter, Stage, WorkerInfo};
-use crate::step_executor::SharedTrainer;
 use crate::train_events::TrainEvent;
 
 /// Where and when checkpoints are written.
@@ -29,15 +29,11 @@ pub struct CheckpointerConfig {
 }
 
 pub struct Checkpointer {
-    trainer: SharedTrainer,
     config: CheckpointerConfig,
 }
 
 impl Checkpointer {
-    pub fn maker(
-        trainer: SharedTrainer,
-        config: CheckpointerConfig,
-    ) -> impl Fn(WorkerInfo) -> Result<Checkpointer> {
+    pub fn maker(config: CheckpointerConfig) -> impl Fn(WorkerInfo) -> Result<Checkpointer> {
         move |worker| {
             anyhow::ensure!(
                 worker.count == 1,
@@ -45,30 +41,29 @@ impl Checkpointer {
                 worker.count
             );
             Ok(Checkpointer {
-                trainer: trainer.clone(),
                 config: config.clone(),
             })
         }
     }
 
-    /// Writes what the policy asks for after `completed_epoch` epochs.
-    fn save(&self, completed_epoch: u64) -> Result<()> {
+    /// Writes what the policy asks for after `completed_epoch` epochs, from
+    /// the trained state at that point.
+    fn save(&self, completed_epoch: u64, snapshot: &TrainerSnapshot) -> Result<()> {
         let Some(dir) = &self.config.dir else {
             return Ok(());
         };
         let _span = tracing::info_span!("save_checkpoint", epoch = completed_epoch).entered();
-        let trainer = self.trainer.lock()?;
-        let mut state_dict: Vec<(String, tch::Tensor)> =
-            trainer.vs.variables().into_iter().collect();
-        state_dict.sort_by(|a, b| a.0.cmp(&b.0));
+        let shallow = |tensor: &tch::Tensor| tensor.shallow_clone();
         let checkpoint = checkpoint_dict(
             completed_epoch as i64,
             &self.config.run_name,
-            &state_dict,
-            trainer.optimizer.state_dict(),
-            trainer.scaler.as_ref().map(|scaler| scaler.state_dict()),
+            &snapshot.state_dict,
+            snapshot.optimizer.map_tensors(&shallow),
+            snapshot
+                .scaler
+                .as_ref()
+                .map(|scaler| scaler.map_tensors(&shallow)),
         );
-        drop(trainer);
         self.config
             .policy
             .save_after_epoch(
@@ -91,8 +86,8 @@ impl Stage for Checkpointer {
     type Out = ();
 
     fn process(&mut self, event: TrainEvent, _out: &mut Emitter<()>) -> Result<()> {
-        if let TrainEvent::EpochEnd(plan) = &event {
-            self.save(plan.epoch + 1)?;
+        if let TrainEvent::EpochEnd(end) = &event {
+            self.save(end.plan.epoch + 1, &end.snapshot)?;
         }
         Ok(())
     }

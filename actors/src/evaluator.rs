@@ -1,7 +1,9 @@
 //! The evaluator: after an epoch, on OpenCLIP's schedule
 //! (`--zeroshot-frequency`, `--val-frequency`, and always after the last
-//! epoch), it evaluates the trainer's model and emits the validation
-//! progress and the metrics ([`TrainEvent::Evaluation`]) for the logger:
+//! epoch), it evaluates the model of the epoch's snapshot (a model of its
+//! own, built from the config and given the snapshot's weights) and emits
+//! the validation progress and the metrics ([`TrainEvent::Evaluation`]) for
+//! the logger:
 //!
 //! - zero-shot top-1 / top-5 on `--imagenet-val` (an ImageFolder; OpenAI's
 //!   ImageNet class names when it has 1000 classes, else the folder names)
@@ -35,15 +37,16 @@ use clipflow_core::eval::zero_shot::{
     build_zero_shot_classifier, zero_shot_logits, ZeroShotAccuracy, ZeroShotSet,
 };
 use clipflow_core::model::clip::l2_normalize;
-use clipflow_core::model::Clip;
+use clipflow_core::model::{Clip, ModelConfig};
 use clipflow_core::shim::AutocastGuard;
 use clipflow_core::tokenizer::{tokenize_batch, TextTokenizer};
+use clipflow_core::train::snapshot::TrainerSnapshot;
 use clipflow_core::transform::decode_image;
 use clipflow_core::transform::ValTransform;
+use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::runtime::{Emitter, Stage, WorkerInfo};
-use crate::step_executor::SharedTrainer;
 use crate::train_events::{EvalProgress, TrainEvent};
 
 /// `--val-data` and how to read it.
@@ -87,29 +90,54 @@ pub struct EvaluatorConfig {
     pub device: Device,
     pub autocast: Option<Kind>,
     pub input_kind: Kind,
+    /// The model's config, to build the model of each epoch's snapshot.
+    pub model: ModelConfig,
 }
 
 /// OpenCLIP logs validation progress every this many batches.
 const PROGRESS_EVERY_BATCHES: usize = 100;
 
-/// Evaluates the trainer's model at the end of an epoch when due.
+/// Evaluates the model of each epoch's snapshot when due.
 pub struct Evaluator {
-    trainer: SharedTrainer,
     config: Arc<EvaluatorConfig>,
 }
 
 impl Evaluator {
-    pub fn maker(
-        trainer: SharedTrainer,
-        config: Arc<EvaluatorConfig>,
-    ) -> impl Fn(WorkerInfo) -> Result<Evaluator> {
+    pub fn maker(config: Arc<EvaluatorConfig>) -> impl Fn(WorkerInfo) -> Result<Evaluator> {
         move |_worker| {
             Ok(Evaluator {
-                trainer: trainer.clone(),
                 config: Arc::clone(&config),
             })
         }
     }
+}
+
+impl EvaluatorConfig {
+    /// Whether anything is due after `completed_epoch` epochs.
+    pub fn due(&self, completed_epoch: u64) -> bool {
+        let zero_shot = !self.zero_shot.is_empty()
+            && evaluation_due(completed_epoch, self.zeroshot_frequency, self.epochs);
+        let validation = self.validation.is_some()
+            && evaluation_due(completed_epoch, self.val_frequency, self.epochs);
+        zero_shot || validation
+    }
+}
+
+/// The model of `snapshot` on the evaluation device: built from the model
+/// config, then every variable given the snapshot's tensor (dtype included,
+/// so a `pure_bf16` model evaluates in bfloat16 as it trains).
+fn model_of(config: &EvaluatorConfig, snapshot: &TrainerSnapshot) -> Result<(VarStore, Clip)> {
+    let vs = VarStore::new(config.device);
+    let model = Clip::new(&vs.root(), &config.model)?;
+    for (name, mut variable) in vs.variables() {
+        let index = snapshot
+            .state_dict
+            .binary_search_by(|(key, _)| key.as_str().cmp(&name))
+            .map_err(|_| anyhow::anyhow!("the epoch's snapshot has no {name}"))?;
+        let tensor = &snapshot.state_dict[index].1;
+        tch::no_grad(|| variable.set_data(&tensor.to_device(config.device)));
+    }
+    Ok((vs, model))
 }
 
 impl Stage for Evaluator {
@@ -117,16 +145,16 @@ impl Stage for Evaluator {
     type Out = TrainEvent;
 
     fn process(&mut self, event: TrainEvent, out: &mut Emitter<TrainEvent>) -> Result<()> {
-        if let TrainEvent::EpochEnd(plan) = &event {
-            let completed_epoch = plan.epoch + 1;
-            let trainer = self.trainer.lock()?;
+        if let TrainEvent::EpochEnd(end) = &event {
+            let completed_epoch = end.plan.epoch + 1;
+            if !self.config.due(completed_epoch) {
+                return Ok(());
+            }
+            let (_vs, model) = model_of(&self.config, &end.snapshot)?;
             let mut progress = Vec::new();
-            let metrics = evaluate(&trainer.model, &self.config, completed_epoch, &mut |p| {
+            let metrics = evaluate(&model, &self.config, completed_epoch, &mut |p| {
                 progress.push(p)
             })?;
-            // Emitted once the trainer is free: the stages downstream may
-            // wait for it (the checkpointer).
-            drop(trainer);
             for line in progress {
                 out.emit(TrainEvent::EvaluationProgress(line))?;
             }

@@ -12,7 +12,7 @@ use crate::decoder::Decoder;
 use crate::evaluator::{Evaluator, EvaluatorConfig};
 use crate::runtime::generic::{Counter, Null, Work};
 use crate::shard_reader::{ShardReader, ShardReaderConfig};
-use crate::step_executor::{SharedTrainer, StepExecutor};
+use crate::step_executor::{StepExecutor, TrainerHandover};
 use crate::topology::{Registry, Restarts};
 use crate::train_events::{EpochPlan, TrainEvent};
 use crate::train_logger::{SharedTrainLog, TrainLogger};
@@ -78,11 +78,12 @@ pub fn register_batcher(registry: &mut Registry, ledger: Arc<LoadingLedger>) {
     );
 }
 
-/// What the training kinds of one epoch's graph share with the program that
-/// runs training: the trainer, the epoch, and the evaluator's, checkpointer's
-/// and logger's settings and state, which live across epochs.
+/// What the training kinds of one epoch's graph get from the program that
+/// runs training: the trainer (handed to the step executor and back), the
+/// epoch, and the evaluator's, checkpointer's and logger's settings and
+/// state, which live across epochs.
 pub struct TrainingStages {
-    pub trainer: SharedTrainer,
+    pub trainer: TrainerHandover,
     pub plan: EpochPlan,
     pub evaluator: Arc<EvaluatorConfig>,
     pub checkpointer: CheckpointerConfig,
@@ -103,30 +104,23 @@ pub fn register_training_kinds(registry: &mut Registry, stages: TrainingStages) 
     // The step executor's events go to the evaluator, the checkpointer and
     // the logger alike.
     registry.allow_fan_out::<TrainEvent>();
-    let step_trainer = trainer.clone();
     registry.register_stage(
         "step-executor",
         "trains the model on each batch: forward, loss, backward, optimiser step (one per device)",
         Restarts::Forbidden,
-        move |_settings| Ok(StepExecutor::maker(step_trainer.clone(), plan)),
+        move |_settings| Ok(StepExecutor::maker(trainer.clone(), plan)),
     );
-    let eval_trainer = trainer.clone();
     registry.register_stage(
         "evaluator",
-        "evaluates the model after an epoch when due (validation loss, retrieval, zero-shot)",
+        "evaluates the epoch's snapshot of the model when due (validation loss, retrieval, zero-shot)",
         Restarts::Forbidden,
-        move |_settings| {
-            Ok(Evaluator::maker(
-                eval_trainer.clone(),
-                Arc::clone(&evaluator),
-            ))
-        },
+        move |_settings| Ok(Evaluator::maker(Arc::clone(&evaluator))),
     );
     registry.register_stage(
         "checkpointer",
-        "writes epoch_N.pt / epoch_latest.pt atomically after an epoch",
+        "writes epoch_N.pt / epoch_latest.pt atomically from the epoch's snapshot",
         Restarts::Forbidden,
-        move |_settings| Ok(Checkpointer::maker(trainer.clone(), checkpointer.clone())),
+        move |_settings| Ok(Checkpointer::maker(checkpointer.clone())),
     );
     registry.register_stage(
         "train-logger",

@@ -2,11 +2,13 @@
 //! optimiser step, the end of an epoch) and the evaluator adds (validation
 //! progress, metrics), which the stages after the step executor (evaluator,
 //! checkpointer, logger) take, and the epoch plan every stage of a graph
-//! shares. Events are plain values that copy, so one output can fan out to
-//! several stages.
+//! shares. Events are values that copy cheaply (an epoch's snapshot is
+//! shared, not copied), so one output can fan out to several stages.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use clipflow_core::train::snapshot::TrainerSnapshot;
 use clipflow_core::train::trainer::StepReport;
 
 /// Where one epoch stands; the same for every stage of the epoch's graph.
@@ -49,8 +51,17 @@ pub struct EvalProgress {
     pub generative_loss: Option<f64>,
 }
 
+/// The end of an epoch: every batch of it has been trained on.
+#[derive(Debug, Clone)]
+pub struct EpochEnd {
+    pub plan: EpochPlan,
+    /// The trained state at that point, for the evaluator and the
+    /// checkpointer.
+    pub snapshot: Arc<TrainerSnapshot>,
+}
+
 /// What flows from the step executor to the stages after it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum TrainEvent {
     Step(StepEvent),
     /// The running validation loss, every 100 validation batches.
@@ -61,6 +72,5 @@ pub enum TrainEvent {
         completed_epoch: u64,
         metrics: Vec<(String, f64)>,
     },
-    /// Every batch of the epoch has been trained on.
-    EpochEnd(EpochPlan),
+    EpochEnd(EpochEnd),
 }

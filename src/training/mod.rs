@@ -19,7 +19,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use clipflow_actors::evaluator::evaluate;
 use clipflow_actors::kinds::{register_training_kinds, standard_registry, TrainingStages};
-use clipflow_actors::step_executor::SharedTrainer;
+use clipflow_actors::step_executor::TrainerHandover;
 use clipflow_actors::topology::Topology;
 use clipflow_actors::train_events::EpochPlan;
 
@@ -77,10 +77,9 @@ pub fn run_with(
 }
 
 fn train(args: &TrainArgs, run: &mut setup::PreparedRun, topology: &TopologyFile) -> Result<()> {
-    let shared = SharedTrainer::new(run.take_trainer()?);
+    let mut trainer = run.take_trainer()?;
     let Some(epoch_size) = run.epoch_size else {
         // No training data: evaluate the model once, as OpenCLIP does.
-        let trainer = shared.lock()?;
         let metrics = evaluate(&trainer.model, &run.evaluator, run.start_epoch, &mut |p| {
             if let Err(error) = run.logger.lock().evaluation_progress(&p) {
                 eprintln!("clipflow: writing the log: {error:#}");
@@ -97,7 +96,10 @@ fn train(args: &TrainArgs, run: &mut setup::PreparedRun, topology: &TopologyFile
             steps_per_epoch: epoch_size.num_batches / args.accum_freq as u64,
             samples_per_epoch: epoch_size.num_samples,
         };
-        run_epoch(args, run, &shared, plan, topology)?;
+        let handover = TrainerHandover::default();
+        handover.give(trainer)?;
+        run_epoch(args, run, &handover, plan, topology)?;
+        trainer = handover.take_back()?;
         if let Some(group) = &run.group {
             // Rank 0 evaluates and saves after the epoch while the others
             // wait here (as at OpenCLIP's barrier), for as long as that
@@ -112,7 +114,7 @@ fn train(args: &TrainArgs, run: &mut setup::PreparedRun, topology: &TopologyFile
 fn run_epoch(
     args: &TrainArgs,
     run: &setup::PreparedRun,
-    trainer: &SharedTrainer,
+    trainer: &TrainerHandover,
     plan: EpochPlan,
     topology: &TopologyFile,
 ) -> Result<()> {

@@ -422,6 +422,7 @@ pub fn prepare(
         device,
         autocast: precision.autocast(),
         input_kind: precision.forward.input_kind(),
+        model: config.clone(),
     };
     let checkpointer = CheckpointerConfig {
         dir: paths.as_ref().map(|paths| paths.checkpoints.clone()),

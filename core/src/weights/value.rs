@@ -41,6 +41,34 @@ impl Value {
         )
     }
 
+    /// The same value, its tensors mapped by `tensor` (a copy, a move to
+    /// another device, a shallow clone).
+    pub fn map_tensors(&self, tensor: &impl Fn(&Tensor) -> Tensor) -> Value {
+        let pairs = |items: &[(Value, Value)]| {
+            items
+                .iter()
+                .map(|(k, v)| (k.map_tensors(tensor), v.map_tensors(tensor)))
+                .collect()
+        };
+        match self {
+            Value::None => Value::None,
+            Value::Bool(b) => Value::Bool(*b),
+            Value::Int(i) => Value::Int(*i),
+            Value::Float(f) => Value::Float(*f),
+            Value::Str(s) => Value::Str(s.clone()),
+            Value::Bytes(b) => Value::Bytes(b.clone()),
+            Value::List(items) => {
+                Value::List(items.iter().map(|v| v.map_tensors(tensor)).collect())
+            }
+            Value::Tuple(items) => {
+                Value::Tuple(items.iter().map(|v| v.map_tensors(tensor)).collect())
+            }
+            Value::Dict(items) => Value::Dict(pairs(items)),
+            Value::OrderedDict(items) => Value::OrderedDict(pairs(items)),
+            Value::Tensor(t) => Value::Tensor(tensor(t)),
+        }
+    }
+
     /// The value under the string `key`, if this is a dict that has it.
     pub fn get(&self, key: &str) -> Option<&Value> {
         let (Value::Dict(items) | Value::OrderedDict(items)) = self else {
