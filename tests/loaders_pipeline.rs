@@ -2,7 +2,8 @@
 //! decoder -> augmenter -> batcher -> sink) on each kind of data: batches
 //! have the model's shapes and dtypes, a one-pass webdataset epoch delivers
 //! every sample exactly once across reader workers (also when there are
-//! fewer shards than workers, which split the samples), a reader whose shards
+//! fewer shards than workers, which split the samples), resampled shards
+//! fill the epoch with the same draws for a seed, a reader whose shards
 //! hold less than its share reads them again, and the CSV and synthetic
 //! paths work. `clipflow bench data` ends with its JSON line.
 
@@ -92,6 +93,37 @@ fn one_shard_and_three_workers_split_its_samples() {
     assert_eq!(unique.len(), 24, "every sample once: {keys:?}");
     assert_eq!(keys.len(), 24);
     assert_eq!(run.totals.skipped.total(), 0);
+}
+
+#[test]
+fn resampled_shards_fill_the_epoch_with_the_same_draws_for_a_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    make_test_shards(dir.path(), 2, 10);
+    let pattern = format!("{}/shard-{{00000..00001}}.tar", dir.path().display());
+    let run = |seed: &str| {
+        run_train_data(&[
+            ("train-data", &pattern),
+            ("dataset-resampled", "true"),
+            ("train-num-samples", "20"),
+            ("batch-size", "5"),
+            ("workers", "2"),
+            ("model", "RN50"),
+            ("seed", seed),
+        ])
+        .unwrap()
+    };
+    let first = run("3");
+    // 20 samples in batches of 5 on two readers: two batches each, drawn
+    // from shards picked with replacement, so any of the 20 keys, and the
+    // same draws again for the same seed.
+    assert_eq!(first.batches.len(), 4);
+    let expected: BTreeSet<String> = (0..20).map(|i| format!("{i:09}")).collect();
+    let mut keys = first.keys();
+    assert!(keys.iter().all(|key| expected.contains(key)), "{keys:?}");
+    keys.sort();
+    let mut again = run("3").keys();
+    again.sort();
+    assert_eq!(keys, again, "the same seed drew other samples");
 }
 
 #[test]

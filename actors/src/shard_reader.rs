@@ -203,25 +203,37 @@ impl ShardReader {
         )?;
         let limit = epoch_size.batches_per_reader * config.batch_size;
         let slot = self.slot();
-        if config.resampled {
-            let shard_order = ResampledShards::new(&shards, config.seed, config.epoch, slot)?;
-            let samples = ShardSamples::new(shard_order, Arc::clone(&self.opener));
-            let shuffled = shuffle_samples(samples, config.seed, config.epoch, slot);
-            emit_all(shuffled, Some(limit), self.worker.index, out)?;
-            return Ok(());
-        }
-        let share = train_epoch_shards(&shards, config.seed, config.epoch, slot)?;
+        // Drawn with replacement, one endless pass; else this reader's share
+        // of the epoch's shards, walked again until the epoch's share of
+        // samples is full. A pass that yields nothing (every shard bad) ends
+        // the epoch early.
+        let share = if config.resampled {
+            None
+        } else {
+            Some(train_epoch_shards(
+                &shards,
+                config.seed,
+                config.epoch,
+                slot,
+            )?)
+        };
         let mut emitted = 0;
-        // Passes over this reader's shards until the epoch's share is full;
-        // a pass that yields nothing (every shard bad) ends the epoch early.
         while emitted < limit {
-            let samples =
-                ShardSamples::new(share.shards.clone().into_iter(), Arc::clone(&self.opener));
-            let mine: Box<dyn Iterator<Item = SourceItem>> = match share.sample_split {
-                Some(split) => Box::new(split.take_share(samples)),
-                None => Box::new(samples),
+            let samples: Box<dyn Iterator<Item = SourceItem>> = match &share {
+                None => {
+                    let order = ResampledShards::new(&shards, config.seed, config.epoch, slot)?;
+                    Box::new(ShardSamples::new(order, Arc::clone(&self.opener)))
+                }
+                Some(share) => {
+                    let order = share.shards.clone().into_iter();
+                    let samples = ShardSamples::new(order, Arc::clone(&self.opener));
+                    match share.sample_split {
+                        Some(split) => Box::new(split.take_share(samples)),
+                        None => Box::new(samples),
+                    }
+                }
             };
-            let shuffled = shuffle_samples(mine, config.seed, config.epoch, slot);
+            let shuffled = shuffle_samples(samples, config.seed, config.epoch, slot);
             let pass = emit_all(shuffled, Some(limit - emitted), self.worker.index, out)?;
             if pass == 0 {
                 break;

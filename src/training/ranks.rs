@@ -6,7 +6,7 @@
 use anyhow::{bail, Result};
 use clipflow_core::collective::Collective;
 use clipflow_core::distributed::ProcessGroup;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::train_args::TrainArgs;
 
@@ -20,7 +20,7 @@ fn all_gather_bytes(group: &ProcessGroup, bytes: &[u8]) -> Result<Vec<Vec<u8>>> 
     let longest = lengths.iter().copied().max().unwrap_or(0);
     let mut padded = bytes.to_vec();
     padded.resize(longest, 0);
-    let gathered = group.all_gather(&Tensor::from_slice(&padded).to_kind(Kind::Uint8))?;
+    let gathered = group.all_gather(&Tensor::from_slice(&padded))?;
     Ok(gathered
         .iter()
         .zip(lengths)
