@@ -164,6 +164,14 @@ const CASES: [Case; 7] = [
     },
 ];
 
+/// tests/common's tiny training config, written to `dir` as MODEL_NAME's
+/// file.
+fn tiny_config(dir: &Path) -> PathBuf {
+    let config = dir.join(format!("{MODEL_NAME}.json"));
+    std::fs::write(&config, TINY_TRAIN_CONFIG).unwrap();
+    config
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -553,8 +561,7 @@ fn log_local_gives_each_node_its_own_log() {
     // with --log-local each writes out-RANK in the run folder, as
     // OpenCLIP's do; rank 0 alone writes the rest.
     let scratch = tempfile::tempdir().unwrap();
-    let config = scratch.path().join(format!("{MODEL_NAME}.json"));
-    std::fs::write(&config, TINY_TRAIN_CONFIG).unwrap();
+    let config = tiny_config(scratch.path());
     let logs = scratch.path().join("logs");
     let extra = ["--name", "two-nodes", "--log-local", "--batch-size", "8"];
     let mut args = synthetic_run(&logs, &extra);
@@ -613,8 +620,7 @@ fn ranks_launched_with_different_flags_stop_naming_the_flag() {
 fn a_rank_killed_mid_run_stops_the_other() {
     let scratch = tempfile::tempdir().unwrap();
     let logs = scratch.path();
-    let config = logs.join(format!("{MODEL_NAME}.json"));
-    std::fs::write(&config, TINY_TRAIN_CONFIG).unwrap();
+    let config = tiny_config(logs);
     let args: Vec<String> = [
         "--dataset-type",
         "synthetic",
@@ -714,8 +720,7 @@ fn two_ranks_resume_latest_where_they_stopped() {
     let root = scratch.path();
     let scenes = root.join("scenes");
     make_scenes(&scenes, 32, 16, 0);
-    let config = root.join(format!("{MODEL_NAME}.json"));
-    std::fs::write(&config, TINY_TRAIN_CONFIG).unwrap();
+    let config = tiny_config(root);
     let initial = root.join("initial.pt");
     run_oracle(
         ORACLE,
@@ -796,8 +801,7 @@ fn ranks_wait_for_rank_0_evaluation_longer_than_the_timeout() {
     let root = scratch.path();
     let scenes = root.join("scenes");
     make_scenes(&scenes, 4000, 1000, 0);
-    let config = root.join(format!("{MODEL_NAME}.json"));
-    std::fs::write(&config, TINY_TRAIN_CONFIG).unwrap();
+    let config = tiny_config(root);
     let shards = scenes.join("shards");
     let mut args: Vec<String> = [
         "--train-data",

@@ -55,7 +55,6 @@ impl TrainerSnapshot {
 }
 
 // SAFETY: the snapshot's tensors are its own (host copies no other handle
-// refers to), so moving it, or reading it from several threads, races with
-// nothing.
-unsafe impl Send for TrainerSnapshot {}
+// refers to) and nothing mutates them, so reading it from several threads
+// races with nothing. (It is Send already, as tch's tensors are.)
 unsafe impl Sync for TrainerSnapshot {}
