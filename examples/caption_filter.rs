@@ -13,14 +13,16 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use clipflow_actors::bad_data::SampleOrSkip;
-use clipflow_actors::batcher::Batch;
+use clipflow_actors::batcher::BatchItem;
 use clipflow_actors::decoder::DecodedSample;
 use clipflow_actors::kinds::standard_registry;
+use clipflow_actors::load_stream::LoadItem;
 use clipflow_actors::runtime::{Emitter, Stage};
 use clipflow_actors::topology::{FlagValues, Restarts, Topology};
 
 /// Passes on the samples whose caption contains `word` (any case) and the
-/// bad-data records; counts what it drops.
+/// bad-data records; leaves the others out (marking their places as
+/// filtered, so the batcher does not wait for them) and counts them.
 #[derive(Clone)]
 struct CaptionFilter {
     word: String,
@@ -28,20 +30,24 @@ struct CaptionFilter {
 }
 
 impl Stage for CaptionFilter {
-    type In = SampleOrSkip<DecodedSample>;
-    type Out = SampleOrSkip<DecodedSample>;
+    type In = LoadItem<DecodedSample>;
+    type Out = LoadItem<DecodedSample>;
 
     fn process(&mut self, item: Self::In, out: &mut Emitter<Self::Out>) -> Result<()> {
-        if let SampleOrSkip::Sample(sample) = &item {
-            if !sample.caption.to_lowercase().contains(&self.word) {
-                *self
-                    .dropped
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("poisoned"))? += 1;
-                return Ok(());
+        let mut dropped = 0;
+        let kept = item.map_sample(|_place, sample| {
+            if sample.caption.to_lowercase().contains(&self.word) {
+                SampleOrSkip::Sample(sample)
+            } else {
+                dropped += 1;
+                SampleOrSkip::Filtered
             }
-        }
-        out.emit(item)?;
+        });
+        *self
+            .dropped
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))? += dropped;
+        out.emit(kept)?;
         Ok(())
     }
 }
@@ -50,14 +56,16 @@ impl Stage for CaptionFilter {
 struct KeepKeys(Arc<Mutex<Vec<Vec<String>>>>);
 
 impl Stage for KeepKeys {
-    type In = Batch;
+    type In = BatchItem;
     type Out = ();
 
-    fn process(&mut self, batch: Batch, _out: &mut Emitter<()>) -> Result<()> {
-        self.0
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .push(batch.keys);
+    fn process(&mut self, item: BatchItem, _out: &mut Emitter<()>) -> Result<()> {
+        if let BatchItem::Batch(batch) = item {
+            self.0
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .push(batch.keys);
+        }
         Ok(())
     }
 }
@@ -72,7 +80,6 @@ workers = 2
 
 [stages.shard-reader]
 kind = "shard-reader"
-parallelism = "${workers}"
 data = "${train-data}"
 dataset_type = "webdataset"
 batch_size = 4

@@ -312,6 +312,10 @@ pub struct TrainArgs {
     #[arg(long, help_heading = "Checkpoints")]
     pub resume: Option<String>,
 
+    /// Also save a checkpoint every N optimiser steps inside an epoch, which resumes exactly where it was saved (clipflow's own flag); 0 never.
+    #[arg(long, default_value_t = 0, value_parser = non_negative_u64, help_heading = "Checkpoints")]
+    pub save_every_n_steps: u64,
+
     // -------------------------------------------------------------- logging
     /// Folder for logs and checkpoints; `none` keeps nothing on disk.
     #[arg(long, default_value = "./logs/", help_heading = "Logging")]
@@ -370,6 +374,10 @@ pub struct TrainArgs {
     /// Evaluate on --val-data every N epochs; 0 never.
     #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = non_negative_u64, help_heading = "Evaluation")]
     pub val_frequency: u64,
+
+    /// Evaluate and save an epoch before the next one trains, in OpenCLIP's order (clipflow's own flag; by default the next epoch trains while the last one is evaluated and saved, with the same metrics).
+    #[arg(long, help_heading = "Evaluation")]
+    pub blocking_eval: bool,
 
     // ---------------------------------------------------------- distributed
     /// Device to train on (cuda, cpu).

@@ -1,8 +1,9 @@
 //! The augmenter's training mode in the default loading topology
 //! (topologies/train-data.toml): it applies OpenCLIP's training transform
-//! with the `--aug-cfg` settings, drawing from a random stream per worker
-//! seeded from (seed, epoch, worker index), so a run repeats with its seed
-//! and changes with another; `mode = "val"` applies the validation
+//! with the `--aug-cfg` settings, drawing from a random stream per sample
+//! seeded from (seed, epoch, rank, the sample's place), so a run repeats
+//! with its seed, changes with another, and does not depend on which
+//! worker took a sample; `mode = "val"` applies the validation
 //! transform; bad `--aug-cfg` text is an error naming the key, the file and
 //! the component. The pixels of the training transform itself are compared
 //! with torchvision's in tests/train_transform_parity.rs.
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use clipflow_actors::augmenter::{AugmentedSample, Augmenter, AugmenterConfig};
 use clipflow_actors::decoder::DecodedSample;
 use clipflow_actors::kinds::standard_registry;
+use clipflow_actors::load_stream::Place;
 use clipflow_actors::topology::{FlagValues, Settings, Topology};
 use clipflow_core::transform::{
     normalized_channels_first, AugmentationCfg, Interpolation, ResizeMode, RgbImage,
@@ -29,8 +31,7 @@ use tch::Tensor;
 /// ViT-B-32's input side.
 const SIDE: i64 = 224;
 
-/// One epoch of 8 photographs in batches of 4 through one worker per stage,
-/// so samples reach the augmenter in the same order on every run.
+/// One epoch of 8 photographs in batches of 4.
 fn one_worker_epoch(shards: &str, seed: &str, aug_cfg: &str) -> LoadingRun {
     run_train_data(&[
         ("train-data", shards),
@@ -125,13 +126,13 @@ fn as_tensor(sample: &AugmentedSample) -> Tensor {
 }
 
 #[test]
-fn train_mode_is_the_training_transform_with_aug_cfg_and_the_worker_stream() {
+fn train_mode_is_the_training_transform_with_aug_cfg_and_the_sample_stream() {
     let aug_cfg = "scale=(0.3, 0.5) color_jitter=(0.4,0.4,0.4,0.1) color_jitter_prob=0.8 \
                    gray_scale_prob=0.5";
     let settings = augmenter_settings(&[
         ("mode", "train".into()),
         ("seed", 5.into()),
-        ("epoch", 2.into()),
+        ("rank", 1.into()),
         ("aug_cfg", aug_cfg.into()),
     ]);
     let config = Arc::new(AugmenterConfig::from_settings(&settings).unwrap());
@@ -152,33 +153,42 @@ fn train_mode_is_the_training_transform_with_aug_cfg_and_the_worker_stream() {
     )
     .unwrap();
 
-    for worker in [0, 3] {
-        let mut augmenter = Augmenter::new(Arc::clone(&config), worker);
-        let mut rng = config.worker_rng(worker);
-        for sample in noise_samples() {
-            let expected = transform.apply(&sample.image, &mut rng).unwrap();
-            let augmented = augmenter.augment(sample).unwrap();
-            // The same draws and the same pixel operations: bit-identical.
-            assert!(as_tensor(&augmented).equal(&expected));
-            assert_eq!(augmented.tokens.len(), 77);
-        }
+    // Two augmenters (two workers) give each place the draws of its own
+    // stream, in whatever order they take the samples.
+    let first = Augmenter::new(Arc::clone(&config));
+    let second = Augmenter::new(Arc::clone(&config));
+    let samples = noise_samples();
+    for (index, sample) in samples.iter().enumerate().rev() {
+        let place = Place {
+            epoch: 2,
+            index: index as u64,
+        };
+        let mut rng = config.sample_rng(place);
+        let expected = transform.apply(&sample.image, &mut rng).unwrap();
+        let augmenter = if index % 2 == 0 { &first } else { &second };
+        let augmented = augmenter.augment(place, sample.clone()).unwrap();
+        // The same draws and the same pixel operations: bit-identical.
+        assert!(as_tensor(&augmented).equal(&expected));
+        assert_eq!(augmented.tokens.len(), 77);
     }
 
-    // Each worker, seed and epoch draws its own numbers.
-    let first_draws = |config: &AugmenterConfig, worker| -> Vec<u64> {
-        let mut rng = config.worker_rng(worker);
+    // Each place, epoch, seed and rank draws its own numbers.
+    let first_draws = |config: &AugmenterConfig, place| -> Vec<u64> {
+        let mut rng = config.sample_rng(place);
         (0..4).map(|_| rng.random()).collect()
     };
-    let reference = first_draws(&config, 0);
-    assert_ne!(reference, first_draws(&config, 1));
-    for (key, value) in [("seed", 6), ("epoch", 3)] {
-        let mut pairs = vec![("seed", 5.into()), ("epoch", 2.into())];
+    let place = Place { epoch: 2, index: 7 };
+    let reference = first_draws(&config, place);
+    assert_ne!(reference, first_draws(&config, Place { index: 8, ..place }));
+    assert_ne!(reference, first_draws(&config, Place { epoch: 3, ..place }));
+    for (key, value) in [("seed", 6), ("rank", 0)] {
+        let mut pairs = vec![("seed", 5.into()), ("rank", 1.into())];
         pairs.retain(|(k, _)| *k != key);
         pairs.push((key, value.into()));
         let other = AugmenterConfig::from_settings(&augmenter_settings(&pairs)).unwrap();
         assert_ne!(
             reference,
-            first_draws(&other, 0),
+            first_draws(&other, place),
             "{key} left the draws alone"
         );
     }
@@ -199,11 +209,15 @@ fn val_mode_is_the_validation_transform_and_takes_no_aug_cfg() {
         Interpolation::Bicubic,
         ResizeMode::Squash,
     );
-    let mut augmenter = Augmenter::new(config, 0);
-    for sample in noise_samples() {
+    let augmenter = Augmenter::new(config);
+    for (index, sample) in noise_samples().into_iter().enumerate() {
         let pixels = transform.resize_and_crop(&sample.image);
         let expected = normalized_channels_first(&pixels, transform.mean, transform.std);
-        assert_eq!(augmenter.augment(sample).unwrap().image(), expected);
+        let place = Place {
+            epoch: 0,
+            index: index as u64,
+        };
+        assert_eq!(augmenter.augment(place, sample).unwrap().image(), expected);
     }
 
     let refused = AugmenterConfig::from_settings(&augmenter_settings(&[

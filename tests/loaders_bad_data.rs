@@ -171,6 +171,7 @@ with tarfile.open(sys.argv[1]) as tar:
             assert!(bad.detail.contains("decompression bomb"), "{}", bad.detail);
         }
         SampleOrSkip::Sample(_) => panic!("a 10,000-pixel limit let a photograph through"),
+        SampleOrSkip::Filtered => panic!("the decoder filters nothing"),
     }
     // With the default limit (Pillow's) the same image decodes.
     assert!(matches!(

@@ -7,8 +7,9 @@
 //! appears once in TensorBoard with the value the uninterrupted run had; the
 //! resumed run's own steps start at the checkpoint's epoch boundary; every
 //! checkpoint loads with torch.load (OpenCLIP's reader), the last holds the
-//! final epoch, no temporary files are left, and the killed run left no
-//! unreadable `epoch_latest.pt`. Variants with and without
+//! final epoch, no temporary files are left (the resumed run removes the
+//! one a kill mid-save leaves), and the killed run left no unreadable
+//! `epoch_latest.pt`. Variants with and without
 //! `--save-most-recent`.
 
 mod common;
@@ -174,25 +175,63 @@ fn resume_after_kill(save_most_recent: bool) {
     );
 
     // What the killed run left: whole checkpoints of the epochs it
-    // finished (normally `epoch` of them; one more if the epoch's last step
-    // was reached before the kill landed), nothing half written.
+    // finished and saved. The next epoch trains while the checkpointer
+    // writes the last one's, so the kill may land before that save or in
+    // the middle of it: then the newest epoch has no file yet (or
+    // epoch_latest.pt still holds the one before), and the hidden
+    // temporary file of the write is all there is of it. Nothing visible
+    // is half written.
     let left = common::file_names(&checkpoints);
-    let finished = left
+    let whole: Vec<String> = left
+        .iter()
+        .filter(|n| !n.starts_with('.'))
+        .cloned()
+        .collect();
+    let finished = whole
         .iter()
         .filter(|name| epoch_of_name(name).is_some())
         .count();
     assert!(
-        finished == epoch || (finished == epoch + 1 && step == STEPS_PER_EPOCH),
+        finished + 1 == epoch
+            || finished == epoch
+            || (finished == epoch + 1 && step == STEPS_PER_EPOCH),
         "killed in epoch {epoch}, checkpoints {left:?}"
     );
+    let latest_saved = whole.contains(&"epoch_latest.pt".to_string());
     assert_eq!(
-        left,
-        checkpoint_names(finished, save_most_recent),
+        whole,
+        checkpoint_names(finished, save_most_recent && latest_saved),
         "after the kill"
     );
+    for hidden in left.iter().filter(|n| n.starts_with('.')) {
+        let (written, pid) = hidden[1..].rsplit_once(".tmp").unwrap_or(("", ""));
+        assert!(
+            written.starts_with("epoch_") && pid.parse::<u32>().is_ok(),
+            "not the temporary file of a checkpoint: {hidden}"
+        );
+    }
     let mut request = vec!["load".to_string()];
-    request.extend(path_strings(&checkpoints, &left));
-    assert_checkpoint_epochs(&left, &oracle(&request)[0], finished);
+    request.extend(path_strings(&checkpoints, &whole));
+    let loaded = &oracle(&request)[0];
+    let latest = loaded
+        .as_array()
+        .unwrap()
+        .last()
+        .filter(|_| latest_saved)
+        .map_or(finished, |file| file["epoch"].as_u64().unwrap() as usize);
+    assert!(
+        latest == finished || latest + 1 == finished,
+        "epoch_latest.pt holds epoch {latest}, the newest epoch_N.pt {finished}"
+    );
+    assert_checkpoint_epochs(&whole, loaded, latest);
+    // OpenCLIP's --resume latest takes epoch_latest.pt with
+    // --save-most-recent (and starts afresh while there is none), else the
+    // newest epoch_N.pt.
+    let resumed_from = match (save_most_recent, latest_saved) {
+        (true, true) => latest,
+        (true, false) => 0,
+        (false, _) => finished,
+    };
     let events_before = common::file_names(&tensorboard);
 
     let mut resume = train_args(root, &logs, save_most_recent);
@@ -253,7 +292,7 @@ fn resume_after_kill(save_most_recent: bool) {
         reference_lr[..killed_lr.len()],
         "lr before the kill"
     );
-    let boundary = finished * STEPS_PER_EPOCH;
+    let boundary = resumed_from * STEPS_PER_EPOCH;
     assert_eq!(
         series(resumed, "train/lr"),
         reference_lr[boundary..],

@@ -14,9 +14,11 @@
 //! and ignores `--image-interpolation` and `--image-resize-mode` (both are
 //! still checked).
 //!
-//! Randomness: each worker draws from its own ChaCha stream seeded from
-//! (`seed`, `epoch`, worker index), so the same samples reaching the same
-//! workers in the same order get the same augmentations.
+//! Randomness: each sample's draws come from a ChaCha stream of its own,
+//! seeded from `seed`, its epoch, the rank and its place in the epoch's
+//! stream, so a sample gets the same augmentation whichever worker takes it
+//! and however many there are. An image the training transform cannot crop
+//! (an empty one) becomes a skip naming the sample.
 //!
 //! The per-image work uses no libtorch operations (plain pixel buffers in
 //! and out), so loader threads never enter libtorch's intra-op thread pool
@@ -34,8 +36,9 @@ use clipflow_core::transform::{
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::bad_data::SampleOrSkip;
+use crate::bad_data::{BadDataKind, BadSample, SampleOrSkip};
 use crate::decoder::DecodedSample;
+use crate::load_stream::{LoadItem, Place};
 use crate::runtime::{Emitter, Stage, WorkerInfo};
 use crate::topology::Settings;
 
@@ -96,9 +99,10 @@ pub struct AugmenterConfig {
     pub normalization: Arc<Normalization>,
     pub tokenizer: Arc<ClipTokenizer>,
     pub context_length: usize,
-    /// Seed and epoch of the training transform's random draws.
+    /// Seed of the training transform's random draws.
     pub seed: u64,
-    pub epoch: u64,
+    /// The rank whose stream this augmenter transforms (ranks draw apart).
+    pub rank: u64,
 }
 
 /// Offset of the augmenters' random streams, away from those of the shard
@@ -112,7 +116,7 @@ impl AugmenterConfig {
     /// `image_mean`, `image_std` (one value or three, separated by spaces or
     /// commas), `image_interpolation`, `image_resize_mode`, `aug_cfg`
     /// (`key=value` items as `--aug-cfg` takes them, separated by spaces;
-    /// train mode only), `seed`, `epoch`. Empty values keep the defaults.
+    /// train mode only), `seed`, `rank`. Empty values keep the defaults.
     pub fn from_settings(settings: &Settings) -> Result<Self> {
         let model = settings
             .non_empty_string("model")?
@@ -173,16 +177,16 @@ impl AugmenterConfig {
             tokenizer: Arc::new(ClipTokenizer::new()?),
             context_length: config.text_cfg.context_length as usize,
             seed: settings.u64("seed")?.unwrap_or(0),
-            epoch: settings.u64("epoch")?.unwrap_or(0),
+            rank: settings.u64("rank")?.unwrap_or(0),
         })
     }
 
-    /// The random stream of augmenter worker `worker_index`: seeded with
-    /// `seed + epoch` (as OpenCLIP seeds its per-epoch randomness), on a
-    /// stream of its own.
-    pub fn worker_rng(&self, worker_index: usize) -> ChaCha8Rng {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(self.epoch));
-        rng.set_stream(AUGMENTATION_STREAM | worker_index as u64);
+    /// The random stream of the sample at `place`: seeded with `seed +
+    /// epoch` (as OpenCLIP seeds its per-epoch randomness), on a stream
+    /// chosen by the rank and the sample's index.
+    pub fn sample_rng(&self, place: Place) -> ChaCha8Rng {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(place.epoch));
+        rng.set_stream(AUGMENTATION_STREAM | (self.rank << 32) | place.index);
         rng
     }
 }
@@ -208,34 +212,32 @@ fn channel_values(settings: &Settings, key: &str) -> Result<Option<[f64; 3]>> {
     }
 }
 
-/// Transforms images and tokenizes captions; one per worker, with its own
-/// random stream.
+/// Transforms images and tokenizes captions; keeps no state of its own, so
+/// any number of workers can share the work and a failed one can restart.
 pub struct Augmenter {
     config: Arc<AugmenterConfig>,
-    rng: ChaCha8Rng,
 }
 
 impl Augmenter {
     /// A function that builds each worker of one augmenter component.
     pub fn maker(config: AugmenterConfig) -> impl Fn(WorkerInfo) -> Result<Augmenter> {
         let config = Arc::new(config);
-        move |worker| Ok(Augmenter::new(Arc::clone(&config), worker.index))
+        move |_worker| Ok(Augmenter::new(Arc::clone(&config)))
     }
 
-    /// Worker `worker_index` of an augmenter with `config`.
-    pub fn new(config: Arc<AugmenterConfig>, worker_index: usize) -> Self {
-        let rng = config.worker_rng(worker_index);
-        Augmenter { config, rng }
+    pub fn new(config: Arc<AugmenterConfig>) -> Self {
+        Augmenter { config }
     }
 
-    /// The model's inputs for one decoded sample; an image the training
-    /// transform cannot crop (an empty one) is an error naming the sample.
-    pub fn augment(&mut self, sample: DecodedSample) -> Result<AugmentedSample> {
+    /// The model's inputs for the decoded sample at `place`; an image the
+    /// training transform cannot crop (an empty one) is an error naming the
+    /// sample.
+    pub fn augment(&self, place: Place, sample: DecodedSample) -> Result<AugmentedSample> {
         let pixels = match &self.config.transform {
             ImageTransform::Val(transform) => transform.resize_and_crop(&sample.image),
             ImageTransform::Train(transform) => {
                 let (width, height) = sample.image.dimensions();
-                let draw = transform.sample(width, height, &mut self.rng);
+                let draw = transform.sample(width, height, &mut self.config.sample_rng(place));
                 transform
                     .augment_pixels(&sample.image, &draw)
                     .with_context(|| {
@@ -256,14 +258,22 @@ impl Augmenter {
 }
 
 impl Stage for Augmenter {
-    type In = SampleOrSkip<DecodedSample>;
-    type Out = SampleOrSkip<AugmentedSample>;
+    type In = LoadItem<DecodedSample>;
+    type Out = LoadItem<AugmentedSample>;
 
     fn process(&mut self, item: Self::In, out: &mut Emitter<Self::Out>) -> Result<()> {
-        let augmented = match item {
-            SampleOrSkip::Sample(sample) => SampleOrSkip::Sample(self.augment(sample)?),
-            SampleOrSkip::Skipped(bad) => SampleOrSkip::Skipped(bad),
-        };
+        let augmented = item.map_sample(|place, sample| {
+            let (key, origin) = (sample.key.clone(), sample.origin.clone());
+            match self.augment(place, sample) {
+                Ok(augmented) => SampleOrSkip::Sample(augmented),
+                Err(error) => SampleOrSkip::Skipped(BadSample {
+                    kind: BadDataKind::UntransformableImage,
+                    origin,
+                    key: Some(key),
+                    detail: format!("{error:#}"),
+                }),
+            }
+        });
         out.emit(augmented)?;
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! that fraction.
 //!
 //! Skips are made where the damage is found (the shard reader for tar and
-//! file problems, the decoder for images) and travel downstream like
+//! file problems, the decoder and the augmenter for images) and travel downstream like
 //! samples, so that the batcher, which sees the whole stream in one place,
 //! keeps the tally.
 
@@ -20,7 +20,11 @@ use serde::Serialize;
 #[derive(Debug)]
 pub enum SampleOrSkip<T> {
     Sample(T),
+    /// Bad data, counted against the bad-data policy.
     Skipped(BadSample),
+    /// Left out on purpose by a stage of the pipeline (a filter); not bad
+    /// data, and not counted as such.
+    Filtered,
 }
 
 /// What went wrong with a sample, shard or member.
@@ -31,6 +35,12 @@ pub enum BadDataKind {
     /// Image bytes that do not decode (corrupt or truncated JPEG, unknown
     /// format), or an image above the pixel limit (a decompression bomb).
     UndecodableImage,
+    /// A decoded image the training transform cannot crop (one with no
+    /// pixels).
+    UntransformableImage,
+    /// A sample that never reached the batcher: the worker holding it
+    /// failed (and was restarted).
+    LostWithFailedWorker,
 }
 
 impl BadDataKind {
@@ -39,6 +49,8 @@ impl BadDataKind {
         match self {
             BadDataKind::Source(kind) => kind.name(),
             BadDataKind::UndecodableImage => "undecodable_image",
+            BadDataKind::UntransformableImage => "untransformable_image",
+            BadDataKind::LostWithFailedWorker => "lost_with_failed_worker",
         }
     }
 }

@@ -1,20 +1,32 @@
-//! The batcher: the end of the loading path. It gathers augmented samples
-//! into fixed-size batches of contiguous tensors ready to copy to the device
-//! (images `[B, 3, H, W]` f32, texts `[B, context_length]` i64, in pinned
-//! memory when a GPU will take them), and, seeing the whole stream in one
-//! place, applies the bad-data policy ([`BadDataTally`]). Its running totals
-//! go to a [`LoadingLedger`] that the program launching the graph can read.
+//! The batcher: the end of the loading path. It puts the augmented samples
+//! back in the order of their places (the augmenters finish them out of
+//! order), gathers them into fixed-size batches of contiguous tensors ready
+//! to copy to the device (images `[B, 3, H, W]` f32, texts
+//! `[B, context_length]` i64, in pinned memory when a GPU will take them),
+//! ends each epoch with a mark after its last batch, and, seeing the whole
+//! stream in one place, applies the bad-data policy ([`BadDataTally`]). Its
+//! running totals go to a [`LoadingLedger`] that the program launching the
+//! graph can read.
+//!
+//! Waiting for a place holds the samples behind it; the queues before the
+//! batcher bound how many those are. A place still missing when more than
+//! `reorder_window` samples wait behind it was lost with a failed worker:
+//! it counts as bad data and the stream goes on.
 //!
 //! Also here: [`BatchSink`], which drops batches, for running the loading
 //! path alone (`clipflow bench data`).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 use crate::augmenter::AugmentedSample;
-use crate::bad_data::{BadDataCounts, BadDataPolicy, BadDataTally, SampleOrSkip};
+use crate::bad_data::{
+    BadDataCounts, BadDataKind, BadDataPolicy, BadDataTally, BadSample, SampleOrSkip,
+};
+use crate::load_stream::{LoadItem, Place};
 use crate::runtime::{Emitter, Stage, WorkerInfo};
 use crate::topology::Settings;
 
@@ -27,6 +39,23 @@ pub struct Batch {
     pub texts: Tensor,
     /// The key of each row's sample.
     pub keys: Vec<String>,
+    /// The epoch the batch belongs to.
+    pub epoch: u64,
+    /// The place after the batch's last row: a stream resumed after this
+    /// batch starts there.
+    pub next_place: Place,
+}
+
+/// What the batcher sends: batches, and the end of each epoch after its
+/// last batch.
+#[derive(Debug)]
+pub enum BatchItem {
+    Batch(Batch),
+    EpochEnd {
+        epoch: u64,
+        /// Batches the epoch had.
+        batches: u64,
+    },
 }
 
 /// How the batcher cuts and places batches, and what bad data it tolerates.
@@ -39,12 +68,25 @@ pub struct BatcherConfig {
     /// Allocate batches in page-locked memory, for fast copies to a GPU.
     pub pin_memory: bool,
     pub bad_data: BadDataPolicy,
+    /// The epoch the stream starts with.
+    pub first_epoch: u64,
+    /// The place in the first epoch it starts at (a run resumed inside an
+    /// epoch).
+    pub first_place: u64,
+    /// Samples that may wait behind a missing place before it counts as
+    /// lost.
+    pub reorder_window: usize,
 }
+
+/// Samples that may wait behind a missing place by default: well above what
+/// the queues before the batcher hold.
+pub const DEFAULT_REORDER_WINDOW: usize = 4096;
 
 impl BatcherConfig {
     /// Reads the settings of a `batcher` component: `batch_size`,
     /// `drop_last` (default true), `pin_memory` (default false),
-    /// `max_bad_fraction`, `bad_data_min_items`, `log_first_skips`.
+    /// `max_bad_fraction`, `bad_data_min_items`, `log_first_skips`,
+    /// `first_epoch`, `first_place` (default 0), `reorder_window`.
     pub fn from_settings(settings: &Settings) -> Result<Self> {
         let defaults = BadDataPolicy::default();
         let config = BatcherConfig {
@@ -62,6 +104,11 @@ impl BatcherConfig {
                     .u64("log_first_skips")?
                     .unwrap_or(defaults.log_first),
             },
+            first_epoch: settings.u64("first_epoch")?.unwrap_or(0),
+            first_place: settings.u64("first_place")?.unwrap_or(0),
+            reorder_window: settings
+                .u64("reorder_window")?
+                .map_or(DEFAULT_REORDER_WINDOW, |n| n as usize),
         };
         anyhow::ensure!(
             config.batch_size > 0,
@@ -175,13 +222,22 @@ fn advise_huge_pages(tensor: &Tensor) {
     }
 }
 
-/// Cuts the sample stream into batches. It holds a partly filled batch, so
-/// it runs as one worker and is never restarted.
+/// Cuts the sample stream into batches. It holds a partly filled batch and
+/// the samples waiting for their turn, so it runs as one worker and is
+/// never restarted.
 pub struct Batcher {
     config: BatcherConfig,
     ledger: Arc<LoadingLedger>,
     tally: BadDataTally,
     current: Option<PartialBatch>,
+    /// The next place to batch.
+    cursor: Place,
+    /// Items that arrived before their turn.
+    waiting: BTreeMap<Place, SampleOrSkip<AugmentedSample>>,
+    /// The place count of each epoch whose end mark arrived.
+    epoch_places: BTreeMap<u64, u64>,
+    /// Batches sent in the cursor's epoch.
+    epoch_batches: u64,
 }
 
 impl Batcher {
@@ -202,6 +258,13 @@ impl Batcher {
                 config: config.clone(),
                 ledger: Arc::clone(&ledger),
                 current: None,
+                cursor: Place {
+                    epoch: config.first_epoch,
+                    index: config.first_place,
+                },
+                waiting: BTreeMap::new(),
+                epoch_places: BTreeMap::new(),
+                epoch_batches: 0,
             })
         }
     }
@@ -231,11 +294,16 @@ impl Batcher {
             return Ok(None);
         }
         let full = self.current.take().expect("a batch is being filled");
-        self.seal(full).map(Some)
+        let next_place = Place {
+            index: self.cursor.index + 1,
+            ..self.cursor
+        };
+        self.seal(full, next_place).map(Some)
     }
 
-    /// The finished batch (cut to its rows, for a last partial one).
-    fn seal(&self, batch: PartialBatch) -> Result<Batch> {
+    /// The finished batch (cut to its rows, for a last partial one), whose
+    /// stream goes on at `next_place`.
+    fn seal(&self, batch: PartialBatch, next_place: Place) -> Result<Batch> {
         let rows = batch.keys.len() as i64;
         let images = if rows < self.config.batch_size as i64 {
             batch.images.tensor.f_narrow(0, 0, rows)?
@@ -256,20 +324,50 @@ impl Batcher {
             images,
             texts,
             keys: batch.keys,
+            epoch: next_place.epoch,
+            next_place,
         })
     }
-}
 
-impl Stage for Batcher {
-    type In = SampleOrSkip<AugmentedSample>;
-    type Out = Batch;
+    /// Batches every item whose turn has come, in place order, and ends
+    /// each epoch whose items are all batched. With `upstream_done`, no
+    /// more items will come, so every missing place was lost.
+    fn batch_in_order(&mut self, upstream_done: bool, out: &mut Emitter<BatchItem>) -> Result<()> {
+        loop {
+            if self.epoch_places.get(&self.cursor.epoch) == Some(&self.cursor.index) {
+                self.end_epoch(out)?;
+                continue;
+            }
+            let item = match self.waiting.remove(&self.cursor) {
+                Some(item) => item,
+                None if upstream_done && self.waiting.is_empty() => return Ok(()),
+                None if upstream_done || self.waiting.len() > self.config.reorder_window => {
+                    SampleOrSkip::Skipped(BadSample {
+                        kind: BadDataKind::LostWithFailedWorker,
+                        origin: format!("epoch {}", self.cursor.epoch),
+                        key: Some(format!("place {}", self.cursor.index)),
+                        detail: "the worker holding it failed".into(),
+                    })
+                }
+                None => return Ok(()),
+            };
+            self.take(item, out)?;
+            self.cursor.index += 1;
+        }
+    }
 
-    fn process(&mut self, item: Self::In, out: &mut Emitter<Batch>) -> Result<()> {
+    /// Batches the item at the cursor.
+    fn take(
+        &mut self,
+        item: SampleOrSkip<AugmentedSample>,
+        out: &mut Emitter<BatchItem>,
+    ) -> Result<()> {
         match item {
             SampleOrSkip::Sample(sample) => {
                 self.tally.record_sample();
                 if let Some(batch) = self.add(sample)? {
-                    out.emit(batch)?;
+                    self.epoch_batches += 1;
+                    out.emit(BatchItem::Batch(batch))?;
                 }
             }
             SampleOrSkip::Skipped(bad) => {
@@ -277,17 +375,67 @@ impl Stage for Batcher {
                 self.ledger.lock().skipped = self.tally.counts().clone();
                 verdict?;
             }
+            SampleOrSkip::Filtered => {}
         }
         Ok(())
     }
 
-    fn finish(&mut self, out: &mut Emitter<Batch>) -> Result<()> {
+    /// Sends or drops the epoch's last, partial batch, then the epoch's
+    /// end, and moves on to the next epoch.
+    fn end_epoch(&mut self, out: &mut Emitter<BatchItem>) -> Result<()> {
         self.tally.check()?;
         if let Some(last) = self.current.take() {
             if self.config.drop_last {
                 self.ledger.lock().dropped_samples += last.keys.len() as u64;
             } else {
-                out.emit(self.seal(last)?)?;
+                let batch = self.seal(last, self.cursor)?;
+                self.epoch_batches += 1;
+                out.emit(BatchItem::Batch(batch))?;
+            }
+        }
+        let epoch = self.cursor.epoch;
+        self.epoch_places.remove(&epoch);
+        out.emit(BatchItem::EpochEnd {
+            epoch,
+            batches: self.epoch_batches,
+        })?;
+        self.epoch_batches = 0;
+        self.cursor = Place {
+            epoch: epoch + 1,
+            index: 0,
+        };
+        Ok(())
+    }
+}
+
+impl Stage for Batcher {
+    type In = LoadItem<AugmentedSample>;
+    type Out = BatchItem;
+
+    fn process(&mut self, item: Self::In, out: &mut Emitter<BatchItem>) -> Result<()> {
+        match item {
+            // A place already passed was counted as lost; it came too late.
+            LoadItem::At(place, _) if place < self.cursor => return Ok(()),
+            LoadItem::At(place, item) => {
+                self.waiting.insert(place, item);
+            }
+            LoadItem::EpochEnd { epoch, places } => {
+                self.epoch_places.insert(epoch, places);
+            }
+        }
+        self.batch_in_order(false, out)
+    }
+
+    fn finish(&mut self, out: &mut Emitter<BatchItem>) -> Result<()> {
+        self.batch_in_order(true, out)?;
+        self.tally.check()?;
+        if let Some(last) = self.current.take() {
+            // A stream that ended without its epoch's mark (a reader that
+            // stopped early).
+            if self.config.drop_last {
+                self.ledger.lock().dropped_samples += last.keys.len() as u64;
+            } else {
+                out.emit(BatchItem::Batch(self.seal(last, self.cursor)?))?;
             }
         }
         Ok(())
@@ -300,10 +448,10 @@ impl Stage for Batcher {
 pub struct BatchSink;
 
 impl Stage for BatchSink {
-    type In = Batch;
+    type In = BatchItem;
     type Out = ();
 
-    fn process(&mut self, _batch: Batch, _out: &mut Emitter<()>) -> Result<()> {
+    fn process(&mut self, _batch: BatchItem, _out: &mut Emitter<()>) -> Result<()> {
         Ok(())
     }
 }
@@ -333,6 +481,9 @@ mod tests {
             drop_last: true,
             pin_memory: false,
             bad_data: BadDataPolicy::default(),
+            first_epoch: 0,
+            first_place: 0,
+            reorder_window: DEFAULT_REORDER_WINDOW,
         };
         let ledger = Arc::new(LoadingLedger::default());
         let mut batcher =

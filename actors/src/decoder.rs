@@ -8,6 +8,7 @@ use clipflow_core::data::{ImageData, Sample};
 use clipflow_core::transform::{decode_image_with_limit, RgbImage, MAX_IMAGE_PIXELS};
 
 use crate::bad_data::{BadDataKind, BadSample, SampleOrSkip};
+use crate::load_stream::LoadItem;
 use crate::runtime::{Emitter, Stage};
 use crate::topology::Settings;
 
@@ -82,15 +83,11 @@ impl Decoder {
 }
 
 impl Stage for Decoder {
-    type In = SampleOrSkip<Sample>;
-    type Out = SampleOrSkip<DecodedSample>;
+    type In = LoadItem<Sample>;
+    type Out = LoadItem<DecodedSample>;
 
     fn process(&mut self, item: Self::In, out: &mut Emitter<Self::Out>) -> Result<()> {
-        let decoded = match item {
-            SampleOrSkip::Sample(sample) => self.decode(sample),
-            SampleOrSkip::Skipped(bad) => SampleOrSkip::Skipped(bad),
-        };
-        out.emit(decoded)?;
+        out.emit(item.map_sample(|_place, sample| self.decode(sample)))?;
         Ok(())
     }
 }

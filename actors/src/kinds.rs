@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use clipflow_core::distributed::ProcessGroup;
+
 use crate::augmenter::{Augmenter, AugmenterConfig};
 use crate::batcher::{BatchSink, Batcher, BatcherConfig, LoadingLedger};
 use crate::checkpointer::{Checkpointer, CheckpointerConfig};
@@ -12,9 +14,9 @@ use crate::decoder::Decoder;
 use crate::evaluator::{Evaluator, EvaluatorConfig};
 use crate::runtime::generic::{Counter, Null, Work};
 use crate::shard_reader::{ShardReader, ShardReaderConfig};
-use crate::step_executor::{StepExecutor, TrainerHandover};
+use crate::step_executor::{SnapshotOrder, StepExecutor, TrainerHandover};
 use crate::topology::{Registry, Restarts};
-use crate::train_events::{EpochPlan, TrainEvent};
+use crate::train_events::{RunPlan, TrainEvent};
 use crate::train_logger::{SharedTrainLog, TrainLogger};
 
 /// Every kind clipflow knows.
@@ -30,7 +32,7 @@ pub fn standard_registry() -> Registry {
 fn register_loading_kinds(registry: &mut Registry) {
     registry.register_source(
         "shard-reader",
-        "reads one epoch of webdataset shards, a CSV table or synthetic data as undecoded samples",
+        "reads each epoch of webdataset shards, a CSV table or synthetic data as undecoded samples, in order (one worker per rank)",
         |settings| {
             Ok(ShardReader::maker(ShardReaderConfig::from_settings(
                 settings,
@@ -78,13 +80,14 @@ pub fn register_batcher(registry: &mut Registry, ledger: Arc<LoadingLedger>) {
     );
 }
 
-/// What the training kinds of one epoch's graph get from the program that
-/// runs training: the trainer (handed to the step executor and back), the
-/// epoch, and the evaluator's, checkpointer's and logger's settings and
-/// state, which live across epochs.
+/// What the training kinds of a run's graph get from the program that runs
+/// training: the trainer (handed to the step executor and back), the plan
+/// of the run, the process group of its ranks, and the evaluator's,
+/// checkpointer's and logger's settings and state.
 pub struct TrainingStages {
     pub trainer: TrainerHandover,
-    pub plan: EpochPlan,
+    pub plan: RunPlan,
+    pub group: Option<Arc<ProcessGroup>>,
     pub evaluator: Arc<EvaluatorConfig>,
     pub checkpointer: CheckpointerConfig,
     pub logger: SharedTrainLog,
@@ -92,11 +95,12 @@ pub struct TrainingStages {
 
 /// The kinds of `topologies/train.toml` after the batcher: `step-executor`,
 /// `evaluator`, `checkpointer` and `train-logger`, bound to one run and
-/// epoch.
+/// run.
 pub fn register_training_kinds(registry: &mut Registry, stages: TrainingStages) {
     let TrainingStages {
         trainer,
         plan,
+        group,
         evaluator,
         checkpointer,
         logger,
@@ -106,9 +110,16 @@ pub fn register_training_kinds(registry: &mut Registry, stages: TrainingStages) 
     registry.allow_fan_out::<TrainEvent>();
     registry.register_stage(
         "step-executor",
-        "trains the model on each batch: forward, loss, backward, optimiser step (one per device)",
+        "trains the model on each batch: forward, loss, backward, optimiser step (one per device; settings: save_every_n_steps, wait_for_epoch_end)",
         Restarts::Forbidden,
-        move |_settings| Ok(StepExecutor::maker(trainer.clone(), plan)),
+        move |settings| {
+            let order = SnapshotOrder {
+                every_n_steps: settings.u64("save_every_n_steps")?.unwrap_or(0),
+                wait_for_stages: settings.bool("wait_for_epoch_end")?.unwrap_or(false),
+                group: group.clone(),
+            };
+            Ok(StepExecutor::maker(trainer.clone(), plan, order))
+        },
     );
     registry.register_stage(
         "evaluator",

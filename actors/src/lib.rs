@@ -8,6 +8,7 @@ pub mod checkpointer;
 pub mod decoder;
 pub mod evaluator;
 pub mod kinds;
+pub mod load_stream;
 pub mod remote_folder;
 pub mod remote_syncer;
 pub mod report;

@@ -1,27 +1,33 @@
-//! The shard reader, the source of the loading path: for one epoch, the
-//! share of the training data that this rank and this reader worker own,
-//! streamed as undecoded samples with OpenCLIP's semantics.
+//! The shard reader, the source of the loading path: every epoch of the run
+//! in turn (`first_epoch` up to `epochs`), this rank's share of the training
+//! data as undecoded samples with OpenCLIP's semantics, each numbered with
+//! its [`Place`] in the epoch, and a mark after each epoch.
 //!
 //! - webdataset: the shard list of `--train-data` (braces, `::`, upsampling
-//!   factors), shuffled per epoch and split across ranks and readers, or
-//!   drawn with replacement (`--dataset-resampled`); tar members grouped into
-//!   samples by key (with fewer shards than readers, every reader reads
-//!   every shard and keeps its every-(readers)-th sample, where OpenCLIP
-//!   refuses); OpenCLIP's sample shuffle buffer; exactly the reader's
-//!   share of the epoch's batches (`--train-num-samples` or the size file,
-//!   rounded up to whole batches per reader as OpenCLIP's `with_epoch` does),
-//!   walking its shards again when they hold fewer samples, as `with_epoch`
-//!   does, so that every rank trains the same number of steps.
-//! - csv: the rows of `--train-data` in a per-epoch order, split across ranks
-//!   and readers; images read from the paths the rows name.
+//!   factors), shuffled per epoch and split across ranks, or drawn with
+//!   replacement (`--dataset-resampled`); tar members grouped into samples
+//!   by key (with fewer shards than ranks, every rank reads every shard and
+//!   keeps its every-(ranks)-th sample, where OpenCLIP refuses); a sample
+//!   shuffle buffer seeded from `--seed`, the epoch and the rank; exactly
+//!   the rank's batches of the epoch (`--train-num-samples` or the size
+//!   file, rounded up to whole batches per loader worker as OpenCLIP's
+//!   `with_epoch` does), walking the shards again when they hold fewer
+//!   samples, so that every rank trains the same number of steps.
+//! - csv: the rows of `--train-data` in a per-epoch order, split across
+//!   ranks; images read from the paths the rows name.
 //! - synthetic: `--train-num-samples` black images of the model's size.
+//!
+//! One reader per rank: reading a tar is cheap next to decoding it, and one
+//! stream fixes the order of the samples, which the decoders and augmenters
+//! after it (as many as `--workers`) keep through the places. While the last
+//! batches of an epoch train, the reader is already into the next epoch.
 //!
 //! The per-format logic lives in `clipflow_core::data`; this actor chooses,
 //! configures and drains it. Bad shards, members and files become
 //! [`SampleOrSkip::Skipped`] items and the stream goes on.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clipflow_core::data::csv_source::CsvDataset;
@@ -38,6 +44,7 @@ use clipflow_core::data::{ReaderSlot, Sample, SourceItem};
 use clipflow_core::model::{ModelConfig, ModelOverrides};
 
 use crate::bad_data::SampleOrSkip;
+use crate::load_stream::{LoadItem, Place};
 use crate::runtime::{Emitter, Source, WorkerInfo};
 use crate::topology::Settings;
 
@@ -60,7 +67,7 @@ impl Default for CsvColumns {
     }
 }
 
-/// What one epoch of the shard reader reads; the same for all its workers.
+/// What the shard reader reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardReaderConfig {
     /// `--train-data`: shard pattern(s) or a CSV file; unused for synthetic.
@@ -74,8 +81,18 @@ pub struct ShardReaderConfig {
     pub num_samples: Option<u64>,
     /// Samples per batch on each rank, to round the epoch to whole batches.
     pub batch_size: u64,
+    /// `--workers`: OpenCLIP rounds a webdataset epoch up to whole batches
+    /// for each of its loader workers, and so does the reader.
+    pub loader_workers: u64,
     pub seed: u64,
-    pub epoch: u64,
+    /// The first epoch read (the resumed one, or 0).
+    pub first_epoch: u64,
+    /// `--epochs`: the reader ends after epoch `epochs - 1`.
+    pub epochs: u64,
+    /// The place in the first epoch the stream starts at (a run resumed
+    /// inside an epoch); the items before it are read again, in the same
+    /// order, and not sent.
+    pub first_place: u64,
     pub rank: usize,
     pub world_size: usize,
     pub csv: CsvColumns,
@@ -86,7 +103,8 @@ pub struct ShardReaderConfig {
 impl ShardReaderConfig {
     /// Reads the settings of a `shard-reader` component: `data`,
     /// `dataset_type`, `resampled`, `upsampling_factors`, `num_samples`
-    /// (0 = from the size file), `batch_size`, `seed`, `epoch`, `rank`,
+    /// (0 = from the size file), `batch_size`, `workers`, `seed`,
+    /// `first_epoch`, `epochs` (default: one epoch), `first_place`, `rank`,
     /// `world_size`, `csv_separator`, `csv_img_key`, `csv_caption_key`, and
     /// `model` (the image size of synthetic data).
     pub fn from_settings(settings: &Settings) -> Result<Self> {
@@ -110,6 +128,7 @@ impl ShardReaderConfig {
             .image_size
             .height_width();
         let defaults = CsvColumns::default();
+        let first_epoch = settings.u64("first_epoch")?.unwrap_or(0);
         let config = ShardReaderConfig {
             data,
             format,
@@ -117,8 +136,11 @@ impl ShardReaderConfig {
             upsampling_factors: settings.non_empty_string("upsampling_factors")?,
             num_samples: settings.u64("num_samples")?.filter(|&n| n > 0),
             batch_size: settings.u64("batch_size")?.unwrap_or(64),
+            loader_workers: settings.u64("workers")?.unwrap_or(1).max(1),
             seed: settings.u64("seed")?.unwrap_or(0),
-            epoch: settings.u64("epoch")?.unwrap_or(0),
+            first_epoch,
+            epochs: settings.u64("epochs")?.unwrap_or(first_epoch + 1),
+            first_place: settings.u64("first_place")?.unwrap_or(0),
             rank: settings.u64("rank")?.unwrap_or(0) as usize,
             world_size: settings.u64("world_size")?.unwrap_or(1) as usize,
             csv: CsvColumns {
@@ -154,29 +176,30 @@ impl ShardReaderConfig {
     }
 }
 
-/// A CSV table loaded once and shared by the reader's workers.
-type SharedCsv = Arc<Mutex<Option<Arc<CsvDataset>>>>;
-
-/// One worker of the shard reader.
+/// The shard reader of one rank.
 pub struct ShardReader {
-    config: Arc<ShardReaderConfig>,
-    worker: WorkerInfo,
+    config: ShardReaderConfig,
     opener: Arc<ShardOpener>,
-    csv: SharedCsv,
+    /// A CSV table, loaded at the first epoch.
+    csv: Option<Arc<CsvDataset>>,
 }
 
 impl ShardReader {
-    /// A function that builds worker `i` of `n` of one shard-reader component.
+    /// A function that builds the reader (one worker: it fixes the order
+    /// of the stream).
     pub fn maker(config: ShardReaderConfig) -> impl Fn(WorkerInfo) -> Result<ShardReader> {
-        let config = Arc::new(config);
-        let opener = Arc::new(ShardOpener::new());
-        let csv = SharedCsv::default();
         move |worker| {
+            anyhow::ensure!(
+                worker.count == 1,
+                "a shard reader runs as one worker per rank (parallelism = 1), not {}: it \
+                 fixes the order of the samples, and the decoders and augmenters after it \
+                 are the parallel part",
+                worker.count
+            );
             Ok(ShardReader {
-                config: Arc::clone(&config),
-                worker,
-                opener: Arc::clone(&opener),
-                csv: Arc::clone(&csv),
+                config: config.clone(),
+                opener: Arc::new(ShardOpener::new()),
+                csv: None,
             })
         }
     }
@@ -185,12 +208,12 @@ impl ShardReader {
         ReaderSlot {
             rank: self.config.rank,
             world_size: self.config.world_size,
-            worker: self.worker.index,
-            workers: self.worker.count,
+            worker: 0,
+            workers: 1,
         }
     }
 
-    fn read_webdataset(&self, out: &mut Emitter<SampleOrSkip<Sample>>) -> Result<()> {
+    fn read_webdataset(&self, epoch: u64, out: &mut EpochWriter) -> Result<()> {
         let config = &self.config;
         let shards = ShardList::expand(&config.data, config.upsampling_factors.as_deref())?;
         let num_samples = train_num_samples(config.num_samples, &config.data)?;
@@ -198,30 +221,25 @@ impl ShardReader {
             num_samples,
             config.batch_size,
             config.world_size as u64,
-            self.worker.count as u64,
+            config.loader_workers,
             Rounding::Ceil,
         )?;
-        let limit = epoch_size.batches_per_reader * config.batch_size;
+        let limit = epoch_size.num_batches * config.batch_size;
         let slot = self.slot();
-        // Drawn with replacement, one endless pass; else this reader's share
+        // Drawn with replacement, one endless pass; else this rank's share
         // of the epoch's shards, walked again until the epoch's share of
         // samples is full. A pass that yields nothing (every shard bad) ends
         // the epoch early.
         let share = if config.resampled {
             None
         } else {
-            Some(train_epoch_shards(
-                &shards,
-                config.seed,
-                config.epoch,
-                slot,
-            )?)
+            Some(train_epoch_shards(&shards, config.seed, epoch, slot)?)
         };
         let mut emitted = 0;
         while emitted < limit {
             let samples: Box<dyn Iterator<Item = SourceItem>> = match &share {
                 None => {
-                    let order = ResampledShards::new(&shards, config.seed, config.epoch, slot)?;
+                    let order = ResampledShards::new(&shards, config.seed, epoch, slot)?;
                     Box::new(ShardSamples::new(order, Arc::clone(&self.opener)))
                 }
                 Some(share) => {
@@ -233,8 +251,8 @@ impl ShardReader {
                     }
                 }
             };
-            let shuffled = shuffle_samples(samples, config.seed, config.epoch, slot);
-            let pass = emit_all(shuffled, Some(limit - emitted), self.worker.index, out)?;
+            let shuffled = shuffle_samples(samples, config.seed, epoch, slot);
+            let pass = out.write_all(shuffled, Some(limit - emitted))?;
             if pass == 0 {
                 break;
             }
@@ -243,22 +261,16 @@ impl ShardReader {
         Ok(())
     }
 
-    fn read_csv(&self, out: &mut Emitter<SampleOrSkip<Sample>>) -> Result<()> {
-        let config = &self.config;
+    fn read_csv(&mut self, epoch: u64, out: &mut EpochWriter) -> Result<()> {
         let dataset = self.load_csv()?;
-        let order: Vec<usize> = dataset
-            .epoch_order(config.seed, config.epoch, config.rank, config.world_size)
-            .into_iter()
-            .skip(self.worker.index)
-            .step_by(self.worker.count)
-            .collect();
-        emit_all(dataset.samples(order), None, self.worker.index, out)?;
+        let config = &self.config;
+        let order = dataset.epoch_order(config.seed, epoch, config.rank, config.world_size);
+        out.write_all(dataset.samples(order), None)?;
         Ok(())
     }
 
-    fn load_csv(&self) -> Result<Arc<CsvDataset>> {
-        let mut shared = self.csv.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(dataset) = shared.as_ref() {
+    fn load_csv(&mut self) -> Result<Arc<CsvDataset>> {
+        if let Some(dataset) = &self.csv {
             return Ok(Arc::clone(dataset));
         }
         let csv = &self.config.csv;
@@ -268,68 +280,98 @@ impl ShardReader {
             &csv.image_key,
             &csv.caption_key,
         )?);
-        *shared = Some(Arc::clone(&dataset));
+        self.csv = Some(Arc::clone(&dataset));
         Ok(dataset)
     }
 
-    fn read_synthetic(&self, out: &mut Emitter<SampleOrSkip<Sample>>) -> Result<()> {
+    fn read_synthetic(&self, out: &mut EpochWriter) -> Result<()> {
         let config = &self.config;
         let (height, width) = config.synthetic_image_size;
         let dataset = SyntheticDataset::new(width, height, config.num_samples)?;
-        let share = dataset
-            .samples(config.rank as u64, config.world_size as u64)
-            .skip(self.worker.index)
-            .step_by(self.worker.count);
-        emit_all(share, None, self.worker.index, out)?;
+        let share = dataset.samples(config.rank as u64, config.world_size as u64);
+        out.write_all(share, None)?;
         Ok(())
+    }
+
+    fn read_epoch(&mut self, epoch: u64, out: &mut EpochWriter) -> Result<()> {
+        let _span = tracing::info_span!("read_epoch", epoch).entered();
+        match self.config.format {
+            DataFormat::WebDataset => self.read_webdataset(epoch, out),
+            DataFormat::Csv => self.read_csv(epoch, out),
+            DataFormat::Synthetic => self.read_synthetic(out),
+        }
     }
 }
 
 impl Source for ShardReader {
-    type Out = SampleOrSkip<Sample>;
+    type Out = LoadItem<Sample>;
 
     fn run(&mut self, out: &mut Emitter<Self::Out>) -> Result<()> {
-        let what = match self.config.format {
-            DataFormat::WebDataset => self.read_webdataset(out),
-            DataFormat::Csv => self.read_csv(out),
-            DataFormat::Synthetic => self.read_synthetic(out),
-        };
-        what.with_context(|| {
-            format!(
-                "reading {} data {:?} (reader {} of {})",
-                self.config.format,
-                self.config.data,
-                self.worker.index + 1,
-                self.worker.count
-            )
-        })
+        for epoch in self.config.first_epoch..self.config.epochs {
+            let mut writer = EpochWriter {
+                out: &mut *out,
+                epoch,
+                next_index: 0,
+                first_sent: if epoch == self.config.first_epoch {
+                    self.config.first_place
+                } else {
+                    0
+                },
+            };
+            self.read_epoch(epoch, &mut writer).with_context(|| {
+                format!(
+                    "reading {} data {:?} (epoch {epoch})",
+                    self.config.format, self.config.data
+                )
+            })?;
+            let places = writer.next_index;
+            out.emit(LoadItem::EpochEnd { epoch, places })?;
+        }
+        Ok(())
     }
 }
 
-/// Sends every item downstream, stopping after `limit` samples (skips do
-/// not count towards it); returns the samples sent. Reading each item
-/// (shard I/O, tar parsing, the shuffle buffer) runs in a trace-level `read`
-/// span naming the worker.
-fn emit_all(
-    mut items: impl Iterator<Item = SourceItem>,
-    limit: Option<u64>,
-    worker: usize,
-    out: &mut Emitter<SampleOrSkip<Sample>>,
-) -> Result<u64> {
-    let mut samples = 0u64;
-    let mut read_next =
-        || tracing::trace_span!("read", worker = worker as i64).in_scope(|| items.next());
-    while let Some(item) = read_next() {
-        match item {
-            SourceItem::Sample(sample) => {
-                out.emit(SampleOrSkip::Sample(sample))?;
-                samples += 1;
-                if limit.is_some_and(|limit| samples >= limit) {
-                    break;
+/// Sends the items of one epoch downstream, each at the next place, from
+/// place `first_sent` on.
+struct EpochWriter<'a> {
+    out: &'a mut Emitter<LoadItem<Sample>>,
+    epoch: u64,
+    next_index: u64,
+    first_sent: u64,
+}
+
+impl EpochWriter<'_> {
+    /// Sends every item, stopping after `limit` samples (skips do not count
+    /// towards it, and samples before `first_sent` do); returns the samples
+    /// read. Reading each item (shard I/O,
+    /// tar parsing, the shuffle buffer) runs in a trace-level `read` span.
+    fn write_all(
+        &mut self,
+        mut items: impl Iterator<Item = SourceItem>,
+        limit: Option<u64>,
+    ) -> Result<u64> {
+        let mut samples = 0u64;
+        let mut read_next = || tracing::trace_span!("read").in_scope(|| items.next());
+        while let Some(item) = read_next() {
+            let item = match item {
+                SourceItem::Sample(sample) => {
+                    samples += 1;
+                    SampleOrSkip::Sample(sample)
                 }
+                SourceItem::Skipped(skip) => SampleOrSkip::Skipped(skip.into()),
+            };
+            let place = Place {
+                epoch: self.epoch,
+                index: self.next_index,
+            };
+            self.next_index += 1;
+            if place.index >= self.first_sent {
+                self.out.emit(LoadItem::At(place, item))?;
             }
-            SourceItem::Skipped(skip) => out.emit(SampleOrSkip::Skipped(skip.into()))?,
+            if limit.is_some_and(|limit| samples >= limit) {
+                break;
+            }
         }
+        Ok(samples)
     }
-    Ok(samples)
 }

@@ -1,32 +1,41 @@
 //! The step executor: one per device. It owns the model replica, its
-//! optimiser and schedule (a [`Trainer`]), takes the batcher's batches and
-//! trains on them, and reports each optimiser step and the end of the epoch
-//! as [`TrainEvent`]s for the stages after it (evaluator, checkpointer,
-//! logger, each of which takes every event). The end of the epoch carries a
-//! host snapshot of the trained state, which is all those stages see of the
-//! model.
+//! optimiser and schedule (a [`Trainer`]) for the whole run, takes the
+//! batcher's batches and trains on them, and reports the start of each
+//! epoch, each optimiser step and the end of each epoch as [`TrainEvent`]s
+//! for the stages after it (evaluator, checkpointer, logger, each of which
+//! takes every event). The end of an epoch carries a host snapshot of the
+//! trained state, which is all those stages see of the model, so the next
+//! epoch trains while they evaluate and save the last one; with
+//! `wait_for_epoch_end` it waits until they are done (OpenCLIP's order:
+//! evaluate, save, then train on), all ranks together. Every
+//! `save_every_n_steps` optimiser steps inside an epoch it sends a snapshot
+//! too, with the place in the data stream the next batch starts at, for a
+//! checkpoint that resumes exactly there.
 //!
-//! The trainer outlives the graph of one epoch: the program that runs
-//! training hands it to the epoch's step executor through a
-//! [`TrainerHandover`] and gets it back when the epoch's batches are done,
-//! as OpenCLIP's loader restarts its workers every epoch.
+//! The program that runs training hands the trainer to the step executor
+//! through a [`TrainerHandover`] and gets it back when the run's batches
+//! are done.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use clipflow_core::distributed::ProcessGroup;
 use clipflow_core::train::snapshot::TrainerSnapshot;
 use clipflow_core::train::trainer::Trainer;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use crate::batcher::Batch;
+use crate::batcher::{Batch, BatchItem};
 use crate::runtime::{Emitter, Stage, WorkerInfo};
-use crate::train_events::{EpochEnd, EpochPlan, StepEvent, TrainEvent};
+use crate::train_events::{
+    EpochEnd, EpochPlan, HandledSignal, MidEpochSnapshot, RunPlan, StepEvent, TrainEvent,
+};
+use clipflow_core::train::checkpoint::DataPosition;
 
-/// Passes the trainer from the program to one epoch's step executor and
-/// back: [`give`](Self::give) before the graph runs, the step executor takes
-/// it when it starts and returns it when its input ends, [`take_back`](Self::take_back)
-/// after the graph ran.
+/// Passes the trainer from the program to the step executor and back:
+/// [`give`](Self::give) before the graph runs, the step executor takes it
+/// when it starts and returns it when its input ends,
+/// [`take_back`](Self::take_back) after the graph ran.
 #[derive(Clone)]
 pub struct TrainerHandover {
     to_step_executor: (Sender<Trainer>, Receiver<Trainer>),
@@ -43,7 +52,7 @@ impl Default for TrainerHandover {
 }
 
 impl TrainerHandover {
-    /// Hands `trainer` over to the next step executor.
+    /// Hands `trainer` over to the step executor.
     pub fn give(&self, trainer: Trainer) -> Result<()> {
         self.to_step_executor
             .0
@@ -58,17 +67,35 @@ impl TrainerHandover {
             .1
             .try_recv()
             .or_else(|_| self.to_step_executor.1.try_recv())
-            .context("the step executor did not hand the trainer back (it failed mid-epoch)")
+            .context("the step executor did not hand the trainer back (it failed mid-run)")
     }
+}
+
+/// When the step executor hands out snapshots and waits for the stages that
+/// take them.
+#[derive(Clone, Default)]
+pub struct SnapshotOrder {
+    /// A snapshot for a checkpoint every this many optimiser steps inside
+    /// an epoch (`--save-every-n-steps`); 0 never.
+    pub every_n_steps: u64,
+    /// Wait until every stage that took the epoch's end is done with it
+    /// (evaluation, checkpoint) before training on.
+    pub wait_for_stages: bool,
+    /// Then wait for every rank, for as long as that takes (rank 0 may be
+    /// evaluating).
+    pub group: Option<Arc<ProcessGroup>>,
 }
 
 /// Trains on each batch it receives.
 pub struct StepExecutor {
-    /// Held while the epoch runs; handed back at its end.
+    /// Held while the run trains; handed back at its end.
     trainer: Option<Trainer>,
     handback: Sender<Trainer>,
-    plan: EpochPlan,
-    /// Batches taken this epoch.
+    plan: RunPlan,
+    order: SnapshotOrder,
+    /// The epoch being trained, once its first batch came.
+    epoch: Option<u64>,
+    /// Batches taken in the epoch.
     batches: u64,
     /// When the previous step ended (OpenCLIP's `end`).
     last_step_end: Instant,
@@ -80,7 +107,8 @@ impl StepExecutor {
     /// holds.
     pub fn maker(
         handover: TrainerHandover,
-        plan: EpochPlan,
+        plan: RunPlan,
+        order: SnapshotOrder,
     ) -> impl Fn(WorkerInfo) -> Result<StepExecutor> {
         move |worker| {
             anyhow::ensure!(
@@ -97,6 +125,8 @@ impl StepExecutor {
                 trainer: Some(trainer),
                 handback: handover.to_program.0.clone(),
                 plan,
+                order: order.clone(),
+                epoch: None,
                 batches: 0,
                 last_step_end: Instant::now(),
             })
@@ -108,15 +138,24 @@ impl StepExecutor {
             .as_mut()
             .context("the step executor already handed its trainer back")
     }
-}
 
-impl Stage for StepExecutor {
-    type In = Batch;
-    type Out = TrainEvent;
+    /// The plan of `epoch`, announcing it when it is new.
+    fn enter_epoch(&mut self, epoch: u64, out: &mut Emitter<TrainEvent>) -> Result<EpochPlan> {
+        let plan = self.plan.epoch(epoch);
+        if self.epoch != Some(epoch) {
+            self.epoch = Some(epoch);
+            self.batches = match self.plan.resume {
+                Some(position) if position.epoch == epoch => position.batches,
+                _ => 0,
+            };
+            out.emit(TrainEvent::EpochStart(plan))?;
+        }
+        Ok(plan)
+    }
 
-    fn process(&mut self, batch: Batch, out: &mut Emitter<TrainEvent>) -> Result<()> {
+    fn train(&mut self, batch: Batch, out: &mut Emitter<TrainEvent>) -> Result<()> {
         let data_time = self.last_step_end.elapsed();
-        let plan = self.plan;
+        let plan = self.enter_epoch(batch.epoch, out)?;
         let batches = self.batches;
         let trainer = self.trainer()?;
         let accum_freq = trainer.settings().accum_freq as u64;
@@ -130,9 +169,10 @@ impl Stage for StepExecutor {
             return Ok(());
         };
         let now = Instant::now();
+        let steps_done = self.batches / accum_freq;
         let event = StepEvent {
             plan,
-            steps_done: self.batches / accum_freq,
+            steps_done,
             batch_size: batch.keys.len(),
             data_time,
             batch_time: now - self.last_step_end,
@@ -140,25 +180,76 @@ impl Stage for StepExecutor {
         };
         self.last_step_end = now;
         out.emit(TrainEvent::Step(event))?;
+        let every = self.order.every_n_steps;
+        let steps = step + 1;
+        if every > 0 && steps % every == 0 && steps_done < plan.steps_per_epoch {
+            let position = DataPosition {
+                epoch: plan.epoch,
+                place: batch.next_place.index,
+                batches: self.batches,
+                steps,
+            };
+            let snapshot = {
+                let _span = tracing::info_span!("snapshot", step = steps).entered();
+                Arc::new(TrainerSnapshot::of(self.trainer()?))
+            };
+            out.emit(TrainEvent::MidEpoch(MidEpochSnapshot {
+                plan,
+                position,
+                snapshot,
+            }))?;
+            // Copying the state is not the next step's data time.
+            self.last_step_end = Instant::now();
+        }
         Ok(())
     }
 
-    fn finish(&mut self, out: &mut Emitter<TrainEvent>) -> Result<()> {
+    /// Reports the end of `epoch` with a snapshot of the trained state, and
+    /// waits as the order says.
+    fn end_epoch(&mut self, epoch: u64, out: &mut Emitter<TrainEvent>) -> Result<()> {
+        let plan = self.enter_epoch(epoch, out)?;
+        let snapshot = {
+            let _span = tracing::info_span!("snapshot", epoch).entered();
+            Arc::new(TrainerSnapshot::of(self.trainer()?))
+        };
+        let (handled, all_handled) = bounded(1);
+        out.emit(TrainEvent::EpochEnd(EpochEnd {
+            plan,
+            snapshot,
+            handled: Arc::new(HandledSignal::new(handled)),
+        }))?;
+        if self.order.wait_for_stages {
+            let _span = tracing::info_span!("wait_for_epoch_end", epoch).entered();
+            // Every copy dropped: the signal fires, or the graph stopped.
+            let _ = all_handled.recv();
+            if let Some(group) = &self.order.group {
+                group.barrier_unbounded()?;
+            }
+        }
+        // Waiting for the stages is not the next step's data time.
+        self.last_step_end = Instant::now();
+        Ok(())
+    }
+}
+
+impl Stage for StepExecutor {
+    type In = BatchItem;
+    type Out = TrainEvent;
+
+    fn process(&mut self, item: BatchItem, out: &mut Emitter<TrainEvent>) -> Result<()> {
+        match item {
+            BatchItem::Batch(batch) => self.train(batch, out),
+            BatchItem::EpochEnd { epoch, .. } => self.end_epoch(epoch, out),
+        }
+    }
+
+    fn finish(&mut self, _out: &mut Emitter<TrainEvent>) -> Result<()> {
         let trainer = self
             .trainer
             .take()
             .context("the step executor already handed its trainer back")?;
-        let snapshot = {
-            let _span = tracing::info_span!("snapshot", epoch = self.plan.epoch).entered();
-            Arc::new(TrainerSnapshot::of(&trainer))
-        };
         self.handback
             .try_send(trainer)
-            .map_err(|_| anyhow::anyhow!("the program did not wait for the trainer"))?;
-        out.emit(TrainEvent::EpochEnd(EpochEnd {
-            plan: self.plan,
-            snapshot,
-        }))?;
-        Ok(())
+            .map_err(|_| anyhow::anyhow!("the program did not wait for the trainer"))
     }
 }

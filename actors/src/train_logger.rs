@@ -325,13 +325,17 @@ impl Stage for TrainLogger {
     fn process(&mut self, event: TrainEvent, _out: &mut Emitter<()>) -> Result<()> {
         let mut log = self.log.lock();
         match event {
+            TrainEvent::EpochStart(plan) => {
+                log.info(&format!("Start epoch {}", plan.epoch));
+                Ok(())
+            }
             TrainEvent::Step(step) => log.step(&step),
             TrainEvent::EvaluationProgress(progress) => log.evaluation_progress(&progress),
             TrainEvent::Evaluation {
                 completed_epoch,
                 metrics,
             } => log.evaluation(completed_epoch, &metrics),
-            TrainEvent::EpochEnd(_) => Ok(()),
+            TrainEvent::MidEpoch(_) | TrainEvent::EpochEnd(_) => Ok(()),
         }
     }
 }

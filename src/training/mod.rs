@@ -2,8 +2,8 @@
 //! the run as OpenCLIP's `main` does (run folder, params.txt, model with
 //! `--pretrained`, precision, locked towers, optimiser, schedule, loss,
 //! `--resume`), then runs its topology (`topologies/train.toml`, or the file
-//! `--topology` names) once per epoch around a trainer, evaluator settings
-//! and logs that live across epochs.
+//! `--topology` names): one graph for the whole run, whose step executor
+//! owns the trainer until the last epoch is done.
 
 mod epoch_size;
 mod launch;
@@ -21,7 +21,7 @@ use clipflow_actors::evaluator::evaluate;
 use clipflow_actors::kinds::{register_training_kinds, standard_registry, TrainingStages};
 use clipflow_actors::step_executor::TrainerHandover;
 use clipflow_actors::topology::Topology;
-use clipflow_actors::train_events::EpochPlan;
+use clipflow_actors::train_events::RunPlan;
 
 use crate::commands::bench::topology_flags;
 use crate::runtime::run_graph;
@@ -44,7 +44,7 @@ pub struct RunSummary {
     pub evaluations: Vec<(u64, Vec<(String, f64)>)>,
 }
 
-/// Trains with `args`, running `topology` each epoch.
+/// Trains with `args`, running `topology`.
 pub fn run(args: TrainArgs, topology: TopologyFile) -> Result<()> {
     run_with(args, None, topology).map(|_| ())
 }
@@ -77,7 +77,7 @@ pub fn run_with(
 }
 
 fn train(args: &TrainArgs, run: &mut setup::PreparedRun, topology: &TopologyFile) -> Result<()> {
-    let mut trainer = run.take_trainer()?;
+    let trainer = run.take_trainer()?;
     let Some(epoch_size) = run.epoch_size else {
         // No training data: evaluate the model once, as OpenCLIP does.
         let metrics = evaluate(&trainer.model, &run.evaluator, run.start_epoch, &mut |p| {
@@ -88,46 +88,47 @@ fn train(args: &TrainArgs, run: &mut setup::PreparedRun, topology: &TopologyFile
         run.logger.lock().evaluation(run.start_epoch, &metrics)?;
         return Ok(());
     };
-    for epoch in run.start_epoch..args.epochs {
-        run.logger.lock().info(&format!("Start epoch {epoch}"));
-        let plan = EpochPlan {
-            epoch,
-            epochs: args.epochs,
-            steps_per_epoch: epoch_size.num_batches / args.accum_freq as u64,
-            samples_per_epoch: epoch_size.num_samples,
-        };
-        let handover = TrainerHandover::default();
-        handover.give(trainer)?;
-        run_epoch(args, run, &handover, plan, topology)?;
-        trainer = handover.take_back()?;
-        if let Some(group) = &run.group {
-            // Rank 0 evaluates and saves after the epoch while the others
-            // wait here (as at OpenCLIP's barrier), for as long as that
-            // takes rather than the group's timeout.
-            group.barrier_unbounded()?;
-        }
+    if run.start_epoch >= args.epochs {
+        return Ok(());
     }
+    let plan = RunPlan {
+        first_epoch: run.start_epoch,
+        epochs: args.epochs,
+        steps_per_epoch: epoch_size.num_batches / args.accum_freq as u64,
+        samples_per_epoch: epoch_size.num_samples,
+        resume: run.resume_position,
+    };
+    let handover = TrainerHandover::default();
+    handover.give(trainer)?;
+    run_graph_of_run(args, run, &handover, plan, topology)?;
+    handover.take_back()?;
     Ok(())
 }
 
-/// Builds and runs one epoch's graph.
-fn run_epoch(
+/// Builds and runs the run's graph.
+fn run_graph_of_run(
     args: &TrainArgs,
     run: &setup::PreparedRun,
     trainer: &TrainerHandover,
-    plan: EpochPlan,
+    plan: RunPlan,
     topology: &TopologyFile,
 ) -> Result<()> {
     let mut flags = topology_flags(args);
-    flags.set("epoch", &plan.epoch.to_string());
+    flags.set("epoch", &plan.first_epoch.to_string());
+    flags.set("epochs", &plan.epochs.to_string());
     flags.set("rank", &run.launch.rank.to_string());
     flags.set("world-size", &run.launch.world_size.to_string());
+    flags.set("blocking-eval", &args.blocking_eval.to_string());
+    flags.set("save-every-n-steps", &args.save_every_n_steps.to_string());
+    let first_place = plan.resume.map_or(0, |position| position.place);
+    flags.set("first-place", &first_place.to_string());
     let mut registry = standard_registry();
     register_training_kinds(
         &mut registry,
         TrainingStages {
             trainer: trainer.clone(),
             plan,
+            group: run.group.clone(),
             evaluator: Arc::clone(&run.evaluator),
             checkpointer: run.checkpointer.clone(),
             logger: run.logger.clone(),
@@ -136,8 +137,11 @@ fn run_epoch(
     let checked = Topology::parse(&topology.path, &topology.text, &flags, &registry)?;
     let mut graph = checked.into_graph()?;
     graph.show_live_status(args.debug && std::io::stderr().is_terminal());
-    let stopped = format!("training stopped in epoch {}", plan.epoch);
-    let report = run_graph(graph, &topology.path.display().to_string(), &stopped)?;
+    let report = run_graph(
+        graph,
+        &topology.path.display().to_string(),
+        "training stopped",
+    )?;
     if args.debug {
         eprintln!("{report}");
     }

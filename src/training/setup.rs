@@ -23,7 +23,7 @@ use clipflow_core::model::load::load_strict;
 use clipflow_core::model::{ModelConfig, ModelOverrides};
 use clipflow_core::tokenizer::ClipTokenizer;
 use clipflow_core::train::checkpoint::{
-    default_run_name, local_now, CheckpointPolicy, RunNameFields, RunPaths,
+    default_run_name, local_now, CheckpointPolicy, DataPosition, RunNameFields, RunPaths,
 };
 use clipflow_core::train::data_parallel::DataParallel;
 use clipflow_core::train::lock::{lock_image_tower, lock_text_tower};
@@ -71,6 +71,9 @@ pub struct PreparedRun {
     pub epoch_size: Option<EpochSize>,
     /// The epoch to start from: 0, or the resumed checkpoint's.
     pub start_epoch: u64,
+    /// Where in `start_epoch` to continue, when the checkpoint was saved
+    /// inside it.
+    pub resume_position: Option<DataPosition>,
     pub evaluator: Arc<EvaluatorConfig>,
     pub checkpointer: CheckpointerConfig,
     pub logger: SharedTrainLog,
@@ -388,7 +391,7 @@ pub fn prepare(
     if let (Some(teacher), Some(weights)) = (&args.distill_model, &args.distill_pretrained) {
         trainer = with_teacher(trainer, args, teacher, weights, &precision, device)?;
     }
-    let start_epoch = resume(resume_from.as_deref(), &mut trainer, &logger)?;
+    let (start_epoch, resume_position) = resume(resume_from.as_deref(), &mut trainer, &logger)?;
 
     let (height, width) = config.vision_cfg.image_size.height_width();
     // OpenCLIP evaluates on rank 0 alone.
@@ -442,6 +445,7 @@ pub fn prepare(
         trainer: Some(trainer),
         epoch_size,
         start_epoch,
+        resume_position,
         evaluator: Arc::new(evaluator),
         checkpointer,
         logger,
@@ -526,9 +530,13 @@ fn with_teacher(
 /// `--resume` (with `latest` already resolved to a file): loads the
 /// weights, optimiser and scaler state of a training checkpoint and returns
 /// its epoch; a bare state_dict loads weights only and starts at epoch 0.
-fn resume(path: Option<&str>, trainer: &mut Trainer, logger: &SharedTrainLog) -> Result<u64> {
+fn resume(
+    path: Option<&str>,
+    trainer: &mut Trainer,
+    logger: &SharedTrainLog,
+) -> Result<(u64, Option<DataPosition>)> {
     let Some(path) = path else {
-        return Ok(0);
+        return Ok((0, None));
     };
     let source = format!("--resume {path}");
     let checkpoint = read_checkpoint(Path::new(path)).with_context(|| source.clone())?;
@@ -537,7 +545,7 @@ fn resume(path: Option<&str>, trainer: &mut Trainer, logger: &SharedTrainLog) ->
         logger
             .lock()
             .info(&format!("=> loaded checkpoint '{path}' (epoch 0)"));
-        return Ok(0);
+        return Ok((0, None));
     };
     if let Some(optimizer) = &checkpoint.optimizer {
         // An OpenCLIP checkpoint keys its optimizer state by position in
@@ -557,10 +565,24 @@ fn resume(path: Option<&str>, trainer: &mut Trainer, logger: &SharedTrainLog) ->
             .load_state_dict(state)
             .with_context(|| format!("{source}: the scaler state"))?;
     }
-    logger
-        .lock()
-        .info(&format!("=> resuming checkpoint '{path}' (epoch {epoch})"));
-    Ok(epoch as u64)
+    let position = checkpoint
+        .data_position
+        .as_ref()
+        .map(DataPosition::from_value)
+        .transpose()
+        .with_context(|| source.clone())?;
+    let at = match &position {
+        Some(position) if position.epoch != epoch as u64 => bail!(
+            "{source}: its data_position is in epoch {}, its epoch is {epoch}",
+            position.epoch
+        ),
+        Some(position) => format!(", step {}", position.steps),
+        None => String::new(),
+    };
+    logger.lock().info(&format!(
+        "=> resuming checkpoint '{path}' (epoch {epoch}{at})"
+    ));
+    Ok((epoch as u64, position))
 }
 
 fn validation_data(args: &TrainArgs) -> Result<Option<ValidationData>> {

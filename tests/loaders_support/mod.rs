@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use clipflow_actors::batcher::{Batch, LoadingLedger, LoadingTotals};
+use clipflow_actors::batcher::{BatchItem, LoadingLedger, LoadingTotals};
 use clipflow_actors::kinds::{register_batcher, standard_registry};
 use clipflow_actors::runtime::{Emitter, RunError, Stage};
 use clipflow_actors::topology::{FlagValues, Restarts, Topology};
@@ -40,21 +40,25 @@ pub struct SeenBatch {
     pub images: Tensor,
     pub texts: Tensor,
     pub keys: Vec<String>,
+    pub epoch: u64,
 }
 
 /// A sink that keeps every batch.
 struct KeepBatches(Arc<Mutex<Vec<SeenBatch>>>);
 
 impl Stage for KeepBatches {
-    type In = Batch;
+    type In = BatchItem;
     type Out = ();
 
-    fn process(&mut self, batch: Batch, _out: &mut Emitter<()>) -> anyhow::Result<()> {
-        self.0.lock().unwrap().push(SeenBatch {
-            images: batch.images,
-            texts: batch.texts,
-            keys: batch.keys,
-        });
+    fn process(&mut self, item: BatchItem, _out: &mut Emitter<()>) -> anyhow::Result<()> {
+        if let BatchItem::Batch(batch) = item {
+            self.0.lock().unwrap().push(SeenBatch {
+                images: batch.images,
+                texts: batch.texts,
+                keys: batch.keys,
+                epoch: batch.epoch,
+            });
+        }
         Ok(())
     }
 }

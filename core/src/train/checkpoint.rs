@@ -4,6 +4,10 @@
 //! `epoch_<n>.pt` / `epoch_latest.pt` files are written and deleted after an
 //! epoch (`--save-frequency`, `--save-most-recent`,
 //! `--delete-previous-checkpoint`), and which file `--resume latest` picks.
+//! Also clipflow's checkpoints inside an epoch (`--save-every-n-steps`):
+//! `epoch_<e>_step_<s>.pt`, which sorts between `epoch_<e>.pt` and
+//! `epoch_<e+1>.pt` in OpenCLIP's natural order, holding the checkpoint dict
+//! and the [`DataPosition`] to continue from.
 
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
@@ -169,6 +173,56 @@ pub fn checkpoint_file_name(epoch: i64) -> String {
     format!("epoch_{epoch}.pt")
 }
 
+/// `epoch_<completed epochs>_step_<optimiser steps>.pt`: a checkpoint
+/// inside an epoch.
+pub fn step_checkpoint_file_name(completed_epochs: u64, steps: u64) -> String {
+    format!("epoch_{completed_epochs}_step_{steps}.pt")
+}
+
+/// Where the data stream of a run stood when a checkpoint was saved inside
+/// an epoch: enough to continue it exactly (the stream is a function of the
+/// data, the seed and the epoch, so its position is all the state it has).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataPosition {
+    /// The epoch being trained, from 0.
+    pub epoch: u64,
+    /// The place in that epoch's stream the next batch starts at.
+    pub place: u64,
+    /// The loader batches of the epoch already trained on.
+    pub batches: u64,
+    /// Optimiser steps done in the run.
+    pub steps: u64,
+}
+
+impl DataPosition {
+    /// As stored in the checkpoint, under `data_position`.
+    pub fn to_value(&self) -> Value {
+        let entry = |key: &str, n: u64| (Value::Str(key.into()), Value::Int(n as i64));
+        Value::Dict(vec![
+            entry("epoch", self.epoch),
+            entry("place", self.place),
+            entry("batches", self.batches),
+            entry("steps", self.steps),
+        ])
+    }
+
+    /// Reads what [`to_value`](Self::to_value) stored.
+    pub fn from_value(value: &Value) -> Result<DataPosition> {
+        let field = |key: &str| -> Result<u64> {
+            match value.get(key) {
+                Some(Value::Int(n)) if *n >= 0 => Ok(*n as u64),
+                _ => bail!("data_position has no whole number `{key}`"),
+            }
+        };
+        Ok(DataPosition {
+            epoch: field("epoch")?,
+            place: field("place")?,
+            batches: field("batches")?,
+            steps: field("steps")?,
+        })
+    }
+}
+
 /// OpenCLIP's training checkpoint: `{"epoch", "name", "state_dict",
 /// "optimizer"}` and `"scaler"` when training with a gradient scaler, in that
 /// order. `epoch` is the number of epochs completed; the state dict becomes an
@@ -193,6 +247,19 @@ pub fn checkpoint_dict(
         items.push((Value::Str("scaler".into()), scaler));
     }
     Value::Dict(items)
+}
+
+/// [`checkpoint_dict`]'s entries, then `data_position`: a checkpoint saved
+/// inside an epoch. `epoch` stays the number of completed epochs, so
+/// OpenCLIP resuming from it restarts the epoch, and loads its weights.
+pub fn step_checkpoint_dict(checkpoint: Value, position: &DataPosition) -> Value {
+    match checkpoint {
+        Value::Dict(mut items) => {
+            items.push((Value::Str("data_position".into()), position.to_value()));
+            Value::Dict(items)
+        }
+        other => other,
+    }
 }
 
 /// What happens to the checkpoints folder after an epoch.
@@ -242,6 +309,56 @@ impl CheckpointPolicy {
         actions
     }
 
+    /// The actions of a checkpoint inside an epoch at `position`:
+    /// `epoch_<e>_step_<s>.pt`; then, with delete-previous, removal of the
+    /// step checkpoint written before it (`previous_step_file`); then
+    /// `epoch_latest.pt` with save-most-recent.
+    pub fn actions_inside_epoch(
+        &self,
+        position: &DataPosition,
+        previous_step_file: Option<&str>,
+    ) -> Vec<CheckpointAction> {
+        let mut actions = vec![CheckpointAction::Write(step_checkpoint_file_name(
+            position.epoch,
+            position.steps,
+        ))];
+        if let (true, Some(previous)) = (self.delete_previous, previous_step_file) {
+            actions.push(CheckpointAction::RemoveIfPresent(previous.into()));
+        }
+        if self.save_most_recent {
+            actions.push(CheckpointAction::Write(LATEST_CHECKPOINT_NAME.into()));
+        }
+        actions
+    }
+
+    /// Carries out `actions` in `checkpoints_dir`, writing `checkpoint`.
+    pub fn carry_out(
+        &self,
+        checkpoints_dir: &Path,
+        actions: &[CheckpointAction],
+        checkpoint: &Value,
+    ) -> Result<()> {
+        for action in actions {
+            match action {
+                CheckpointAction::Write(file) => {
+                    write_torch_checkpoint(&checkpoints_dir.join(file), checkpoint)?
+                }
+                CheckpointAction::RemoveIfPresent(file) => {
+                    let path = checkpoints_dir.join(file);
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(error) => {
+                            return Err(error)
+                                .with_context(|| format!("removing {}", path.display()))
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Carries out [`CheckpointPolicy::actions_after_epoch`] in
     /// `checkpoints_dir`, writing `checkpoint` (see [`checkpoint_dict`]).
     pub fn save_after_epoch(
@@ -251,21 +368,8 @@ impl CheckpointPolicy {
         epochs: i64,
         checkpoint: &Value,
     ) -> Result<()> {
-        for action in self.actions_after_epoch(completed_epoch, epochs) {
-            match action {
-                CheckpointAction::Write(file) => {
-                    write_torch_checkpoint(&checkpoints_dir.join(file), checkpoint)?
-                }
-                CheckpointAction::RemoveIfPresent(file) => {
-                    let path = checkpoints_dir.join(file);
-                    if path.exists() {
-                        std::fs::remove_file(&path)
-                            .with_context(|| format!("deleting {}", path.display()))?;
-                    }
-                }
-            }
-        }
-        Ok(())
+        let actions = self.actions_after_epoch(completed_epoch, epochs);
+        self.carry_out(checkpoints_dir, &actions, checkpoint)
     }
 }
 

@@ -22,6 +22,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub use atomic_file::remove_stale_temporaries;
 pub use value::Value;
 
 /// Tensors with their OpenCLIP `state_dict` names, in file order.
@@ -41,6 +42,9 @@ pub struct TrainingCheckpoint {
     pub optimizer: Option<Value>,
     /// The AMP gradient scaler's `state_dict()`.
     pub scaler: Option<Value>,
+    /// clipflow's record of where the data stream stood, in a checkpoint
+    /// saved inside an epoch (`data_position`).
+    pub data_position: Option<Value>,
 }
 
 /// Reads model weights from a safetensors file or a `torch.save` file (a

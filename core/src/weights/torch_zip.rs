@@ -62,12 +62,14 @@ pub(crate) fn read_checkpoint(
     };
     let optimizer = training_state("optimizer")?;
     let scaler = training_state("scaler")?;
+    let data_position = training_state("data_position")?;
     Ok(TrainingCheckpoint {
         epoch,
         name,
         state_dict: archive.state_dict(&state_dict)?,
         optimizer,
         scaler,
+        data_position,
     })
 }
 
