@@ -11,6 +11,14 @@
 //! one a kill mid-save leaves), and the killed run left no unreadable
 //! `epoch_latest.pt`. Variants with and without
 //! `--save-most-recent`.
+//!
+//! With `--save-every-n-steps`, a run killed at a random step between two
+//! step checkpoints and resumed with `--resume latest` continues from the
+//! newest one and trains on exactly the batches the uninterrupted run did:
+//! every logged loss and learning rate, and the final weights, are
+//! bit-identical (fp32 on the CPU, two loader workers), for webdataset
+//! shards, resampled shards and a CSV table; OpenCLIP's `create_model`
+//! loads a step checkpoint's weights.
 
 mod common;
 
@@ -18,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clipflow_core::train::checkpoint::step_checkpoint_file_name;
+use clipflow_core::weights::read_weights;
 use common::parity::series;
 use common::{make_scenes, run_clipflow, TINY_TRAIN_CONFIG};
 use serde_json::Value;
@@ -73,30 +83,35 @@ fn train_args(root: &Path, logs: &Path, save_most_recent: bool) -> Vec<String> {
     args
 }
 
-/// Starts the run and SIGKILLs it once out.log shows `step` (1-based) lines
-/// of 0-based `epoch`.
-fn run_and_kill(args: &[String], out_log: &Path, epoch: usize, step: usize) {
+/// Starts the run and SIGKILLs it once out.log holds `count` lines with
+/// `marker` and the file `wait_for` names (if any) exists.
+fn run_and_kill(
+    args: &[String],
+    out_log: &Path,
+    marker: &str,
+    count: usize,
+    wait_for: Option<&Path>,
+) {
     let mut child = Command::new(common::clipflow_bin())
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let marker = format!("Train Epoch: {epoch} [");
     let started = Instant::now();
     loop {
         let seen = std::fs::read_to_string(out_log)
-            .map(|log| log.lines().filter(|l| l.contains(&marker)).count())
+            .map(|log| log.lines().filter(|l| l.contains(marker)).count())
             .unwrap_or(0);
-        if seen >= step {
+        if seen >= count && wait_for.is_none_or(Path::exists) {
             break;
         }
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended ({status}) before step {step} of epoch {epoch}");
+            panic!("the run ended ({status}) before {count} lines with {marker:?}");
         }
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "no step {step} of epoch {epoch}"
+            "no {count} lines with {marker:?}"
         );
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -170,8 +185,9 @@ fn resume_after_kill(save_most_recent: bool) {
     run_and_kill(
         &train_args(root, &logs, save_most_recent),
         &run.join("out.log"),
-        epoch,
+        &format!("Train Epoch: {epoch} ["),
         step,
+        None,
     );
 
     // What the killed run left: whole checkpoints of the epochs it
@@ -321,4 +337,187 @@ fn resume_latest_after_sigkill() {
 #[test]
 fn resume_latest_after_sigkill_with_save_most_recent() {
     resume_after_kill(true);
+}
+
+/// Epochs of the step-checkpoint runs (6 steps each: 48 samples at batch
+/// size 8) and their `--save-every-n-steps`: checkpoints after steps 4, 8
+/// and 16 (12 and 18 end epochs).
+const STEP_RUN_EPOCHS: usize = 3;
+const SAVE_EVERY_N_STEPS: usize = 4;
+
+fn step_run_args(root: &Path, data: &[&str], logs: &Path) -> Vec<String> {
+    let mut args: Vec<String> = ["train", "--model", root.join("tiny.json").to_str().unwrap()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(data.iter().map(|s| s.to_string()));
+    let epochs = STEP_RUN_EPOCHS.to_string();
+    let every = SAVE_EVERY_N_STEPS.to_string();
+    args.extend(
+        [
+            "--batch-size",
+            "8",
+            "--workers",
+            "2",
+            "--precision",
+            "fp32",
+            "--seed",
+            "3",
+            "--epochs",
+            &epochs,
+            "--save-every-n-steps",
+            &every,
+            "--lr",
+            "1e-3",
+            "--warmup",
+            "4",
+            "--report-to",
+            "tensorboard",
+            "--log-every-n-steps",
+            "1",
+            "--name",
+            "run",
+            "--logs",
+            logs.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    args
+}
+
+#[test]
+fn a_run_killed_between_step_checkpoints_resumes_on_the_same_batches() {
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path();
+    std::fs::write(root.join("tiny.json"), TINY_TRAIN_CONFIG).unwrap();
+    let scenes = root.join("scenes");
+    make_scenes(&scenes, 48, 16, 0);
+    let shards = scenes.join("shards/scenes-{00000..00002}.tar");
+    let shards = shards.to_str().unwrap();
+    let csv = common::scenes_csv(&scenes, 3);
+    let cases: [(&str, Vec<&str>); 3] = [
+        (
+            "shards",
+            vec!["--train-data", shards, "--dataset-type", "webdataset"],
+        ),
+        (
+            "resampled",
+            vec![
+                "--train-data",
+                shards,
+                "--dataset-type",
+                "webdataset",
+                "--dataset-resampled",
+            ],
+        ),
+        (
+            "csv",
+            vec![
+                "--train-data",
+                csv.to_str().unwrap(),
+                "--dataset-type",
+                "csv",
+            ],
+        ),
+    ];
+    let total_steps = (STEP_RUN_EPOCHS * STEPS_PER_EPOCH) as i64;
+    for (case, data) in cases {
+        let reference_logs = root.join(case).join("reference");
+        run_clipflow(&step_run_args(root, &data, &reference_logs));
+        let reference_run = reference_logs.join("run");
+
+        // Killed at a random step after a step checkpoint (once its file
+        // is there: the checkpointer writes it while training goes on).
+        let kill_at = 5 + rand::random_range(0..13usize);
+        let saved_at = [4, 8, 16]
+            .into_iter()
+            .filter(|&s| s < kill_at)
+            .max()
+            .unwrap();
+        let saved = step_checkpoint_file_name((saved_at / STEPS_PER_EPOCH) as u64, saved_at as u64);
+        println!("{case}: killing at step {kill_at}, after {saved}");
+        let logs = root.join(case).join("logs");
+        let run = logs.join("run");
+        let args = step_run_args(root, &data, &logs);
+        let saved = run.join("checkpoints").join(saved);
+        run_and_kill(
+            &args,
+            &run.join("out.log"),
+            "Train Epoch:",
+            kill_at,
+            Some(&saved),
+        );
+        let tensorboard = run.join("tensorboard");
+        let events_before = common::file_names(&tensorboard);
+        let mut resume = args.clone();
+        resume.extend(["--resume".into(), "latest".into()]);
+        run_clipflow(&resume);
+        let resumed_events: Vec<String> = common::file_names(&tensorboard)
+            .into_iter()
+            .filter(|name| !events_before.contains(name))
+            .collect();
+
+        // The final weights, bit for bit.
+        let last = format!("checkpoints/epoch_{STEP_RUN_EPOCHS}.pt");
+        let reference = read_weights(&reference_run.join(&last)).unwrap();
+        let resumed = read_weights(&run.join(&last)).unwrap();
+        assert_eq!(reference.len(), resumed.len());
+        for ((name, a), (_, b)) in reference.iter().zip(&resumed) {
+            assert!(
+                a.equal(b),
+                "{case}: {name} differs from the uninterrupted run's"
+            );
+        }
+
+        // Every step either run logged, as the uninterrupted run logged it.
+        let mut request = vec!["scalars".to_string(), "train/".into()];
+        request.push(reference_run.join("tensorboard").to_str().unwrap().into());
+        request.extend(path_strings(&tensorboard, &events_before));
+        request.extend(path_strings(&tensorboard, &resumed_events));
+        let scalars = &oracle(&request)[0];
+        let (reference, killed, resumed) = (&scalars[0], &scalars[1], &scalars[2]);
+        for tag in ["train/loss", "train/lr"] {
+            let expected = series(reference, tag);
+            assert_eq!(expected.len() as i64, total_steps, "{case} {tag}");
+            let resumed = series(resumed, tag);
+            // From that step checkpoint, or an epoch's end saved after it.
+            let killed = series(killed, tag);
+            let first = resumed.first().expect("the resumed run logged steps").0;
+            assert!(
+                first as usize >= saved_at && first as usize <= killed.len(),
+                "{case}: resumed at step {first}, killed after {} steps",
+                killed.len()
+            );
+            assert!(
+                first as usize % SAVE_EVERY_N_STEPS == 0 || first as usize % STEPS_PER_EPOCH == 0,
+                "{case}: resumed at step {first}, where no checkpoint was saved"
+            );
+            assert_eq!(
+                resumed,
+                expected[first as usize..],
+                "{case} {tag} after resuming"
+            );
+            assert_eq!(
+                killed,
+                expected[..killed.len()],
+                "{case} {tag} before the kill"
+            );
+        }
+    }
+
+    // OpenCLIP loads a step checkpoint's weights, and torch.load sees the
+    // epoch it restarts (the completed epochs).
+    let step_checkpoint = root.join("shards/reference/run/checkpoints/epoch_1_step_8.pt");
+    let step_checkpoint = step_checkpoint.to_str().unwrap().to_string();
+    let loaded = oracle(&[
+        "load".into(),
+        step_checkpoint.clone(),
+        "+".into(),
+        "features".into(),
+        root.join("tiny.json").to_str().unwrap().into(),
+        step_checkpoint.clone(),
+        step_checkpoint,
+    ]);
+    assert_eq!(loaded[0][0]["epoch"], 1);
+    assert_eq!(loaded[1]["image"], 0.0);
 }

@@ -18,9 +18,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use clipflow_core::data::tar_samples::TarMembers;
 use clipflow_core::weights::read_weights;
-use common::{clipflow_bin, make_scenes};
+use common::{clipflow_bin, make_scenes, scenes_csv};
 
 const TINY_VIT: &str = "tests/data/tiny-vit.json";
 
@@ -30,38 +29,7 @@ const TINY_VIT: &str = "tests/data/tiny-vit.json";
 fn scenes(dir: &Path) -> (String, PathBuf) {
     make_scenes(dir, 192, 64, 0);
     let shards = format!("{}/shards/scenes-{{00000..00002}}.tar", dir.display());
-    let csv = dir.join("scenes.csv");
-    write_csv_of_shards(dir, &csv);
-    (shards, csv)
-}
-
-/// Unpacks the shards' images and captions into `dir/csv/` and lists them
-/// in `csv` (OpenCLIP's `filepath` / `title` columns, tab-separated).
-fn write_csv_of_shards(dir: &Path, csv: &Path) {
-    let images = dir.join("csv");
-    std::fs::create_dir_all(&images).unwrap();
-    let mut table = String::from("filepath\ttitle\n");
-    for shard in 0..3 {
-        let path = dir.join(format!("shards/scenes-{shard:05}.tar"));
-        let mut members = TarMembers::new(std::fs::File::open(path).unwrap());
-        let mut captions = std::collections::BTreeMap::new();
-        let mut files = std::collections::BTreeMap::new();
-        while let Some(member) = members.next_member().unwrap() {
-            let (key, extension) = member.name.rsplit_once('.').unwrap();
-            if extension == "txt" {
-                captions.insert(key.to_string(), String::from_utf8(member.data).unwrap());
-            } else {
-                let file = images.join(&member.name);
-                std::fs::write(&file, member.data).unwrap();
-                files.insert(key.to_string(), file);
-            }
-        }
-        for (key, file) in files {
-            let caption = captions[&key].replace(['\t', '\n'], " ");
-            table.push_str(&format!("{}\t{caption}\n", file.display()));
-        }
-    }
-    std::fs::write(csv, table).unwrap();
+    (shards, scenes_csv(dir, 3))
 }
 
 /// Runs `clipflow train` on the tiny ViT for two epochs, logging every step

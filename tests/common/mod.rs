@@ -85,6 +85,40 @@ pub fn make_scenes(
     ] as &[&std::ffi::OsStr]);
 }
 
+/// Unpacks the first `shards` shards [`make_scenes`] wrote into `dir` into
+/// `dir/csv/` and lists their images and captions in `dir/scenes.csv`
+/// (OpenCLIP's `filepath` / `title` columns, tab-separated), which it
+/// returns.
+pub fn scenes_csv(dir: &std::path::Path, shards: usize) -> std::path::PathBuf {
+    use clipflow_core::data::tar_samples::TarMembers;
+    let images = dir.join("csv");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut table = String::from("filepath\ttitle\n");
+    for shard in 0..shards {
+        let path = dir.join(format!("shards/scenes-{shard:05}.tar"));
+        let mut members = TarMembers::new(std::fs::File::open(path).unwrap());
+        let mut captions = std::collections::BTreeMap::new();
+        let mut files = std::collections::BTreeMap::new();
+        while let Some(member) = members.next_member().unwrap() {
+            let (key, extension) = member.name.rsplit_once('.').unwrap();
+            if extension == "txt" {
+                captions.insert(key.to_string(), String::from_utf8(member.data).unwrap());
+            } else {
+                let file = images.join(&member.name);
+                std::fs::write(&file, member.data).unwrap();
+                files.insert(key.to_string(), file);
+            }
+        }
+        for (key, file) in files {
+            let caption = captions[&key].replace(['\t', '\n'], " ");
+            table.push_str(&format!("{}\t{caption}\n", file.display()));
+        }
+    }
+    let csv = dir.join("scenes.csv");
+    std::fs::write(&csv, table).unwrap();
+    csv
+}
+
 /// The names of the entries in `dir`, sorted.
 pub fn file_names(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
