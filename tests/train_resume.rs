@@ -61,6 +61,21 @@ fn train_args(root: &Path, logs: &Path, save_most_recent: bool) -> Vec<String> {
         &EPOCHS.to_string(),
         "--save-frequency",
         "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(logged_run_flags(logs));
+    if save_most_recent {
+        args.push("--save-most-recent".into());
+    }
+    args
+}
+
+/// The schedule and logging both kinds of run share: run `run` under
+/// `logs`, every step in TensorBoard.
+fn logged_run_flags(logs: &Path) -> Vec<String> {
+    [
         "--lr",
         "1e-3",
         "--warmup",
@@ -72,15 +87,11 @@ fn train_args(root: &Path, logs: &Path, save_most_recent: bool) -> Vec<String> {
         "--name",
         "run",
         "--logs",
-        logs.to_str().unwrap(),
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect();
-    if save_most_recent {
-        args.push("--save-most-recent".into());
-    }
-    args
+    .chain([logs.to_str().unwrap().to_string()])
+    .collect()
 }
 
 /// Starts the run and SIGKILLs it once out.log holds `count` lines with
@@ -367,21 +378,10 @@ fn step_run_args(root: &Path, data: &[&str], logs: &Path) -> Vec<String> {
             &epochs,
             "--save-every-n-steps",
             &every,
-            "--lr",
-            "1e-3",
-            "--warmup",
-            "4",
-            "--report-to",
-            "tensorboard",
-            "--log-every-n-steps",
-            "1",
-            "--name",
-            "run",
-            "--logs",
-            logs.to_str().unwrap(),
         ]
         .map(String::from),
     );
+    args.extend(logged_run_flags(logs));
     args
 }
 
