@@ -204,7 +204,7 @@ fn steps_match(config_file: &str, args: &[&str], flags: &OptimizerFlags) {
     let (_vs, named) = trainable_params(config_file, false);
     tch::no_grad(|| {
         for (_, param) in &named {
-            let _ = param.shallow_clone().copy_(&param.randn_like());
+            param.shallow_clone().copy_(&param.randn_like());
         }
     });
     let grads: Vec<HashMap<String, Tensor>> = LEARNING_RATES

@@ -189,8 +189,8 @@ impl TrainLog {
             batch_size: self.config.batch_size,
             accum_freq: self.config.accum_freq,
             world_size: self.config.world_size,
-            data_time: self.data_time.clone(),
-            batch_time: self.batch_time.clone(),
+            data_time: self.data_time,
+            batch_time: self.batch_time,
             lr: report.lr,
             logit_scale: report.logit_scale,
             losses: self

@@ -133,7 +133,7 @@ impl<S: Source> WorkerSpawner for SourceSpawner<S> {
         let make = Arc::clone(&self.make);
         let output = self.output.clone();
         spawn_thread(index, env, on_exit, move |env| {
-            let mut source = match start_worker(&make, index, &env, "starting the source") {
+            let mut source = match start_worker(&make, index, env, "starting the source") {
                 Ok(source) => source,
                 Err(failed) => return failed,
             };
@@ -158,7 +158,7 @@ impl<S: Stage> WorkerSpawner for StageSpawner<S> {
         let input = self.input.clone();
         let output = self.output.clone();
         spawn_thread(index, env, on_exit, move |env| {
-            let mut stage = match start_worker(&make, index, &env, "starting the stage") {
+            let mut stage = match start_worker(&make, index, env, "starting the stage") {
                 Ok(stage) => stage,
                 Err(failed) => return failed,
             };
