@@ -17,8 +17,8 @@
 //! newest one and trains on exactly the batches the uninterrupted run did:
 //! every logged loss and learning rate, and the final weights, are
 //! bit-identical (fp32 on the CPU, two loader workers), for webdataset
-//! shards, resampled shards and a CSV table; OpenCLIP's `create_model`
-//! loads a step checkpoint's weights.
+//! shards, resampled shards, a CSV table and `--accum-freq 2`; OpenCLIP's
+//! `create_model` loads a step checkpoint's weights.
 
 mod common;
 
@@ -361,7 +361,6 @@ fn step_run_args(root: &Path, data: &[&str], logs: &Path) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    args.extend(data.iter().map(|s| s.to_string()));
     let epochs = STEP_RUN_EPOCHS.to_string();
     let every = SAVE_EVERY_N_STEPS.to_string();
     args.extend(
@@ -382,6 +381,8 @@ fn step_run_args(root: &Path, data: &[&str], logs: &Path) -> Vec<String> {
         .map(String::from),
     );
     args.extend(logged_run_flags(logs));
+    // Last, so that a case's flags take precedence (the last value wins).
+    args.extend(data.iter().map(|s| s.to_string()));
     args
 }
 
@@ -395,7 +396,7 @@ fn a_run_killed_between_step_checkpoints_resumes_on_the_same_batches() {
     let shards = scenes.join("shards/scenes-{00000..00002}.tar");
     let shards = shards.to_str().unwrap();
     let csv = common::scenes_csv(&scenes, 3);
-    let cases: [(&str, Vec<&str>); 3] = [
+    let cases: [(&str, Vec<&str>); 4] = [
         (
             "shards",
             vec!["--train-data", shards, "--dataset-type", "webdataset"],
@@ -417,6 +418,20 @@ fn a_run_killed_between_step_checkpoints_resumes_on_the_same_batches() {
                 csv.to_str().unwrap(),
                 "--dataset-type",
                 "csv",
+            ],
+        ),
+        // Two batches of 4 per optimiser step: the same 6 steps an epoch.
+        (
+            "accum",
+            vec![
+                "--train-data",
+                shards,
+                "--dataset-type",
+                "webdataset",
+                "--accum-freq",
+                "2",
+                "--batch-size",
+                "4",
             ],
         ),
     ];
