@@ -39,10 +39,8 @@ pub struct Batch {
     pub texts: Tensor,
     /// The key of each row's sample.
     pub keys: Vec<String>,
-    /// The epoch the batch belongs to.
-    pub epoch: u64,
-    /// The place after the batch's last row: a stream resumed after this
-    /// batch starts there.
+    /// The place after the batch's last row (its epoch is the batch's): a
+    /// stream resumed after this batch starts there.
     pub next_place: Place,
 }
 
@@ -51,11 +49,7 @@ pub struct Batch {
 #[derive(Debug)]
 pub enum BatchItem {
     Batch(Batch),
-    EpochEnd {
-        epoch: u64,
-        /// Batches the epoch had.
-        batches: u64,
-    },
+    EpochEnd { epoch: u64 },
 }
 
 /// How the batcher cuts and places batches, and what bad data it tolerates.
@@ -236,8 +230,6 @@ pub struct Batcher {
     waiting: BTreeMap<Place, SampleOrSkip<AugmentedSample>>,
     /// The place count of each epoch whose end mark arrived.
     epoch_places: BTreeMap<u64, u64>,
-    /// Batches sent in the cursor's epoch.
-    epoch_batches: u64,
 }
 
 impl Batcher {
@@ -264,7 +256,6 @@ impl Batcher {
                 },
                 waiting: BTreeMap::new(),
                 epoch_places: BTreeMap::new(),
-                epoch_batches: 0,
             })
         }
     }
@@ -324,7 +315,6 @@ impl Batcher {
             images,
             texts,
             keys: batch.keys,
-            epoch: next_place.epoch,
             next_place,
         })
     }
@@ -366,7 +356,6 @@ impl Batcher {
             SampleOrSkip::Sample(sample) => {
                 self.tally.record_sample();
                 if let Some(batch) = self.add(sample)? {
-                    self.epoch_batches += 1;
                     out.emit(BatchItem::Batch(batch))?;
                 }
             }
@@ -380,26 +369,27 @@ impl Batcher {
         Ok(())
     }
 
-    /// Sends or drops the epoch's last, partial batch, then the epoch's
-    /// end, and moves on to the next epoch.
-    fn end_epoch(&mut self, out: &mut Emitter<BatchItem>) -> Result<()> {
+    /// Judges the bad data so far, then sends or drops the last, partial
+    /// batch (as `drop_last` says).
+    fn finish_stretch(&mut self, out: &mut Emitter<BatchItem>) -> Result<()> {
         self.tally.check()?;
         if let Some(last) = self.current.take() {
             if self.config.drop_last {
                 self.ledger.lock().dropped_samples += last.keys.len() as u64;
             } else {
-                let batch = self.seal(last, self.cursor)?;
-                self.epoch_batches += 1;
-                out.emit(BatchItem::Batch(batch))?;
+                out.emit(BatchItem::Batch(self.seal(last, self.cursor)?))?;
             }
         }
+        Ok(())
+    }
+
+    /// Ends the cursor's epoch (its last batch, then its end) and moves on
+    /// to the next epoch.
+    fn end_epoch(&mut self, out: &mut Emitter<BatchItem>) -> Result<()> {
+        self.finish_stretch(out)?;
         let epoch = self.cursor.epoch;
         self.epoch_places.remove(&epoch);
-        out.emit(BatchItem::EpochEnd {
-            epoch,
-            batches: self.epoch_batches,
-        })?;
-        self.epoch_batches = 0;
+        out.emit(BatchItem::EpochEnd { epoch })?;
         self.cursor = Place {
             epoch: epoch + 1,
             index: 0,
@@ -428,17 +418,9 @@ impl Stage for Batcher {
 
     fn finish(&mut self, out: &mut Emitter<BatchItem>) -> Result<()> {
         self.batch_in_order(true, out)?;
-        self.tally.check()?;
-        if let Some(last) = self.current.take() {
-            // A stream that ended without its epoch's mark (a reader that
-            // stopped early).
-            if self.config.drop_last {
-                self.ledger.lock().dropped_samples += last.keys.len() as u64;
-            } else {
-                out.emit(BatchItem::Batch(self.seal(last, self.cursor)?))?;
-            }
-        }
-        Ok(())
+        // What is left belongs to a stream that ended without its epoch's
+        // mark (a reader that stopped early).
+        self.finish_stretch(out)
     }
 }
 

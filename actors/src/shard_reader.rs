@@ -182,6 +182,17 @@ pub struct ShardReader {
     opener: Arc<ShardOpener>,
     /// A CSV table, loaded at the first epoch.
     csv: Option<Arc<CsvDataset>>,
+    /// The shard list and the samples of one epoch, found at the first
+    /// epoch (the size file may be remote).
+    webdataset: Option<Arc<WebDatasetEpochs>>,
+}
+
+/// What every epoch of a webdataset reads.
+struct WebDatasetEpochs {
+    shards: ShardList,
+    /// Samples of this rank's epoch: its batches, rounded as OpenCLIP's
+    /// `with_epoch` rounds them.
+    samples_per_epoch: u64,
 }
 
 impl ShardReader {
@@ -200,6 +211,7 @@ impl ShardReader {
                 config: config.clone(),
                 opener: Arc::new(ShardOpener::new()),
                 csv: None,
+                webdataset: None,
             })
         }
     }
@@ -213,7 +225,10 @@ impl ShardReader {
         }
     }
 
-    fn read_webdataset(&self, epoch: u64, out: &mut EpochWriter) -> Result<()> {
+    fn webdataset_epochs(&mut self) -> Result<Arc<WebDatasetEpochs>> {
+        if let Some(epochs) = &self.webdataset {
+            return Ok(Arc::clone(epochs));
+        }
         let config = &self.config;
         let shards = ShardList::expand(&config.data, config.upsampling_factors.as_deref())?;
         let num_samples = train_num_samples(config.num_samples, &config.data)?;
@@ -224,7 +239,18 @@ impl ShardReader {
             config.loader_workers,
             Rounding::Ceil,
         )?;
-        let limit = epoch_size.num_batches * config.batch_size;
+        let epochs = Arc::new(WebDatasetEpochs {
+            shards,
+            samples_per_epoch: epoch_size.num_batches * config.batch_size,
+        });
+        self.webdataset = Some(Arc::clone(&epochs));
+        Ok(epochs)
+    }
+
+    fn read_webdataset(&mut self, epoch: u64, out: &mut EpochWriter) -> Result<()> {
+        let epochs = self.webdataset_epochs()?;
+        let (shards, limit) = (&epochs.shards, epochs.samples_per_epoch);
+        let config = &self.config;
         let slot = self.slot();
         // Drawn with replacement, one endless pass; else this rank's share
         // of the epoch's shards, walked again until the epoch's share of
@@ -233,13 +259,13 @@ impl ShardReader {
         let share = if config.resampled {
             None
         } else {
-            Some(train_epoch_shards(&shards, config.seed, epoch, slot)?)
+            Some(train_epoch_shards(shards, config.seed, epoch, slot)?)
         };
         let mut emitted = 0;
         while emitted < limit {
             let samples: Box<dyn Iterator<Item = SourceItem>> = match &share {
                 None => {
-                    let order = ResampledShards::new(&shards, config.seed, epoch, slot)?;
+                    let order = ResampledShards::new(shards, config.seed, epoch, slot)?;
                     Box::new(ShardSamples::new(order, Arc::clone(&self.opener)))
                 }
                 Some(share) => {

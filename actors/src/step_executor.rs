@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clipflow_core::distributed::ProcessGroup;
+use clipflow_core::train::checkpoint::DataPosition;
 use clipflow_core::train::snapshot::TrainerSnapshot;
 use clipflow_core::train::trainer::Trainer;
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -30,7 +31,6 @@ use crate::runtime::{Emitter, Stage, WorkerInfo};
 use crate::train_events::{
     EpochEnd, EpochPlan, HandledSignal, MidEpochSnapshot, RunPlan, StepEvent, TrainEvent,
 };
-use clipflow_core::train::checkpoint::DataPosition;
 
 /// Passes the trainer from the program to the step executor and back:
 /// [`give`](Self::give) before the graph runs, the step executor takes it
@@ -155,7 +155,7 @@ impl StepExecutor {
 
     fn train(&mut self, batch: Batch, out: &mut Emitter<TrainEvent>) -> Result<()> {
         let data_time = self.last_step_end.elapsed();
-        let plan = self.enter_epoch(batch.epoch, out)?;
+        let plan = self.enter_epoch(batch.next_place.epoch, out)?;
         let batches = self.batches;
         let trainer = self.trainer()?;
         let accum_freq = trainer.settings().accum_freq as u64;
@@ -239,7 +239,7 @@ impl Stage for StepExecutor {
     fn process(&mut self, item: BatchItem, out: &mut Emitter<TrainEvent>) -> Result<()> {
         match item {
             BatchItem::Batch(batch) => self.train(batch, out),
-            BatchItem::EpochEnd { epoch, .. } => self.end_epoch(epoch, out),
+            BatchItem::EpochEnd { epoch } => self.end_epoch(epoch, out),
         }
     }
 

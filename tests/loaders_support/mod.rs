@@ -40,7 +40,6 @@ pub struct SeenBatch {
     pub images: Tensor,
     pub texts: Tensor,
     pub keys: Vec<String>,
-    pub epoch: u64,
 }
 
 /// A sink that keeps every batch.
@@ -56,7 +55,6 @@ impl Stage for KeepBatches {
                 images: batch.images,
                 texts: batch.texts,
                 keys: batch.keys,
-                epoch: batch.epoch,
             });
         }
         Ok(())
