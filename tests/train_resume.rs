@@ -176,12 +176,32 @@ fn path_strings(dir: &Path, names: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn resume_after_kill(save_most_recent: bool) {
+/// A folder holding the tiny model's config (`tiny.json`) and 48 rendered
+/// scenes in 3 shards (`scenes/`).
+fn scratch_with_scenes() -> tempfile::TempDir {
     let scratch = tempfile::tempdir().unwrap();
+    std::fs::write(scratch.path().join("tiny.json"), TINY_TRAIN_CONFIG).unwrap();
+    make_scenes(&scratch.path().join("scenes"), 48, 16, 0);
+    scratch
+}
+
+/// Runs `args` again with `--resume latest`; returns the TensorBoard event
+/// files in `tensorboard` from before, and the ones the resumed run added.
+fn resume_latest(args: &[String], tensorboard: &Path) -> (Vec<String>, Vec<String>) {
+    let before = common::file_names(tensorboard);
+    let mut resume = args.to_vec();
+    resume.extend(["--resume".into(), "latest".into()]);
+    run_clipflow(&resume);
+    let added = common::file_names(tensorboard)
+        .into_iter()
+        .filter(|name| !before.contains(name))
+        .collect();
+    (before, added)
+}
+
+fn resume_after_kill(save_most_recent: bool) {
+    let scratch = scratch_with_scenes();
     let root = scratch.path();
-    std::fs::write(root.join("tiny.json"), TINY_TRAIN_CONFIG).unwrap();
-    let scenes = root.join("scenes");
-    make_scenes(&scenes, 48, 16, 0);
     let reference_logs = root.join("reference");
     run_clipflow(&train_args(root, &reference_logs, save_most_recent));
 
@@ -259,11 +279,8 @@ fn resume_after_kill(save_most_recent: bool) {
         (true, false) => 0,
         (false, _) => finished,
     };
-    let events_before = common::file_names(&tensorboard);
-
-    let mut resume = train_args(root, &logs, save_most_recent);
-    resume.extend(["--resume".into(), "latest".into()]);
-    run_clipflow(&resume);
+    let (events_before, resumed_events) =
+        resume_latest(&train_args(root, &logs, save_most_recent), &tensorboard);
 
     let names = common::file_names(&checkpoints);
     assert_eq!(
@@ -271,10 +288,6 @@ fn resume_after_kill(save_most_recent: bool) {
         checkpoint_names(EPOCHS, save_most_recent),
         "at the end (no temporary files)"
     );
-    let resumed_events: Vec<String> = common::file_names(&tensorboard)
-        .into_iter()
-        .filter(|name| !events_before.contains(name))
-        .collect();
     assert_eq!(events_before.len(), 1, "one events file: {events_before:?}");
     assert_eq!(
         resumed_events.len(),
@@ -388,11 +401,9 @@ fn step_run_args(root: &Path, data: &[&str], logs: &Path) -> Vec<String> {
 
 #[test]
 fn a_run_killed_between_step_checkpoints_resumes_on_the_same_batches() {
-    let scratch = tempfile::tempdir().unwrap();
+    let scratch = scratch_with_scenes();
     let root = scratch.path();
-    std::fs::write(root.join("tiny.json"), TINY_TRAIN_CONFIG).unwrap();
     let scenes = root.join("scenes");
-    make_scenes(&scenes, 48, 16, 0);
     let shards = scenes.join("shards/scenes-{00000..00002}.tar");
     let shards = shards.to_str().unwrap();
     let csv = common::scenes_csv(&scenes, 3);
@@ -463,14 +474,7 @@ fn a_run_killed_between_step_checkpoints_resumes_on_the_same_batches() {
             Some(&saved),
         );
         let tensorboard = run.join("tensorboard");
-        let events_before = common::file_names(&tensorboard);
-        let mut resume = args.clone();
-        resume.extend(["--resume".into(), "latest".into()]);
-        run_clipflow(&resume);
-        let resumed_events: Vec<String> = common::file_names(&tensorboard)
-            .into_iter()
-            .filter(|name| !events_before.contains(name))
-            .collect();
+        let (events_before, resumed_events) = resume_latest(&args, &tensorboard);
 
         // The final weights, bit for bit.
         let last = format!("checkpoints/epoch_{STEP_RUN_EPOCHS}.pt");
