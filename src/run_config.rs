@@ -13,21 +13,22 @@ use anyhow::{bail, Context, Result};
 /// in the order given (the layout of OpenCLIP's `params.txt`).
 pub const FLAGS_FILE: &str = "flags.txt";
 
-/// Writes `<run_dir>/code/<topology_name>` (the topology's text) and
-/// `<run_dir>/code/flags.txt` (`resolved_flags`). Refuses, as OpenCLIP does,
-/// when `code/` already exists: that experiment name is taken.
-/// `topology_name` is a file name such as `train-data.toml`.
+/// Writes each of `topology_files` (name in `code/`, text: the topology and
+/// the files it extends) and `<run_dir>/code/flags.txt` (`resolved_flags`).
+/// Refuses, as OpenCLIP does, when `code/` already exists: that experiment
+/// name is taken. A name is a file name such as `train-data.toml`.
 pub fn copy_run_configuration(
     run_dir: &Path,
-    topology_name: &str,
-    topology_text: &str,
+    topology_files: &[(String, &str)],
     resolved_flags: &[(String, String)],
 ) -> Result<()> {
-    let is_plain_file_name = Path::new(topology_name)
-        .file_name()
-        .is_some_and(|name| name == topology_name);
-    if !is_plain_file_name || topology_name == FLAGS_FILE {
-        bail!("--copy-codebase: {topology_name:?} cannot name the topology's copy; give a file name such as train-data.toml");
+    for (name, _) in topology_files {
+        let is_plain_file_name = Path::new(name)
+            .file_name()
+            .is_some_and(|file_name| file_name == name.as_str());
+        if !is_plain_file_name || name == FLAGS_FILE {
+            bail!("--copy-codebase: {name:?} cannot name a topology file's copy; give a file name such as train-data.toml");
+        }
     }
     fs::create_dir_all(run_dir)
         .with_context(|| format!("--copy-codebase: creating {}", run_dir.display()))?;
@@ -43,7 +44,11 @@ pub fn copy_run_configuration(
         .iter()
         .map(|(name, value)| format!("{name}: {value}\n"))
         .collect();
-    for (file_name, text) in [(topology_name, topology_text), (FLAGS_FILE, flags.as_str())] {
+    let files = topology_files
+        .iter()
+        .map(|(name, text)| (name.as_str(), *text))
+        .chain([(FLAGS_FILE, flags.as_str())]);
+    for (file_name, text) in files {
         let path = code.join(file_name);
         fs::write(&path, text)
             .with_context(|| format!("--copy-codebase: writing {}", path.display()))?;

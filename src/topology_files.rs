@@ -1,6 +1,7 @@
 //! The topology files the commands run: one a user names (`--topology
 //! FILE`), or else the one of that name in clipflow's `topologies/` folder,
-//! read when the command starts (nothing is compiled into the binary).
+//! read when the command starts (nothing is compiled into the binary), with
+//! the files each extends (looked for beside it, then in that folder).
 //!
 //! The folder is looked for beside the binary (`BIN_DIR/topologies/`), in
 //! an install prefix (`BIN_DIR/../share/clipflow/topologies/`), and in the
@@ -9,60 +10,60 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use clipflow_actors::topology::TopologySources;
 
-/// A topology file and its text, read once.
-#[derive(Debug, Clone)]
-pub struct TopologyFile {
-    /// How errors and the run's copy of it name the file.
-    pub path: PathBuf,
-    pub text: String,
+/// The file `path` names (a user's), else `name` from clipflow's
+/// `topologies/` folder.
+pub fn chosen(path: Option<&Path>, name: &str) -> Result<TopologySources> {
+    match path {
+        Some(path) => read(path),
+        None => standard(name),
+    }
 }
 
-impl TopologyFile {
-    /// `path` when given (a user's file), else `name` from clipflow's
-    /// `topologies/` folder.
-    pub fn chosen(path: Option<&Path>, name: &str) -> Result<TopologyFile> {
-        match path {
-            Some(path) => Self::read(path),
-            None => Self::standard(name),
+/// The topology in the file at `path`; the files it extends are looked for
+/// beside it, then in clipflow's `topologies/` folder.
+pub fn read(path: &Path) -> Result<TopologySources> {
+    Ok(TopologySources::read(path, &standard_folders())?)
+}
+
+/// `name` (e.g. `train.toml`) from the first `topologies/` folder that
+/// holds it.
+pub fn standard(name: &str) -> Result<TopologySources> {
+    let folders = standard_folders();
+    match folders.iter().map(|f| f.join(name)).find(|p| p.is_file()) {
+        Some(path) => read(&path),
+        None => {
+            let looked: Vec<String> = folders.iter().map(|f| f.display().to_string()).collect();
+            bail!(
+                "cannot find the topology {name}: no topologies/ folder holds it (looked in {}); \
+                 put clipflow's topologies/ folder beside the binary, or give --topology FILE",
+                looked.join(", ")
+            )
         }
     }
+}
 
-    /// The file at `path`.
-    pub fn read(path: &Path) -> Result<TopologyFile> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the topology file {}", path.display()))?;
-        Ok(TopologyFile {
-            path: path.to_path_buf(),
-            text,
-        })
-    }
-
-    /// `name` (e.g. `train.toml`) from the first `topologies/` folder that
-    /// holds it.
-    pub fn standard(name: &str) -> Result<TopologyFile> {
-        let folders = standard_folders();
-        match folders.iter().map(|f| f.join(name)).find(|p| p.is_file()) {
-            Some(path) => Self::read(&path),
-            None => {
-                let looked: Vec<String> = folders.iter().map(|f| f.display().to_string()).collect();
-                bail!(
-                    "cannot find the topology {name}: no topologies/ folder holds it (looked in {}); \
-                     put clipflow's topologies/ folder beside the binary, or give --topology FILE",
-                    looked.join(", ")
-                )
-            }
-        }
-    }
-
-    /// The file's name without its folders (`train.toml`).
-    pub fn file_name(&self) -> &str {
-        self.path
+/// The name each of the topology's files takes in a run's `code/` folder:
+/// its own file name, or, for a base whose name an earlier file took,
+/// `base-N-NAME` (N counting from the named file, 0).
+pub fn copy_names(sources: &TopologySources) -> Vec<(String, &str)> {
+    let mut names: Vec<(String, &str)> = Vec::new();
+    for (depth, file) in sources.files().iter().enumerate() {
+        let name = file
+            .path
             .file_name()
             .and_then(|name| name.to_str())
-            .unwrap_or("topology.toml")
+            .unwrap_or("topology.toml");
+        let name = if names.iter().any(|(taken, _)| taken == name) {
+            format!("base-{depth}-{name}")
+        } else {
+            name.to_string()
+        };
+        names.push((name, file.text.as_str()));
     }
+    names
 }
 
 /// Where clipflow's `topologies/` folder may be, in the order looked in.
@@ -86,19 +87,32 @@ mod tests {
 
     #[test]
     fn the_standard_topologies_are_found_from_the_binary() {
-        let train = TopologyFile::standard("train.toml").unwrap();
-        assert_eq!(train.file_name(), "train.toml");
-        assert!(train.text.contains("[stages.step-executor]"));
-        let missing = TopologyFile::standard("no-such-topology.toml").unwrap_err();
+        let train = standard("train.toml").unwrap();
+        let names: Vec<String> = copy_names(&train).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["train.toml", "train-data.toml"]);
+        assert!(train.named().text.contains("[stages.step-executor]"));
+        let missing = standard("no-such-topology.toml").unwrap_err();
         let message = format!("{missing:#}");
         assert!(message.contains("no-such-topology.toml"), "{message}");
         assert!(message.contains("--topology FILE"), "{message}");
     }
 
     #[test]
+    fn a_users_file_extends_clipflows_file_of_the_same_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = dir.path().join("train.toml");
+        std::fs::write(&mine, "extends = \"train.toml\"\n").unwrap();
+        let sources = read(&mine).unwrap();
+        let names: Vec<String> = copy_names(&sources).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            ["train.toml", "base-1-train.toml", "train-data.toml"]
+        );
+    }
+
+    #[test]
     fn a_missing_user_file_is_named() {
-        let error = TopologyFile::chosen(Some(Path::new("/nonexistent/mine.toml")), "train.toml")
-            .unwrap_err();
+        let error = chosen(Some(Path::new("/nonexistent/mine.toml")), "train.toml").unwrap_err();
         assert!(format!("{error:#}").contains("/nonexistent/mine.toml"));
     }
 }

@@ -290,14 +290,22 @@ fn same_files_and_newest_checkpoint_as_open_clip() {
 }
 
 #[test]
-fn copy_codebase_writes_the_topology_and_flags_once() {
+fn copy_codebase_writes_the_topology_files_and_flags_once() {
     let setup = Setup::new();
     let flags = [
         ("batch_size".to_owned(), "256".to_owned()),
         ("model".to_owned(), "ViT-B-32".to_owned()),
     ];
-    copy_run_configuration(&setup.run, "train-data.toml", "[graph]\n", &flags).unwrap();
+    let topology = [
+        ("train.toml".to_owned(), "extends = \"train-data.toml\"\n"),
+        ("train-data.toml".to_owned(), "[graph]\n"),
+    ];
+    copy_run_configuration(&setup.run, &topology, &flags).unwrap();
     let code = setup.run.join("code");
+    assert_eq!(
+        fs::read_to_string(code.join("train.toml")).unwrap(),
+        "extends = \"train-data.toml\"\n"
+    );
     assert_eq!(
         fs::read_to_string(code.join("train-data.toml")).unwrap(),
         "[graph]\n"
@@ -307,14 +315,14 @@ fn copy_codebase_writes_the_topology_and_flags_once() {
         "batch_size: 256\nmodel: ViT-B-32\n"
     );
 
-    let again = copy_run_configuration(&setup.run, "train-data.toml", "", &flags);
+    let again = copy_run_configuration(&setup.run, &topology, &flags);
     let error = again.err().unwrap().to_string();
     assert!(
         error.contains("already exists") && error.contains("--name"),
         "{error}"
     );
 
-    let error = copy_run_configuration(&setup.run, "../x.toml", "", &flags)
+    let error = copy_run_configuration(&setup.run, &[("../x.toml".to_owned(), "")], &flags)
         .err()
         .unwrap()
         .to_string();

@@ -1,6 +1,8 @@
 //! Topology files: every validation error names the file, the line and the
 //! component; flags fill in and override values; an output of numbers fans
-//! out to two stages, an output of strings may not; `clipflow check` and
+//! out to two stages, an output of strings may not; a file that extends
+//! another removes, adds and changes its stages, and its errors name the
+//! file they are in; `clipflow check` and
 //! `clipflow run` work on the shipped demo and report failures by stage.
 
 mod common;
@@ -277,6 +279,115 @@ fn flag_mistakes_are_named() {
         .message
         .contains("'${threads}', which the [flags] table does not declare"));
     assert!(FlagValues::parse_args(&["--workers".to_string()]).is_err());
+}
+
+/// Writes `base.toml` (FLAGGED) and `mine.toml` (`text`) into a new
+/// folder; returns it and the checked topology of `mine.toml`, or its errors.
+fn extending(text: &str) -> (tempfile::TempDir, Result<Topology, Vec<TopologyError>>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("base.toml"), FLAGGED).unwrap();
+    let mine = dir.path().join("mine.toml");
+    std::fs::write(&mine, text).unwrap();
+    let topology = Topology::load(&mine, &FlagValues::new(), &registry()).map_err(|e| e.0);
+    (dir, topology)
+}
+
+#[test]
+fn a_file_extends_another_removing_adding_and_changing_stages() {
+    // The base's work stage out, a stage of this file in its place, the
+    // sink re-linked to it, and a flag default changed.
+    let (_dir, topology) = extending(
+        r#"extends = "base.toml"
+remove = ["work"]
+
+[flags]
+count = 7
+
+[stages.double]
+kind = "work"
+inputs = ["numbers"]
+
+[stages.sink]
+inputs = ["double"]
+"#,
+    );
+    let topology = topology.expect("valid topology");
+    let components: Vec<(&str, &str)> = topology.components().collect();
+    assert_eq!(
+        components,
+        [("numbers", "counter"), ("double", "work"), ("sink", "null")]
+    );
+    let report = topology.into_graph().unwrap().run().unwrap();
+    assert_eq!(report.stage("sink").unwrap().items_in, 7);
+    assert!(report.stage("work").is_none());
+}
+
+#[test]
+fn errors_in_an_extending_file_name_the_file_and_line_they_are_in() {
+    // A misspelt setting on line 4 of this file, in a stage of the base.
+    let (dir, errors) = extending("extends = \"base.toml\"\n\n[stages.work]\nwork_uss = 5\n");
+    let errors = errors.err().expect("errors");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].file, dir.path().join("mine.toml"));
+    assert_eq!(errors[0].line, Some(4));
+    assert_eq!(errors[0].component.as_deref(), Some("work"));
+    assert!(
+        errors[0].message.contains("has no setting 'work_uss'"),
+        "{errors:#?}"
+    );
+
+    // Taking out the stage the sink reads: the sink's inputs are named where
+    // the base wrote them.
+    let (dir, errors) = extending("extends = \"base.toml\"\nremove = [\"work\"]\n");
+    let errors = errors.err().expect("errors");
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    let (numbers, sink) = (&errors[0], &errors[1]);
+    assert_eq!(sink.file, dir.path().join("base.toml"));
+    assert_eq!(
+        (sink.line, sink.component.as_deref()),
+        (Some(16), Some("sink"))
+    );
+    assert!(
+        sink.message.contains("input 'work' is not a component"),
+        "{sink}"
+    );
+    assert!(numbers.message.contains("goes nowhere"), "{numbers}");
+
+    // A stage the base does not have.
+    let (_dir, errors) = extending("extends = \"base.toml\"\nremove = [\"wrok\"]\n");
+    let errors = errors.err().expect("errors");
+    assert_eq!(errors[0].line, Some(2), "{errors:#?}");
+    assert!(errors[0]
+        .message
+        .contains("'wrok' is not a stage of base.toml"));
+
+    // A base that is nowhere, and remove without extends.
+    let (_dir, errors) = extending("extends = \"nowhere.toml\"\n");
+    let errors = errors.err().expect("errors");
+    assert_eq!(errors[0].line, Some(1), "{errors:#?}");
+    assert!(errors[0]
+        .message
+        .contains("extends 'nowhere.toml', which is in none of"));
+    let errors = errors_of(&format!("remove = [\"numbers\"]\n{FLAGGED}"), &[]);
+    assert_eq!(errors[0].line, Some(1), "{errors:#?}");
+    assert!(errors[0].message.contains("this file extends none"));
+}
+
+#[test]
+fn a_file_that_extends_itself_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let looping = dir.path().join("loop.toml");
+    std::fs::write(&looping, "extends = \"loop.toml\"\n").unwrap();
+    let errors = Topology::load(&looping, &FlagValues::new(), &registry())
+        .err()
+        .unwrap()
+        .0;
+    assert!(
+        errors[0]
+            .message
+            .contains("a file that extends it does not count"),
+        "{errors:#?}"
+    );
 }
 
 fn demo() -> PathBuf {

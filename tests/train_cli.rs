@@ -211,26 +211,12 @@ fn a_topology_file_of_the_users_is_what_runs() {
     let dir = tempfile::tempdir().unwrap();
     let shards = scenes(dir.path());
     let logs = dir.path().join("logs");
-    let standard = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/train.toml"),
-    )
-    .unwrap();
-    // Re-linked: the evaluator taken out, the logger reading the step
-    // executor alone.
-    let evaluator = standard.find("[stages.evaluator]").unwrap();
-    let checkpointer = standard.find("[stages.checkpointer]").unwrap();
-    let relinked = format!(
-        "{}{}",
-        &standard[..evaluator],
-        &standard[checkpointer..].replacen(
-            "inputs = [\"step-executor\", \"evaluator\"]",
-            "inputs = [\"step-executor\"]",
-            1
-        )
-    );
-    assert!(!relinked.contains("\"evaluator\""), "{relinked}");
-    let mine = dir.path().join("without-evaluator.toml");
-    std::fs::write(&mine, &relinked).unwrap();
+    // clipflow's train.toml re-linked: the evaluator taken out, the logger
+    // reading the step executor alone.
+    let mine = dir.path().join("train.toml");
+    let relinked = "extends = \"train.toml\"\nremove = [\"evaluator\"]\n\n\
+                    [stages.logger]\ninputs = [\"step-executor\"]\n";
+    std::fs::write(&mine, relinked).unwrap();
     let flags = [
         "--precision",
         "fp32",
@@ -238,6 +224,7 @@ fn a_topology_file_of_the_users_is_what_runs() {
         "64",
         "--val-data",
         &shards,
+        "--copy-codebase",
         "--topology",
         mine.to_str().unwrap(),
     ];
@@ -246,13 +233,31 @@ fn a_topology_file_of_the_users_is_what_runs() {
     let log = std::fs::read_to_string(logs.join("mine/out.log")).unwrap();
     assert!(log.contains("Train Epoch: 0"), "{log}");
     assert!(!log.contains("Eval Epoch"), "no evaluator ran:\n{log}");
+    // The run folder keeps every file the topology was read from.
+    let code = logs.join("mine/code");
+    assert_eq!(
+        std::fs::read_to_string(code.join("train.toml")).unwrap(),
+        relinked
+    );
+    let standard = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies");
+    for (copy, original) in [
+        ("base-1-train.toml", "train.toml"),
+        ("train-data.toml", "train-data.toml"),
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(code.join(copy)).unwrap(),
+            std::fs::read_to_string(standard.join(original)).unwrap(),
+            "{copy}"
+        );
+    }
 
     // A setting no stage reads is an error naming the file, line and stage.
-    let batcher = standard.find("[stages.batcher]").unwrap();
-    let line = standard[..batcher].matches('\n').count() + 2;
-    let misspelt = standard.replacen("[stages.batcher]\n", "[stages.batcher]\nbatchsize = 8\n", 1);
     let bad = dir.path().join("misspelt.toml");
-    std::fs::write(&bad, misspelt).unwrap();
+    std::fs::write(
+        &bad,
+        "extends = \"train.toml\"\n\n[stages.batcher]\nbatchsize = 8\n",
+    )
+    .unwrap();
     let out = train(
         &shards,
         &logs,
@@ -260,7 +265,7 @@ fn a_topology_file_of_the_users_is_what_runs() {
         &["--precision", "fp32", "--topology", bad.to_str().unwrap()],
     );
     assert!(!out.status.success());
-    let wanted = format!("misspelt.toml:{line}: stage 'batcher'");
+    let wanted = format!("{}:4: stage 'batcher'", bad.display());
     assert!(
         stderr(&out).contains(&wanted),
         "wanted {wanted} in {}",

@@ -20,7 +20,7 @@ use clipflow_actors::topology::{FlagValues, Topology};
 use serde_json::json;
 
 use crate::runtime::run_graph;
-use crate::topology_files::TopologyFile;
+use crate::topology_files;
 use crate::train_args::TrainArgs;
 
 /// The loading topology in clipflow's topologies/ folder that `clipflow
@@ -74,13 +74,13 @@ fn bench_data(args: BenchDataArgs) -> Result<()> {
     let ledger = Arc::new(LoadingLedger::default());
     let mut registry = standard_registry();
     register_batcher(&mut registry, Arc::clone(&ledger));
-    let file = TopologyFile::chosen(args.topology.as_deref(), TRAIN_DATA_TOPOLOGY_NAME)?;
-    let topology = Topology::parse(&file.path, &file.text, &flags, &registry)?;
+    let sources = topology_files::chosen(args.topology.as_deref(), TRAIN_DATA_TOPOLOGY_NAME)?;
+    let topology = Topology::check(&sources, &flags, &registry)?;
     let mut graph = topology.into_graph()?;
     graph.show_live_status(std::io::stderr().is_terminal());
     let report = run_graph(
         graph,
-        &file.path.display().to_string(),
+        &sources.named().path.display().to_string(),
         "the loading path was stopped",
     )?;
     eprintln!("{report}");

@@ -4,11 +4,14 @@
 use clipflow_actors::kinds::standard_registry;
 use clipflow_actors::topology::{FlagValues, Topology};
 
+use crate::topology_files;
+
 use super::run::RunArgs;
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let flags = FlagValues::parse_args(&args.flags)?;
-    let topology = Topology::load(&args.topology, &flags, &standard_registry())?;
+    let sources = topology_files::read(&args.topology)?;
+    let topology = Topology::check(&sources, &flags, &standard_registry())?;
     let components: Vec<String> = topology
         .components()
         .map(|(name, kind)| format!("{name} ({kind})"))

@@ -13,7 +13,7 @@ use clipflow_core::data::rendered_scenes::{write_scene_dataset, SceneDatasetSpec
 use clipflow_core::train::checkpoint::local_now;
 
 use crate::plot::write_curves_png;
-use crate::topology_files::TopologyFile;
+use crate::topology_files;
 use crate::train_args::parse_train_args;
 use crate::training::{run_with, ZeroShotLabels, TOPOLOGY_NAME};
 
@@ -95,7 +95,7 @@ pub fn run(args: &QuickstartArgs) -> Result<()> {
             class_names: dataset.class_names.clone(),
             templates: dataset.templates.clone(),
         }),
-        TopologyFile::standard(TOPOLOGY_NAME)?,
+        topology_files::standard(TOPOLOGY_NAME)?,
     )?;
 
     let top1: Vec<(u64, f64)> = summary

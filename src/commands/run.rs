@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use clipflow_actors::kinds::standard_registry;
 use clipflow_actors::topology::{FlagValues, Topology};
 
+use crate::topology_files;
+
 use crate::runtime::run_graph;
 
 #[derive(clap::Args, Debug)]
@@ -26,7 +28,8 @@ pub struct RunArgs {
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let flags = FlagValues::parse_args(&args.flags)?;
-    let topology = Topology::load(&args.topology, &flags, &standard_registry())?;
+    let sources = topology_files::read(&args.topology)?;
+    let topology = Topology::check(&sources, &flags, &standard_registry())?;
     let mut graph = topology.into_graph()?;
     graph.show_live_status(std::io::stderr().is_terminal());
     let report = run_graph(

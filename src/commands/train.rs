@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::topology_files::TopologyFile;
+use crate::topology_files;
 use crate::train_args::TrainArgs;
 
 #[derive(Args, Debug)]
@@ -21,6 +21,6 @@ pub struct TrainCommand {
 
 pub fn run(command: TrainCommand) -> Result<()> {
     let topology =
-        TopologyFile::chosen(command.topology.as_deref(), crate::training::TOPOLOGY_NAME)?;
+        topology_files::chosen(command.topology.as_deref(), crate::training::TOPOLOGY_NAME)?;
     crate::training::run(command.open_clip, topology)
 }

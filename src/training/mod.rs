@@ -25,8 +25,8 @@ use clipflow_actors::train_events::RunPlan;
 
 use crate::commands::bench::topology_flags;
 use crate::runtime::run_graph;
-use crate::topology_files::TopologyFile;
 use crate::train_args::TrainArgs;
+use clipflow_actors::topology::TopologySources;
 
 /// The file in clipflow's topologies/ folder that `clipflow train` runs
 /// unless `--topology` names another.
@@ -45,7 +45,7 @@ pub struct RunSummary {
 }
 
 /// Trains with `args`, running `topology`.
-pub fn run(args: TrainArgs, topology: TopologyFile) -> Result<()> {
+pub fn run(args: TrainArgs, topology: TopologySources) -> Result<()> {
     run_with(args, None, topology).map(|_| ())
 }
 
@@ -54,7 +54,7 @@ pub fn run(args: TrainArgs, topology: TopologyFile) -> Result<()> {
 pub fn run_with(
     args: TrainArgs,
     labels: Option<ZeroShotLabels>,
-    topology: TopologyFile,
+    topology: TopologySources,
 ) -> Result<RunSummary> {
     let args = args
         .resolve_defaults_and_validate()
@@ -76,7 +76,7 @@ pub fn run_with(
     })
 }
 
-fn train(args: &TrainArgs, run: &mut setup::PreparedRun, topology: &TopologyFile) -> Result<()> {
+fn train(args: &TrainArgs, run: &mut setup::PreparedRun, topology: &TopologySources) -> Result<()> {
     let trainer = run.take_trainer()?;
     let Some(epoch_size) = run.epoch_size else {
         // No training data: evaluate the model once, as OpenCLIP does.
@@ -111,7 +111,7 @@ fn run_graph_of_run(
     run: &setup::PreparedRun,
     trainer: &TrainerHandover,
     plan: RunPlan,
-    topology: &TopologyFile,
+    topology: &TopologySources,
 ) -> Result<()> {
     let mut flags = topology_flags(args);
     flags.set("epoch", &plan.first_epoch.to_string());
@@ -134,12 +134,12 @@ fn run_graph_of_run(
             logger: run.logger.clone(),
         },
     );
-    let checked = Topology::parse(&topology.path, &topology.text, &flags, &registry)?;
+    let checked = Topology::check(topology, &flags, &registry)?;
     let mut graph = checked.into_graph()?;
     graph.show_live_status(args.debug && std::io::stderr().is_terminal());
     let report = run_graph(
         graph,
-        &topology.path.display().to_string(),
+        &topology.named().path.display().to_string(),
         "training stopped",
     )?;
     if args.debug {

@@ -7,12 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::topology_files::TopologyFile;
+use crate::topology_files;
 use anyhow::{bail, Context, Result};
 use clipflow_actors::checkpointer::CheckpointerConfig;
 use clipflow_actors::evaluator::{EvaluatorConfig, ValidationData, ZeroShotData};
 use clipflow_actors::remote_syncer::RemoteSyncer;
 use clipflow_actors::report::WandbInit;
+use clipflow_actors::topology::TopologySources;
 use clipflow_actors::train_logger::{SharedTrainLog, TrainLogConfig};
 use clipflow_core::collective::{Collective, SingleProcess};
 use clipflow_core::data::dataset_type::resolve_data_format;
@@ -103,7 +104,7 @@ impl PreparedRun {
 pub fn prepare(
     args: &TrainArgs,
     labels: Option<ZeroShotLabels>,
-    topology: &TopologyFile,
+    topology: &TopologySources,
 ) -> Result<PreparedRun> {
     let launch = Launch::from_env(
         |name| std::env::var(name).ok(),
@@ -270,9 +271,11 @@ pub fn prepare(
             .map(|(name, value)| (name.clone(), value.to_string()))
             .collect();
         // OpenCLIP reports a taken code/ folder and trains on.
-        if let Err(error) =
-            copy_run_configuration(&paths.run_dir, topology.file_name(), &topology.text, &flags)
-        {
+        if let Err(error) = copy_run_configuration(
+            &paths.run_dir,
+            &topology_files::copy_names(topology),
+            &flags,
+        ) {
             logger.lock().info(&format!("{error:#}"));
         }
     }

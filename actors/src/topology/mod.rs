@@ -3,6 +3,12 @@
 //! command-line flags, and is checked against a [`Registry`] of kinds before
 //! anything runs. See `topologies/README.md` for the format.
 //!
+//! A file may change another instead of repeating it: `extends = "base.toml"`
+//! takes the base's flags and stages, `remove = ["sink"]` takes stages out,
+//! and a `[stages.NAME]` table adds a stage or, when the base has one of that
+//! name, sets the keys it lists over the base's. Errors name the file and
+//! line where the mistake is written, whichever of the files that is.
+//!
 //! ```toml
 //! [flags]
 //! workers = 2
@@ -21,6 +27,7 @@
 mod error;
 mod flags;
 mod registry;
+mod sources;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -33,21 +40,37 @@ pub use error::{TopologyError, TopologyErrors};
 pub use flags::FlagValues;
 use registry::{AllowFanOut, Plant};
 pub use registry::{Kind, Registry, Restarts, SettingError, Settings};
+pub use sources::{SourceFile, TopologySources};
 
 /// A topology file as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TopologyToml {
+    /// The file this one changes (followed by [`TopologySources`]).
+    #[serde(default)]
+    extends: Option<Spanned<String>>,
+    /// Stages of the extended files this one takes out.
+    #[serde(default)]
+    remove: Vec<Spanned<String>>,
     #[serde(default)]
     flags: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    #[serde(default)]
     stages: StageTables,
+}
+
+/// Where something is written: which of the topology's files (an index into
+/// [`TopologySources::files`]) and which line.
+#[derive(Clone, Copy, Debug)]
+struct Origin {
+    file: usize,
+    line: usize,
 }
 
 /// One checked component, ready to be added to a graph.
 struct Component {
     name: String,
     kind: String,
-    line: usize,
+    origin: Origin,
     inputs: Vec<String>,
     options: StageOptions,
     plant: Plant,
@@ -56,54 +79,57 @@ struct Component {
 /// A checked topology: every kind known, every setting read, links typed and
 /// acyclic. Components are in an order where producers come first.
 pub struct Topology {
-    file: PathBuf,
+    files: Vec<PathBuf>,
     components: Vec<Component>,
     /// The item types that may fan out, for the graph.
     fan_outs: Vec<AllowFanOut>,
 }
 
 impl Topology {
-    /// Reads and checks the topology in `path`, with `flags` overriding the
-    /// defaults of its `[flags]` table.
+    /// Reads and checks the topology in `path` (and the files it extends,
+    /// looked for beside it), with `flags` overriding the defaults of its
+    /// `[flags]` table.
     pub fn load(
         path: &Path,
         flags: &FlagValues,
         registry: &Registry,
     ) -> Result<Topology, TopologyErrors> {
-        let text = std::fs::read_to_string(path).map_err(|error| {
-            TopologyErrors(vec![TopologyError {
-                file: path.to_path_buf(),
-                line: None,
-                component: None,
-                message: format!("cannot read the file: {error}"),
-            }])
-        })?;
-        Self::parse(path, &text, flags, registry)
+        Self::check(&TopologySources::read(path, &[])?, flags, registry)
     }
 
-    /// Checks the topology in `text`; `file` names it in errors.
+    /// Checks the topology in `text`; `file` names it in errors, and the
+    /// files it extends are looked for beside it.
     pub fn parse(
         file: &Path,
         text: &str,
         flags: &FlagValues,
         registry: &Registry,
     ) -> Result<Topology, TopologyErrors> {
+        let sources = TopologySources::from_text(file, text.to_string(), &[])?;
+        Self::check(&sources, flags, registry)
+    }
+
+    /// Checks the topology `sources` were read for.
+    pub fn check(
+        sources: &TopologySources,
+        flags: &FlagValues,
+        registry: &Registry,
+    ) -> Result<Topology, TopologyErrors> {
         let mut checker = Checker {
-            file: file.to_path_buf(),
-            text,
+            files: sources.files(),
             errors: Vec::new(),
         };
         let components = checker.check(flags, registry);
         let mut errors = checker.errors;
         if errors.is_empty() {
             Ok(Topology {
-                file: file.to_path_buf(),
+                files: sources.files().iter().map(|f| f.path.clone()).collect(),
                 components,
                 fan_outs: registry.fan_out_allowances(),
             })
         } else {
-            errors.sort_by_key(|e| e.line);
-            Err(TopologyErrors(errors))
+            errors.sort_by_key(|(origin, _)| origin.map(|o| (o.file, o.line)));
+            Err(TopologyErrors(errors.into_iter().map(|(_, e)| e).collect()))
         }
     }
 
@@ -125,8 +151,8 @@ impl Topology {
             (component.plant)(&mut graph, &component.name, &inputs, component.options).map_err(
                 |error| {
                     TopologyErrors(vec![TopologyError {
-                        file: self.file.clone(),
-                        line: Some(component.line),
+                        file: self.files[component.origin.file].clone(),
+                        line: Some(component.origin.line),
                         component: Some(component.name.clone()),
                         message: error.to_string(),
                     }])
@@ -137,82 +163,161 @@ impl Topology {
     }
 }
 
-/// Collects every mistake of one file.
+/// Collects every mistake of one topology, with where each is.
 struct Checker<'a> {
-    file: PathBuf,
-    text: &'a str,
-    errors: Vec<TopologyError>,
+    files: &'a [SourceFile],
+    errors: Vec<(Option<Origin>, TopologyError)>,
+}
+
+/// The stages and flags of a topology's files, each file's changes laid
+/// over the file it extends.
+#[derive(Default)]
+struct Merged {
+    flags: BTreeMap<String, (toml::Value, Origin)>,
+    /// In file order, the bases' stages first.
+    stages: Vec<MergedStage>,
+}
+
+struct MergedStage {
+    name: String,
+    /// The table of the last file that wrote one for this stage.
+    origin: Origin,
+    settings: BTreeMap<String, (toml::Value, Origin)>,
 }
 
 /// A component's table once flags are substituted, before linking.
 struct Parsed {
     component: Component,
-    inputs_line: usize,
+    inputs_origin: Origin,
 }
 
 impl Checker<'_> {
-    fn line_of(&self, span: std::ops::Range<usize>) -> usize {
-        let end = span.start.min(self.text.len());
-        self.text[..end].matches('\n').count() + 1
+    fn origin(&self, file: usize, span: std::ops::Range<usize>) -> Origin {
+        Origin {
+            file,
+            line: sources::line_of(&self.files[file].text, span.start),
+        }
     }
 
-    fn error(&mut self, line: Option<usize>, component: Option<&str>, message: String) {
-        self.errors.push(TopologyError {
-            file: self.file.clone(),
-            line,
-            component: component.map(str::to_string),
-            message,
-        });
+    fn error(&mut self, at: Option<Origin>, component: Option<&str>, message: String) {
+        let file = self.files[at.map_or(0, |o| o.file)].path.clone();
+        self.errors.push((
+            at,
+            TopologyError {
+                file,
+                line: at.map(|o| o.line),
+                component: component.map(str::to_string),
+                message,
+            },
+        ));
     }
 
     fn check(&mut self, cli_flags: &FlagValues, registry: &Registry) -> Vec<Component> {
-        let document: TopologyToml = match toml::from_str(self.text) {
-            Ok(document) => document,
-            Err(error) => {
-                let line = error.span().map(|span| self.line_of(span));
-                self.error(line, None, error.message().trim().to_string());
-                return Vec::new();
-            }
+        let Some(merged) = self.merge() else {
+            return Vec::new();
         };
-        let flags = self.resolve_flags(&document.flags, cli_flags);
-        let declared = Declared::of(&document.stages);
-        let mut tables: Vec<_> = document.stages.into_iter().collect();
-        tables.sort_by_key(|(name, _)| name.span().start);
-        let parsed: Vec<Parsed> = tables
+        let flags = self.resolve_flags(&merged.flags, cli_flags);
+        let declared = Declared::of(&merged.stages);
+        let parsed: Vec<Parsed> = merged
+            .stages
             .into_iter()
-            .filter_map(|(name, table)| {
-                let line = self.line_of(name.span());
-                self.parse_component(name.into_inner(), line, table, &flags, registry)
-            })
+            .filter_map(|stage| self.parse_component(stage, &flags, registry))
             .collect();
         self.link(parsed, &declared, registry)
+    }
+
+    /// Lays each file over the one it extends, the last base first.
+    fn merge(&mut self) -> Option<Merged> {
+        let mut merged = Merged::default();
+        for file in (0..self.files.len()).rev() {
+            let document: TopologyToml = match toml::from_str(&self.files[file].text) {
+                Ok(document) => document,
+                Err(error) => {
+                    let at = error.span().map(|span| self.origin(file, span));
+                    self.error(at, None, error.message().trim().to_string());
+                    return None;
+                }
+            };
+            let base = document.extends.map(Spanned::into_inner);
+            for name in document.remove {
+                let at = self.origin(file, name.span());
+                let found = merged.stages.iter().position(|s| s.name == *name.get_ref());
+                match (&base, found) {
+                    (Some(_), Some(index)) => {
+                        merged.stages.remove(index);
+                    }
+                    (Some(base), None) => self.error(
+                        Some(at),
+                        None,
+                        format!("remove: '{}' is not a stage of {base}", name.get_ref()),
+                    ),
+                    (None, _) => self.error(
+                        Some(at),
+                        None,
+                        "remove takes stages out of the file named in extends, and this file \
+                         extends none"
+                            .to_string(),
+                    ),
+                }
+            }
+            for (name, default) in document.flags {
+                let at = self.origin(file, name.span());
+                merged
+                    .flags
+                    .insert(name.into_inner(), (default.into_inner(), at));
+            }
+            let mut tables: Vec<_> = document.stages.into_iter().collect();
+            tables.sort_by_key(|(name, _)| name.span().start);
+            for (name, table) in tables {
+                let at = self.origin(file, name.span());
+                let settings: Vec<_> = table
+                    .into_iter()
+                    .map(|(key, value)| {
+                        let key_at = self.origin(file, key.span());
+                        (key.into_inner(), (value.into_inner(), key_at))
+                    })
+                    .collect();
+                let name = name.into_inner();
+                match merged.stages.iter_mut().find(|s| s.name == name) {
+                    Some(stage) => {
+                        stage.origin = at;
+                        stage.settings.extend(settings);
+                    }
+                    None => merged.stages.push(MergedStage {
+                        name,
+                        origin: at,
+                        settings: settings.into_iter().collect(),
+                    }),
+                }
+            }
+        }
+        if merged.stages.is_empty() {
+            self.error(
+                None,
+                None,
+                "has no stages (add [stages.NAME] tables)".to_string(),
+            );
+            return None;
+        }
+        Some(merged)
     }
 
     /// The `[flags]` defaults, overridden by the command line.
     fn resolve_flags(
         &mut self,
-        declared: &BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+        declared: &BTreeMap<String, (toml::Value, Origin)>,
         cli_flags: &FlagValues,
     ) -> BTreeMap<String, toml::Value> {
         let mut values = BTreeMap::new();
-        let mut lines = HashMap::new();
-        for (name, default) in declared {
-            let line = self.line_of(name.span());
-            if matches!(
-                default.get_ref(),
-                toml::Value::Array(_) | toml::Value::Table(_)
-            ) {
+        for (name, (default, at)) in declared {
+            if matches!(default, toml::Value::Array(_) | toml::Value::Table(_)) {
                 self.error(
-                    Some(line),
+                    Some(*at),
                     None,
-                    format!(
-                        "flag '{}': a default must be a number, boolean or string",
-                        name.get_ref()
-                    ),
+                    format!("flag '{name}': a default must be a number, boolean or string"),
                 );
             }
-            values.insert(name.get_ref().clone(), default.get_ref().clone());
-            lines.insert(name.get_ref().clone(), line);
+            values.insert(name.clone(), default.clone());
         }
         for (name, text) in cli_flags.iter() {
             let Some(default) = values.get(name) else {
@@ -234,8 +339,8 @@ impl Checker<'_> {
                     values.insert(name.clone(), value);
                 }
                 Err(message) => {
-                    let line = lines.get(name).copied();
-                    self.error(line, None, format!("flag --{name}: {message}"));
+                    let at = declared.get(name).map(|(_, at)| *at);
+                    self.error(at, None, format!("flag --{name}: {message}"));
                 }
             }
         }
@@ -244,31 +349,29 @@ impl Checker<'_> {
 
     fn parse_component(
         &mut self,
-        name: String,
-        line: usize,
-        table: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+        stage: MergedStage,
         flags: &BTreeMap<String, toml::Value>,
         registry: &Registry,
     ) -> Option<Parsed> {
-        let mut values: BTreeMap<String, (toml::Value, usize)> = BTreeMap::new();
-        for (key, value) in table {
-            let key_line = self.line_of(key.span());
-            match flags::substitute(value.get_ref(), flags) {
+        let MergedStage {
+            name,
+            origin,
+            settings: table,
+        } = stage;
+        let mut values: BTreeMap<String, (toml::Value, Origin)> = BTreeMap::new();
+        for (key, (value, key_at)) in table {
+            match flags::substitute(&value, flags) {
                 Ok(substituted) => {
-                    values.insert(key.into_inner(), (substituted, key_line));
+                    values.insert(key, (substituted, key_at));
                 }
-                Err(message) => self.error(
-                    Some(key_line),
-                    Some(&name),
-                    format!("'{}' {message}", key.get_ref()),
-                ),
+                Err(message) => self.error(Some(key_at), Some(&name), format!("'{key}' {message}")),
             }
         }
         let kind_name = match values.remove("kind") {
             Some((toml::Value::String(kind), _)) => kind,
-            Some((other, kind_line)) => {
+            Some((other, kind_at)) => {
                 self.error(
-                    Some(kind_line),
+                    Some(kind_at),
                     Some(&name),
                     format!("kind must be a string, got {other}"),
                 );
@@ -276,7 +379,7 @@ impl Checker<'_> {
             }
             None => {
                 self.error(
-                    Some(line),
+                    Some(origin),
                     Some(&name),
                     "has no kind (add kind = \"...\")".to_string(),
                 );
@@ -286,7 +389,7 @@ impl Checker<'_> {
         let Some(kind) = registry.kind(&kind_name) else {
             let known: Vec<&str> = registry.kinds().map(|k| k.name.as_str()).collect();
             self.error(
-                Some(line),
+                Some(origin),
                 Some(&name),
                 format!(
                     "unknown kind '{kind_name}' (known kinds: {})",
@@ -296,41 +399,46 @@ impl Checker<'_> {
             return None;
         };
         let errors_before = self.errors.len();
-        let (inputs, inputs_line) = self.inputs(&name, line, values.remove("inputs"));
+        let (inputs, inputs_origin) = self.inputs(&name, origin, values.remove("inputs"));
         let options = self.options(&name, kind, &mut values);
         if kind.is_source() && !inputs.is_empty() {
             self.error(
-                Some(inputs_line),
+                Some(inputs_origin),
                 Some(&name),
                 format!("kind '{kind_name}' is a source and takes no inputs"),
             );
         }
         if !kind.is_source() && inputs.is_empty() {
             self.error(
-                Some(line),
+                Some(origin),
                 Some(&name),
                 format!("kind '{kind_name}' needs inputs = [\"...\"]"),
             );
         }
         let mut settings = Settings::new();
-        for (key, (value, key_line)) in values {
-            settings.insert(&key, value, Some(key_line));
+        let mut setting_origins = HashMap::new();
+        for (key, (value, key_at)) in values {
+            settings.insert(&key, value, Some(key_at.line));
+            setting_origins.insert(key, key_at);
         }
         let plant = match kind.configure(&settings) {
             Ok(plant) => plant,
             Err(error) => {
-                let setting_line = error.downcast_ref::<SettingError>().and_then(|e| e.line);
+                let setting_at = error
+                    .downcast_ref::<SettingError>()
+                    .and_then(|e| setting_origins.get(&e.key).copied());
                 self.error(
-                    setting_line.or(Some(line)),
+                    setting_at.or(Some(origin)),
                     Some(&name),
                     format!("{error:#}"),
                 );
                 return None;
             }
         };
-        for (key, key_line) in settings.unread() {
+        for (key, _) in settings.unread() {
+            let key_at = setting_origins.get(&key).copied();
             self.error(
-                key_line,
+                key_at,
                 Some(&name),
                 format!("kind '{kind_name}' has no setting '{key}'"),
             );
@@ -339,23 +447,23 @@ impl Checker<'_> {
             component: Component {
                 name,
                 kind: kind_name,
-                line,
+                origin,
                 inputs,
                 options,
                 plant,
             },
-            inputs_line,
+            inputs_origin,
         })
     }
 
     fn inputs(
         &mut self,
         name: &str,
-        line: usize,
-        value: Option<(toml::Value, usize)>,
-    ) -> (Vec<String>, usize) {
+        origin: Origin,
+        value: Option<(toml::Value, Origin)>,
+    ) -> (Vec<String>, Origin) {
         let Some((value, inputs_line)) = value else {
-            return (Vec::new(), line);
+            return (Vec::new(), origin);
         };
         let names = match &value {
             toml::Value::Array(items) => items
@@ -383,7 +491,7 @@ impl Checker<'_> {
         &mut self,
         name: &str,
         kind: &Kind,
-        values: &mut BTreeMap<String, (toml::Value, usize)>,
+        values: &mut BTreeMap<String, (toml::Value, Origin)>,
     ) -> StageOptions {
         let mut options = StageOptions::default();
         if let Some(n) = self.positive(name, "parallelism", values.remove("parallelism"), 1) {
@@ -424,7 +532,7 @@ impl Checker<'_> {
         &mut self,
         name: &str,
         key: &str,
-        value: Option<(toml::Value, usize)>,
+        value: Option<(toml::Value, Origin)>,
         minimum: i64,
     ) -> Option<usize> {
         let (value, key_line) = value?;
@@ -466,7 +574,7 @@ impl Checker<'_> {
                         continue; // that component has its own error
                     }
                     self.error(
-                        Some(p.inputs_line),
+                        Some(p.inputs_origin),
                         Some(&c.name),
                         format!("input '{input}' is not a component of this topology"),
                     );
@@ -475,7 +583,7 @@ impl Checker<'_> {
                 let (expected, found) = (kind_of(p).input, kind_of(&parsed[producer]).output);
                 if let Some(expected) = expected.filter(|t| *t != found) {
                     self.error(
-                        Some(p.inputs_line),
+                        Some(p.inputs_origin),
                         Some(&c.name),
                         format!(
                             "kind '{}' takes {} but input '{input}' (kind '{}') emits {}",
@@ -493,7 +601,7 @@ impl Checker<'_> {
                              stage, as they cannot be copied to several",
                             found.name()
                         );
-                        self.error(Some(p.inputs_line), Some(&c.name), message);
+                        self.error(Some(p.inputs_origin), Some(&c.name), message);
                     }
                     _ => consumers_of[producer].push(c.name.clone()),
                 }
@@ -505,7 +613,7 @@ impl Checker<'_> {
             let named_by_broken_component = declared.inputs.contains(&p.component.name);
             if consumers_of[i].is_empty() && !output.is_unit() && !named_by_broken_component {
                 self.error(
-                    Some(p.component.line),
+                    Some(p.component.origin),
                     Some(&p.component.name),
                     format!(
                         "its output ({}) goes nowhere: no stage lists it in inputs",
@@ -526,7 +634,8 @@ impl Checker<'_> {
                     .collect();
                 let first = &parsed[cycle[0]].component;
                 let message = format!("is in a cycle: {} -> {}", names.join(" -> "), names[0]);
-                self.error(Some(first.line), Some(&first.name.clone()), message);
+                let (at, name) = (first.origin, first.name.clone());
+                self.error(Some(at), Some(&name), message);
                 return Vec::new();
             }
         };
@@ -547,12 +656,12 @@ struct Declared {
 type StageTables = BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<toml::Value>>>;
 
 impl Declared {
-    fn of(stages: &StageTables) -> Self {
-        let names = stages.keys().map(|name| name.get_ref().clone()).collect();
+    fn of(stages: &[MergedStage]) -> Self {
+        let names = stages.iter().map(|stage| stage.name.clone()).collect();
         let inputs = stages
-            .values()
-            .filter_map(|table| table.get("inputs"))
-            .filter_map(|inputs| inputs.get_ref().as_array())
+            .iter()
+            .filter_map(|stage| stage.settings.get("inputs"))
+            .filter_map(|(inputs, _)| inputs.as_array())
             .flatten()
             .filter_map(|input| input.as_str().map(str::to_string))
             .collect();
