@@ -17,7 +17,8 @@
 //! newest one and trains on exactly the batches the uninterrupted run did:
 //! every logged loss and learning rate, and the final weights, are
 //! bit-identical (fp32 on the CPU, two loader workers), for webdataset
-//! shards, resampled shards, a CSV table and `--accum-freq 2`; OpenCLIP's
+//! shards, resampled shards, two `::` sources with upsampling factors, a
+//! CSV table and `--accum-freq 2`; OpenCLIP's
 //! `create_model` loads a step checkpoint's weights.
 
 mod common;
@@ -407,7 +408,10 @@ fn a_run_killed_between_step_checkpoints_resumes_on_the_same_batches() {
     let shards = scenes.join("shards/scenes-{00000..00002}.tar");
     let shards = shards.to_str().unwrap();
     let csv = common::scenes_csv(&scenes, 3);
-    let cases: [(&str, Vec<&str>); 4] = [
+    let first_two = scenes.join("shards/scenes-{00000..00001}.tar");
+    let third = scenes.join("shards/scenes-00002.tar");
+    let two_sources = format!("{}::{}", first_two.display(), third.display());
+    let cases: [(&str, Vec<&str>); 5] = [
         (
             "shards",
             vec!["--train-data", shards, "--dataset-type", "webdataset"],
@@ -429,6 +433,19 @@ fn a_run_killed_between_step_checkpoints_resumes_on_the_same_batches() {
                 csv.to_str().unwrap(),
                 "--dataset-type",
                 "csv",
+            ],
+        ),
+        // Two sources, the second drawn twice as often.
+        (
+            "sources",
+            vec![
+                "--train-data",
+                &two_sources,
+                "--train-data-upsampling-factors",
+                "1::2",
+                "--dataset-type",
+                "webdataset",
+                "--dataset-resampled",
             ],
         ),
         // Two batches of 4 per optimiser step: the same 6 steps an epoch.
