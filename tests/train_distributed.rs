@@ -672,6 +672,71 @@ fn a_rank_killed_mid_run_stops_the_other() {
 }
 
 #[test]
+fn a_rank_with_an_undecodable_image_keeps_step_with_the_other() {
+    // Two shards of 16 samples, one a whole epoch's share of a rank, and
+    // one image of the second undecodable: that rank's epoch takes the
+    // 17th sample from the spares its reader reads after the share.
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path();
+    let config = tiny_config(root);
+    make_scenes(&root.join("scenes"), 32, 16, 0);
+    let shards = root.join("scenes/shards");
+    let damaged = shards.join("scenes-00001.tar");
+    let intact = root.join("intact-00001.tar");
+    std::fs::rename(&damaged, &intact).unwrap();
+    common::damage_first_image(&intact, &damaged);
+    let args = |name: &str, extra: &[&str]| -> Vec<String> {
+        let pattern = shards.join("scenes-{00000..00001}.tar");
+        [
+            "--train-data",
+            pattern.to_str().unwrap(),
+            "--train-num-samples",
+            "32",
+            "--batch-size",
+            "16",
+            "--workers",
+            "1",
+            "--model",
+            config.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--epochs",
+            "2",
+            "--name",
+            name,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let out = clipflow_under_torchrun(root, &args("spares", &[]));
+    assert_success("two ranks, one undecodable image", &out);
+    let log = std::fs::read_to_string(root.join("logs/spares/out.log")).unwrap();
+    for epoch in 0..2 {
+        let full = format!("Train Epoch: {epoch} [32/32 (100%)]");
+        assert!(log.contains(&full), "no {full:?} in:\n{log}");
+    }
+
+    // Without spares that rank's epoch has no batch: it stops, saying why,
+    // instead of the ranks training different steps.
+    let no_spares = root.join("no-spares.toml");
+    std::fs::write(
+        &no_spares,
+        "extends = \"train.toml\"\n\n[stages.shard-reader]\nspare_samples = 0\n",
+    )
+    .unwrap();
+    let topology = ["--topology", no_spares.to_str().unwrap()];
+    let out = clipflow_under_torchrun(root, &args("no-spares", &topology));
+    assert!(!out.status.success(), "two ranks trained different steps");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("epoch 0 ended after 0 of its 1 batches"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn nccl_without_a_gpu_is_a_clear_error() {
     let scratch = tempfile::tempdir().unwrap();
     let args = synthetic_run(scratch.path(), &["--dist-backend", "nccl"]);

@@ -3,11 +3,12 @@
 //! per-step losses, learning rates and logit scales (read from each run's
 //! TensorBoard events with TensorBoard's reader), the final weights of the
 //! epoch checkpoints, and clipflow's checkpoint loading strictly into
-//! OpenCLIP with the features of OpenCLIP's own trained model. Cases, 32
+//! OpenCLIP with the features of OpenCLIP's own trained model. Cases, 35
 //! optimiser steps in all: cosine schedule with warmup and
 //! `--grad-clip-norm`, const schedule with `--accum-freq 2`, const-cooldown
 //! with `--siglip`, a tiny CoCa (CoCaLoss, each logged loss term) alone and
-//! with `--accum-freq 2`, and distillation from a teacher checkpoint. Also: clipflow resuming OpenCLIP's checkpoint of the
+//! with `--accum-freq 2`, a shard with an image that does not decode, and
+//! distillation from a teacher checkpoint. Also: clipflow resuming OpenCLIP's checkpoint of the
 //! first case's half-way epoch (weights, AdamW state keyed in OpenCLIP's
 //! parameter order, epoch) ends where OpenCLIP's own run ends.
 //!
@@ -50,7 +51,7 @@ struct Case {
     distill: bool,
 }
 
-const CASES: [Case; 6] = [
+const CASES: [Case; 7] = [
     Case {
         name: "cosine-clip",
         model: MODEL_NAME,
@@ -132,6 +133,26 @@ const CASES: [Case; 6] = [
         siglip: false,
         distill: false,
     },
+    // One of the shard's 17 images does not decode: both loaders go on
+    // along their stream past it, so the epoch's step still has 16 samples
+    // (clipflow takes the 17th from the spares it reads after the epoch's
+    // share), the same 16 on both sides.
+    Case {
+        name: "undecodable-image",
+        model: MODEL_NAME,
+        shards: "damaged-00000.tar",
+        epochs: 3,
+        flags: &[
+            "--lr-scheduler",
+            "const",
+            "--warmup",
+            "2",
+            "--train-num-samples",
+            "16",
+        ],
+        siglip: false,
+        distill: false,
+    },
     Case {
         name: "distill",
         model: MODEL_NAME,
@@ -203,6 +224,12 @@ fn training_steps_match_open_clip() {
     let scenes = root.join("scenes");
     make_scenes(&scenes, 48, 16, 0);
     let shards = scenes.join("shards");
+    let seventeen = root.join("seventeen");
+    make_scenes(&seventeen, 17, 17, 0);
+    common::damage_first_image(
+        &seventeen.join("shards/scenes-00000.tar"),
+        &shards.join("damaged-00000.tar"),
+    );
     // Both configs in one folder, which the oracle registers at once.
     let models = root.join("models");
     std::fs::create_dir(&models).unwrap();

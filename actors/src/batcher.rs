@@ -8,6 +8,11 @@
 //! running totals go to a [`LoadingLedger`] that the program launching the
 //! graph can read.
 //!
+//! An epoch has `epoch_batches` batches when that is set: the samples read
+//! after its last batch are spares that would have stood in for samples
+//! that failed to decode, and are left; an epoch that ends short is
+//! counted and logged (on several ranks the step executor stops it).
+//!
 //! Waiting for a place holds the samples behind it; the queues before the
 //! batcher bound how many those are. A place still missing when more than
 //! `reorder_window` samples wait behind it was lost with a failed worker:
@@ -70,6 +75,12 @@ pub struct BatcherConfig {
     /// Samples that may wait behind a missing place before it counts as
     /// lost.
     pub reorder_window: usize,
+    /// Batches in each epoch (the training loader's count): the samples
+    /// after the last are spares the reader read ahead and are left. `None`
+    /// cuts every sample of an epoch into batches.
+    pub epoch_batches: Option<u64>,
+    /// Batches of the first epoch sent before `first_place`.
+    pub first_batch: u64,
 }
 
 /// Samples that may wait behind a missing place by default: well above what
@@ -80,7 +91,8 @@ impl BatcherConfig {
     /// Reads the settings of a `batcher` component: `batch_size`,
     /// `drop_last` (default true), `pin_memory` (default false),
     /// `max_bad_fraction`, `bad_data_min_items`, `log_first_skips`,
-    /// `first_epoch`, `first_place` (default 0), `reorder_window`.
+    /// `first_epoch`, `first_place` (default 0), `reorder_window`,
+    /// `epoch_batches` (0 or absent: every sample), `first_batch` (default 0).
     pub fn from_settings(settings: &Settings) -> Result<Self> {
         let defaults = BadDataPolicy::default();
         let config = BatcherConfig {
@@ -103,6 +115,8 @@ impl BatcherConfig {
             reorder_window: settings
                 .u64("reorder_window")?
                 .map_or(DEFAULT_REORDER_WINDOW, |n| n as usize),
+            epoch_batches: settings.u64("epoch_batches")?.filter(|&n| n > 0),
+            first_batch: settings.u64("first_batch")?.unwrap_or(0),
         };
         anyhow::ensure!(
             config.batch_size > 0,
@@ -121,6 +135,9 @@ pub struct LoadingTotals {
     pub samples: u64,
     /// Samples of a last, partial batch that was dropped.
     pub dropped_samples: u64,
+    /// Epochs that ended with fewer batches than `epoch_batches` (more
+    /// samples failed to decode than the reader read spares).
+    pub short_epochs: u64,
     pub skipped: BadDataCounts,
 }
 
@@ -230,6 +247,8 @@ pub struct Batcher {
     waiting: BTreeMap<Place, SampleOrSkip<AugmentedSample>>,
     /// The place count of each epoch whose end mark arrived.
     epoch_places: BTreeMap<u64, u64>,
+    /// Batches sent in the cursor's epoch.
+    epoch_batches_sent: u64,
 }
 
 impl Batcher {
@@ -256,6 +275,7 @@ impl Batcher {
                 },
                 waiting: BTreeMap::new(),
                 epoch_places: BTreeMap::new(),
+                epoch_batches_sent: config.first_batch,
             })
         }
     }
@@ -352,10 +372,19 @@ impl Batcher {
         item: SampleOrSkip<AugmentedSample>,
         out: &mut Emitter<BatchItem>,
     ) -> Result<()> {
+        let epoch_full = self
+            .config
+            .epoch_batches
+            .is_some_and(|batches| self.epoch_batches_sent >= batches);
+        if epoch_full {
+            // A spare the epoch did not need.
+            return Ok(());
+        }
         match item {
             SampleOrSkip::Sample(sample) => {
                 self.tally.record_sample();
                 if let Some(batch) = self.add(sample)? {
+                    self.epoch_batches_sent += 1;
                     out.emit(BatchItem::Batch(batch))?;
                 }
             }
@@ -388,6 +417,18 @@ impl Batcher {
     fn end_epoch(&mut self, out: &mut Emitter<BatchItem>) -> Result<()> {
         self.finish_stretch(out)?;
         let epoch = self.cursor.epoch;
+        if let Some(wanted) = self.config.epoch_batches {
+            if self.epoch_batches_sent < wanted {
+                tracing::warn!(
+                    "epoch {epoch} has {} of its {wanted} batches: more of its samples failed \
+                     to decode than the reader read spares to replace them (setting \
+                     'spare_samples' of the shard reader)",
+                    self.epoch_batches_sent
+                );
+                self.ledger.lock().short_epochs += 1;
+            }
+        }
+        self.epoch_batches_sent = 0;
         self.epoch_places.remove(&epoch);
         out.emit(BatchItem::EpochEnd { epoch })?;
         self.cursor = Place {
@@ -466,6 +507,8 @@ mod tests {
             first_epoch: 0,
             first_place: 0,
             reorder_window: DEFAULT_REORDER_WINDOW,
+            epoch_batches: None,
+            first_batch: 0,
         };
         let ledger = Arc::new(LoadingLedger::default());
         let mut batcher =

@@ -12,7 +12,10 @@
 //!   the rank's batches of the epoch (`--train-num-samples` or the size
 //!   file, rounded up to whole batches per loader worker as OpenCLIP's
 //!   `with_epoch` does), walking the shards again when they hold fewer
-//!   samples, so that every rank trains the same number of steps.
+//!   samples, so that every rank trains the same number of steps; then
+//!   `spare_samples` more of the same stream, which the batcher takes in
+//!   place of samples that fail to decode (OpenCLIP's loader goes on along
+//!   its stream past them) and otherwise leaves.
 //! - csv: the rows of `--train-data` in a per-epoch order, split across
 //!   ranks; images read from the paths the rows name.
 //! - synthetic: `--train-num-samples` black images of the model's size.
@@ -93,6 +96,10 @@ pub struct ShardReaderConfig {
     /// inside an epoch); the items before it are read again, in the same
     /// order, and not sent.
     pub first_place: u64,
+    /// Webdataset samples read after each epoch's share, from the same
+    /// stream, for the batcher to fill the places of samples that fail to
+    /// decode (as OpenCLIP's loader goes on along its stream past them).
+    pub spare_samples: u64,
     pub rank: usize,
     pub world_size: usize,
     pub csv: CsvColumns,
@@ -104,7 +111,8 @@ impl ShardReaderConfig {
     /// Reads the settings of a `shard-reader` component: `data`,
     /// `dataset_type`, `resampled`, `upsampling_factors`, `num_samples`
     /// (0 = from the size file), `batch_size`, `workers`, `seed`,
-    /// `first_epoch`, `epochs` (default: one epoch), `first_place`, `rank`,
+    /// `first_epoch`, `epochs` (default: one epoch), `first_place`,
+    /// `spare_samples` (default 0), `rank`,
     /// `world_size`, `csv_separator`, `csv_img_key`, `csv_caption_key`, and
     /// `model` (the image size of synthetic data).
     pub fn from_settings(settings: &Settings) -> Result<Self> {
@@ -141,6 +149,7 @@ impl ShardReaderConfig {
             first_epoch,
             epochs: settings.u64("epochs")?.unwrap_or(first_epoch + 1),
             first_place: settings.u64("first_place")?.unwrap_or(0),
+            spare_samples: settings.u64("spare_samples")?.unwrap_or(0),
             rank: settings.u64("rank")?.unwrap_or(0) as usize,
             world_size: settings.u64("world_size")?.unwrap_or(1) as usize,
             csv: CsvColumns {
@@ -249,12 +258,15 @@ impl ShardReader {
 
     fn read_webdataset(&mut self, epoch: u64, out: &mut EpochWriter) -> Result<()> {
         let epochs = self.webdataset_epochs()?;
-        let (shards, limit) = (&epochs.shards, epochs.samples_per_epoch);
         let config = &self.config;
+        let (shards, limit) = (
+            &epochs.shards,
+            epochs.samples_per_epoch + config.spare_samples,
+        );
         let slot = self.slot();
         // Drawn with replacement, one endless pass; else this rank's share
         // of the epoch's shards, walked again until the epoch's share of
-        // samples is full. A pass that yields nothing (every shard bad) ends
+        // samples and its spares are read. A pass that yields nothing (every shard bad) ends
         // the epoch early.
         let share = if config.resampled {
             None

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use clipflow_core::collective::Collective;
 use clipflow_core::distributed::ProcessGroup;
 use clipflow_core::train::checkpoint::DataPosition;
 use clipflow_core::train::snapshot::TrainerSnapshot;
@@ -208,6 +209,19 @@ impl StepExecutor {
     /// waits as the order says.
     fn end_epoch(&mut self, epoch: u64, out: &mut Emitter<TrainEvent>) -> Result<()> {
         let plan = self.enter_epoch(epoch, out)?;
+        if let Some(group) = &self.order.group {
+            // The other ranks are waiting in this epoch's next step.
+            anyhow::ensure!(
+                self.batches >= self.plan.batches_per_epoch,
+                "rank {} of {}: epoch {epoch} ended after {} of its {} batches, as more of \
+                 its samples failed to decode than the shard reader read spares \
+                 ('spare_samples' in the topology); the ranks would train different steps",
+                group.rank(),
+                group.world_size(),
+                self.batches,
+                self.plan.batches_per_epoch
+            );
+        }
         let snapshot = {
             let _span = tracing::info_span!("snapshot", epoch).entered();
             Arc::new(TrainerSnapshot::of(self.trainer()?))

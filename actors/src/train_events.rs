@@ -23,6 +23,8 @@ pub struct RunPlan {
     pub epochs: u64,
     /// Optimiser steps in one epoch (the loader's batches / `--accum-freq`).
     pub steps_per_epoch: u64,
+    /// The loader's batches in one epoch.
+    pub batches_per_epoch: u64,
     /// Samples in one epoch (OpenCLIP's `dataloader.num_samples`).
     pub samples_per_epoch: u64,
     /// Where in the first epoch the run continues, when it resumed from a

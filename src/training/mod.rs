@@ -95,6 +95,7 @@ fn train(args: &TrainArgs, run: &mut setup::PreparedRun, topology: &TopologySour
         first_epoch: run.start_epoch,
         epochs: args.epochs,
         steps_per_epoch: epoch_size.num_batches / args.accum_freq as u64,
+        batches_per_epoch: epoch_size.num_batches,
         samples_per_epoch: epoch_size.num_samples,
         resume: run.resume_position,
     };
@@ -122,6 +123,9 @@ fn run_graph_of_run(
     flags.set("save-every-n-steps", &args.save_every_n_steps.to_string());
     let first_place = plan.resume.map_or(0, |position| position.place);
     flags.set("first-place", &first_place.to_string());
+    let first_batch = plan.resume.map_or(0, |position| position.batches);
+    flags.set("first-batch", &first_batch.to_string());
+    flags.set("epoch-batches", &plan.batches_per_epoch.to_string());
     let mut registry = standard_registry();
     register_training_kinds(
         &mut registry,

@@ -128,3 +128,20 @@ pub fn file_names(dir: &std::path::Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Copies the shard `source` to `copy` with the bytes of its first image
+/// replaced by text: a sample that neither clipflow nor OpenCLIP decodes.
+pub fn damage_first_image(source: &std::path::Path, copy: &std::path::Path) {
+    const DAMAGE: &str = r#"
+import io, sys, tarfile
+with tarfile.open(sys.argv[1]) as source, tarfile.open(sys.argv[2], "w", format=tarfile.USTAR_FORMAT) as copy:
+    damaged = False
+    for member in source.getmembers():
+        data = source.extractfile(member).read()
+        if member.name.endswith(".png") and not damaged:
+            data, damaged = b"not an image" * 20, True
+        member.size = len(data)
+        copy.addfile(member, io.BytesIO(data))
+"#;
+    run_oracle(DAMAGE, &[source.to_str().unwrap(), copy.to_str().unwrap()]);
+}
