@@ -274,6 +274,29 @@ fn a_topology_file_of_the_users_is_what_runs() {
 }
 
 #[test]
+fn training_data_that_is_not_there_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let missing = dir.path().join("nowhere/shard-{00000..00003}.tar");
+    let out = train(missing.to_str().unwrap(), &logs, "missing", &[]);
+    assert!(!out.status.success());
+    let wanted = format!(
+        "no such shard {} (nor any other of the 4 shards it names)",
+        dir.path().join("nowhere/shard-00000.tar").display()
+    );
+    assert!(
+        stderr(&out).contains(&wanted),
+        "wanted {wanted} in {}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("number of training samples"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn aug_cfg_keys_only_timm_reads_are_accepted_with_open_clips_warning() {
     let dir = tempfile::tempdir().unwrap();
     let shards = scenes(dir.path());

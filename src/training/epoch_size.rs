@@ -5,7 +5,9 @@
 use anyhow::{Context, Result};
 use clipflow_core::data::csv_source::CsvDataset;
 use clipflow_core::data::dataset_type::{resolve_data_format, DataFormat};
+use clipflow_core::data::shard_list::ShardList;
 use clipflow_core::data::sizes::{train_epoch_size, train_num_samples, Rounding};
+use clipflow_core::object_stores::Location;
 
 use crate::train_args::TrainArgs;
 
@@ -33,6 +35,7 @@ pub fn train_epoch(args: &TrainArgs, world_size: u64) -> Result<EpochSize> {
     };
     Ok(match format {
         DataFormat::WebDataset => {
+            check_some_local_shard_exists(&data)?;
             let samples = train_num_samples(args.train_num_samples, &data)?;
             let size = train_epoch_size(
                 samples,
@@ -58,4 +61,31 @@ pub fn train_epoch(args: &TrainArgs, world_size: u64) -> Result<EpochSize> {
         }
         DataFormat::Synthetic => in_full_batches(args.train_num_samples.unwrap_or(0)),
     })
+}
+
+/// Fails naming the first shard when `--train-data` names only local
+/// shards and none of them exists: the first real problem, before the
+/// sizes are looked for beside them.
+fn check_some_local_shard_exists(data: &str) -> Result<()> {
+    let shards = ShardList::expand(data, None).with_context(|| format!("--train-data {data}"))?;
+    let mut local = Vec::new();
+    for url in shards.urls() {
+        match Location::parse(url) {
+            Ok(Location::Local(path)) => local.push(path),
+            _ => return Ok(()),
+        }
+    }
+    match local.first() {
+        Some(first) if !local.iter().any(|path| path.exists()) => {
+            let more = match local.len() {
+                1 => String::new(),
+                n => format!(" (nor any other of the {n} shards it names)"),
+            };
+            anyhow::bail!(
+                "--train-data {data}: no such shard {}{more}",
+                first.display()
+            )
+        }
+        _ => Ok(()),
+    }
 }
