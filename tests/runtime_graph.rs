@@ -2,7 +2,8 @@
 //! flight, end-of-stream reaches every stage (also across merged inputs),
 //! a failing stage stops the graph with its name and leaves no thread behind,
 //! a stateless stage is restarted, the counters add up, and a fan-out gives
-//! each of its stages every item (only for item types it may copy).
+//! each of its stages every item (only for item types it may copy), and a
+//! side input is read at its stage's pace, bounding its source.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use clipflow_actors::runtime::generic::{Counter, Null, Work};
 use clipflow_actors::runtime::{
-    Emitter, Graph, GraphError, RunError, RunReport, Source, Stage, StageOptions,
+    Emitter, Graph, GraphError, RunError, RunReport, SideInput, Source, Stage, StageOptions,
 };
 
 /// Runs `graph` on another thread; panics if it has not ended within a
@@ -509,4 +510,91 @@ fn an_output_whose_items_cannot_be_copied_feeds_one_stage() {
             item_type: "u64".into(),
         })
     );
+}
+
+/// Takes `per_item` numbers from its side input for each item of its input,
+/// recording them and how far the side input's source ran ahead.
+struct SideTaker {
+    side: SideInput<u64>,
+    per_item: usize,
+    sent: Arc<AtomicU64>,
+    taken: Arc<Mutex<Vec<u64>>>,
+    max_ahead: Arc<AtomicU64>,
+}
+
+impl Stage for SideTaker {
+    type In = u64;
+    type Out = ();
+    fn process(&mut self, _tick: u64, out: &mut Emitter<()>) -> anyhow::Result<()> {
+        // Let the source run as far ahead as it can.
+        std::thread::sleep(Duration::from_millis(5));
+        let taken = self.taken.lock().unwrap().len() as u64;
+        let ahead = self.sent.load(Ordering::SeqCst).saturating_sub(taken);
+        self.max_ahead.fetch_max(ahead, Ordering::SeqCst);
+        for _ in 0..self.per_item {
+            let number = self.side.next(out).expect("a number for each tick");
+            self.taken.lock().unwrap().push(number);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Emitter<()>) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.side.next(out).is_none(),
+            "the side input goes on after its source finished"
+        );
+        Ok(())
+    }
+}
+
+#[test]
+fn a_side_input_is_read_at_the_stages_pace_and_bounds_its_source() {
+    let instances = Instances::default();
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut graph = Graph::new();
+    add_numbers(&mut graph, 30, &sent, &instances);
+    graph
+        .add_source("ticks", options(1, 1), |worker| {
+            Ok(Counter::new(10, worker))
+        })
+        .unwrap();
+    let side = graph.add_side_queue::<u64>("taker", "numbers", 2).unwrap();
+    let taken = Arc::new(Mutex::new(Vec::new()));
+    let max_ahead = Arc::new(AtomicU64::new(0));
+    let (sent_by_source, taken_here, ahead) = (
+        Arc::clone(&sent),
+        Arc::clone(&taken),
+        Arc::clone(&max_ahead),
+    );
+    graph
+        .add_stage("taker", &["ticks"], options(1, 4), move |_| {
+            Ok(SideTaker {
+                side: side.clone(),
+                per_item: 3,
+                sent: Arc::clone(&sent_by_source),
+                taken: Arc::clone(&taken_here),
+                max_ahead: Arc::clone(&ahead),
+            })
+        })
+        .unwrap();
+    run_within(graph, LIMIT).unwrap();
+    assert_eq!(*taken.lock().unwrap(), (0..30).collect::<Vec<u64>>());
+    // The queue holds 2; the source's next number waits in its send.
+    let ahead = max_ahead.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&ahead),
+        "the source ran {ahead} numbers ahead"
+    );
+
+    // A side input is checked as an input is.
+    let mut graph = Graph::new();
+    add_numbers(&mut graph, 1, &sent, &instances);
+    assert!(matches!(
+        graph.add_side_queue::<String>("taker", "numbers", 2),
+        Err(GraphError::TypeMismatch { .. })
+    ));
+    assert!(matches!(
+        graph.add_side_queue::<u64>("taker", "nowhere", 2),
+        Err(GraphError::UnknownInput { .. })
+    ));
 }

@@ -211,10 +211,12 @@ fn a_topology_file_of_the_users_is_what_runs() {
     let dir = tempfile::tempdir().unwrap();
     let shards = scenes(dir.path());
     let logs = dir.path().join("logs");
-    // clipflow's train.toml re-linked: the evaluator taken out, the logger
-    // reading the step executor alone.
+    // clipflow's train.toml re-linked: the evaluator and its validation
+    // path taken out, the logger reading the step executor alone.
     let mine = dir.path().join("train.toml");
-    let relinked = "extends = \"train.toml\"\nremove = [\"evaluator\"]\n\n\
+    let relinked = "extends = \"train.toml\"\n\
+                    remove = [\"evaluator\", \"validation-reader\", \"validation-decoder\", \
+                    \"validation-augmenter\", \"validation-batcher\"]\n\n\
                     [stages.logger]\ninputs = [\"step-executor\"]\n";
     std::fs::write(&mine, relinked).unwrap();
     let flags = [
@@ -250,6 +252,45 @@ fn a_topology_file_of_the_users_is_what_runs() {
             "{copy}"
         );
     }
+
+    // The evaluator has no loader of its own: without the validation path
+    // it names the stage it misses, where train.toml names it.
+    // (In a folder of its own: beside the file above, train.toml is that.)
+    std::fs::create_dir(dir.path().join("other")).unwrap();
+    let no_path = dir.path().join("other/no-validation-path.toml");
+    let removed = "extends = \"train.toml\"\n\
+                   remove = [\"validation-reader\", \"validation-decoder\", \
+                   \"validation-augmenter\", \"validation-batcher\"]\n";
+    std::fs::write(&no_path, removed).unwrap();
+    let out = train(
+        &shards,
+        &logs,
+        "no-validation-path",
+        &[
+            "--precision",
+            "fp32",
+            "--val-data",
+            &shards,
+            "--topology",
+            no_path.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let standard = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/train.toml");
+    let standard_text = std::fs::read_to_string(&standard).unwrap();
+    let line = standard_text
+        .lines()
+        .position(|l| l.starts_with("validation = "))
+        .unwrap()
+        + 1;
+    let wanted = format!(
+        "train.toml:{line}: stage 'evaluator': side input 'validation-batcher' is not a component"
+    );
+    assert!(
+        stderr(&out).contains(&wanted),
+        "wanted {wanted} in {}",
+        stderr(&out)
+    );
 
     // A setting no stage reads is an error naming the file, line and stage.
     let bad = dir.path().join("misspelt.toml");

@@ -9,27 +9,25 @@
 //!   ImageNet class names when it has 1000 classes, else the folder names)
 //!   and `--imagenet-v2`, with the 80 OpenAI prompt templates (or the
 //!   templates given);
-//! - the validation loss and retrieval metrics on `--val-data`.
+//! - the validation loss and retrieval metrics on `--val-data`, whose
+//!   batches come from the graph's validation path (validation reader,
+//!   decoder, augmenter in validation mode, batcher) through the
+//!   evaluator's side input, a pass of them per validation.
 //!
-//! Images go through OpenCLIP's validation transform on `loading_threads`
-//! threads (`--workers`, as OpenCLIP's evaluation DataLoader uses), one
-//! batch ahead of the model and in file order, so the batches (and the
+//! Zero-shot images go through OpenCLIP's validation transform on
+//! `loading_threads` threads (`--workers`, as OpenCLIP's evaluation
+//! DataLoader uses), one batch ahead of the model and in file order;
+//! validation batches keep the order of the data. So the batches (and the
 //! validation loss, a mean over batches) do not depend on the thread count.
 //! The forward pass runs in eval mode under the training precision's
 //! autocast. It takes the step executor's events beside the checkpointer
 //! and the logger (a fan-out) and emits only its own.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clipflow_core::data::csv_source::CsvDataset;
-use clipflow_core::data::dataset_type::DataFormat;
 use clipflow_core::data::image_folder::{list_imagenet_v2, ImageFolder, LabelledImage};
-use clipflow_core::data::shard_list::ShardList;
-use clipflow_core::data::shard_stream::ShardOpener;
-use clipflow_core::data::tar_samples::ShardSamples;
-use clipflow_core::data::{ImageData, Sample, SourceItem};
 use clipflow_core::eval::evaluation_due;
 use clipflow_core::eval::imagenet::{imagenet_class_names, openai_imagenet_templates};
 use clipflow_core::eval::retrieval::ValidationMetrics;
@@ -46,20 +44,19 @@ use clipflow_core::transform::ValTransform;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use crate::runtime::{Emitter, Stage, WorkerInfo};
+use crate::batcher::BatchItem;
+use crate::runtime::{Emitter, SideInput, Stage, WorkerInfo};
 use crate::train_events::{EvalProgress, TrainEvent};
 
-/// `--val-data` and how to read it.
+/// `--val-data`, which the validation path of the graph reads.
 #[derive(Debug, Clone)]
 pub struct ValidationData {
+    /// `--val-data`, as given.
     pub data: String,
-    pub format: DataFormat,
-    /// `--val-num-samples`: the size OpenCLIP's progress lines show for
-    /// WebDataset validation data (0 when absent; a CSV table's is its
-    /// length). The whole set is evaluated either way.
-    pub num_samples: Option<u64>,
-    /// `--csv-separator`, `--csv-img-key`, `--csv-caption-key`.
-    pub csv: (String, String, String),
+    /// The size OpenCLIP's progress lines show: `--val-num-samples` for
+    /// WebDataset validation data (0 when absent), a CSV table's length.
+    /// The whole set is evaluated either way.
+    pub samples_per_val: u64,
 }
 
 /// A zero-shot classification set.
@@ -100,19 +97,35 @@ const PROGRESS_EVERY_BATCHES: usize = 100;
 /// Evaluates the model of each epoch's snapshot when due.
 pub struct Evaluator {
     config: Arc<EvaluatorConfig>,
+    /// The validation path's batches, a pass of them per validation.
+    validation: Option<SideInput<BatchItem>>,
 }
 
 impl Evaluator {
-    pub fn maker(config: Arc<EvaluatorConfig>) -> impl Fn(WorkerInfo) -> Result<Evaluator> {
-        move |_worker| {
+    pub fn maker(
+        config: Arc<EvaluatorConfig>,
+    ) -> impl Fn(WorkerInfo, Option<SideInput<BatchItem>>) -> Result<Evaluator> {
+        move |_worker, validation| {
             Ok(Evaluator {
                 config: Arc::clone(&config),
+                validation,
             })
         }
     }
 }
 
 impl EvaluatorConfig {
+    /// The evaluations that validate from the end of `first_epoch` to the
+    /// end of the run: the passes the validation path reads.
+    pub fn validation_passes(&self, first_epoch: u64) -> u64 {
+        if self.validation.is_none() {
+            return 0;
+        }
+        (first_epoch + 1..=self.epochs)
+            .filter(|&completed| evaluation_due(completed, self.val_frequency, self.epochs))
+            .count() as u64
+    }
+
     /// Whether anything is due after `completed_epoch` epochs.
     pub fn due(&self, completed_epoch: u64) -> bool {
         let zero_shot = !self.zero_shot.is_empty()
@@ -152,9 +165,16 @@ impl Stage for Evaluator {
             }
             let (_vs, model) = model_of(&self.config, &end.snapshot)?;
             let mut progress = Vec::new();
-            let metrics = evaluate(&model, &self.config, completed_epoch, &mut |p| {
-                progress.push(p)
-            })?;
+            let validation = self.validation.clone();
+            let stopping: &Emitter<TrainEvent> = out;
+            let mut batches = || validation.as_ref().and_then(|side| side.next(stopping));
+            let metrics = evaluate(
+                &model,
+                &self.config,
+                completed_epoch,
+                &mut |p| progress.push(p),
+                &mut batches,
+            )?;
             for line in progress {
                 out.emit(TrainEvent::EvaluationProgress(line))?;
             }
@@ -171,12 +191,15 @@ impl Stage for Evaluator {
 
 /// The metrics due after `completed_epoch` epochs, in OpenCLIP's order
 /// (zero-shot sets, then validation); empty when nothing is due.
-/// `progress` gets the validation pass's running loss as OpenCLIP logs it.
+/// `progress` gets the validation pass's running loss as OpenCLIP logs it;
+/// `validation_batches` gives the next batch of the validation pass, its
+/// end, or `None` when the validation path has ended.
 pub fn evaluate(
     model: &Clip,
     config: &EvaluatorConfig,
     completed_epoch: u64,
     progress: &mut dyn FnMut(EvalProgress),
+    validation_batches: &mut dyn FnMut() -> Option<BatchItem>,
 ) -> Result<Vec<(String, f64)>> {
     let _span = tracing::info_span!("evaluate", epoch = completed_epoch).entered();
     let mut metrics = Vec::new();
@@ -193,6 +216,7 @@ pub fn evaluate(
                 validation,
                 completed_epoch,
                 progress,
+                validation_batches,
             )?);
         }
     }
@@ -329,45 +353,31 @@ fn read_labelled(chunk: &[LabelledImage]) -> Result<EncodedBatch<Vec<i64>>> {
     Ok((encoded, targets))
 }
 
-/// The samples of `--val-data` in file order, and the size its progress
-/// lines show (OpenCLIP's `dataloader.num_samples`).
-fn validation_samples(
-    data: &ValidationData,
-) -> Result<(Box<dyn Iterator<Item = SourceItem> + Send>, u64)> {
-    match data.format {
-        DataFormat::WebDataset => {
-            let shards = ShardList::expand(&data.data, None)
-                .with_context(|| format!("--val-data {}", data.data))?;
-            let urls: Vec<String> = shards.urls().to_vec();
-            let samples = ShardSamples::new(urls.into_iter(), Arc::new(ShardOpener::new()));
-            Ok((Box::new(samples), data.num_samples.unwrap_or(0)))
-        }
-        DataFormat::Csv => {
-            let (separator, image_key, caption_key) = &data.csv;
-            let table = CsvDataset::load(Path::new(&data.data), separator, image_key, caption_key)
-                .with_context(|| format!("--val-data {}", data.data))?;
-            let order: Vec<usize> = (0..table.len()).collect();
-            let samples: Vec<SourceItem> = table.samples(order).collect();
-            Ok((Box::new(samples.into_iter()), table.len() as u64))
-        }
-        DataFormat::Synthetic => anyhow::bail!("--val-data cannot be synthetic"),
-    }
-}
-
 fn validate(
     model: &Clip,
     config: &EvaluatorConfig,
     data: &ValidationData,
     completed_epoch: u64,
     progress: &mut dyn FnMut(EvalProgress),
+    batches: &mut dyn FnMut() -> Option<BatchItem>,
 ) -> Result<Vec<(String, f64)>> {
     let mut metrics = ValidationMetrics::new();
-    let (samples, samples_per_val) = validation_samples(data)?;
-    let batches = validation_batches(samples, config.batch_size.max(1));
     let mut batch_index = 0;
-    with_image_batches(config, batches, |images, captions| {
-        let texts = tokenize_batch(config.tokenizer.as_ref(), &captions, config.context_length)
-            .to_device(config.device);
+    loop {
+        let batch = match batches() {
+            Some(BatchItem::Batch(batch)) => batch,
+            Some(BatchItem::EpochEnd { .. }) => break,
+            None => anyhow::bail!(
+                "--val-data {}: the validation path ended before this evaluation's pass \
+                 (its reader reads one pass for each evaluation that validates)",
+                data.data
+            ),
+        };
+        let images = batch
+            .images
+            .to_device(config.device)
+            .to_kind(config.input_kind);
+        let texts = batch.texts.to_device(config.device);
         no_grad_forward(config, || {
             let out = model.forward_t(&images, &texts, false)?;
             metrics.add_batch(&out.image_features, &out.text_features, &out.logit_scale)?;
@@ -380,49 +390,12 @@ fn validate(
             progress(EvalProgress {
                 epoch: completed_epoch,
                 num_samples: metrics.num_samples() as u64,
-                samples_per_val,
+                samples_per_val: data.samples_per_val,
                 clip_loss: metrics.running_loss().unwrap_or(f64::NAN),
                 generative_loss: metrics.running_generative_loss(),
             });
         }
         batch_index += 1;
-        Ok(())
-    })?;
-    metrics.finish(completed_epoch)
-}
-
-/// `samples` in batches of `batch_size` (the last may be smaller) of
-/// encoded images and their captions; skipped samples are logged.
-fn validation_batches(
-    samples: impl Iterator<Item = SourceItem> + Send,
-    batch_size: usize,
-) -> impl Iterator<Item = Result<EncodedBatch<Vec<String>>>> + Send {
-    let mut samples = samples.filter_map(|item| match item {
-        SourceItem::Sample(sample) => Some(sample),
-        SourceItem::Skipped(skip) => {
-            tracing::warn!("--val-data: skipped {skip:?}");
-            None
-        }
-    });
-    std::iter::from_fn(move || {
-        let batch: Vec<Sample> = samples.by_ref().take(batch_size).collect();
-        (!batch.is_empty()).then(|| encoded_with_captions(batch))
-    })
-}
-
-fn encoded_with_captions(samples: Vec<Sample>) -> Result<EncodedBatch<Vec<String>>> {
-    let mut encoded = Vec::with_capacity(samples.len());
-    let mut captions = Vec::with_capacity(samples.len());
-    for sample in samples {
-        let source = format!("{} (sample {})", sample.origin, sample.key);
-        let bytes = match sample.image {
-            ImageData::Encoded { bytes, .. } => bytes,
-            ImageData::Pixels { .. } => {
-                anyhow::bail!("{source}: validation images must be encoded")
-            }
-        };
-        encoded.push((bytes, source));
-        captions.push(sample.caption);
     }
-    Ok((encoded, captions))
+    metrics.finish(completed_epoch)
 }

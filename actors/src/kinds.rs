@@ -18,6 +18,7 @@ use crate::step_executor::{SnapshotOrder, StepExecutor, TrainerHandover};
 use crate::topology::{Registry, Restarts};
 use crate::train_events::{RunPlan, TrainEvent};
 use crate::train_logger::{SharedTrainLog, TrainLogger};
+use crate::validation_reader::{ValidationReader, ValidationReaderConfig};
 
 /// Every kind clipflow knows.
 pub fn standard_registry() -> Registry {
@@ -27,7 +28,8 @@ pub fn standard_registry() -> Registry {
     registry
 }
 
-/// The loading path (see `topologies/train-data.toml`): `shard-reader`,
+/// The loading paths (see `topologies/train-data.toml` and the validation
+/// path of `topologies/train.toml`): `shard-reader`, `validation-reader`,
 /// `decoder`, `augmenter`, `batcher` and `batch-sink`.
 fn register_loading_kinds(registry: &mut Registry) {
     registry.register_source(
@@ -37,6 +39,15 @@ fn register_loading_kinds(registry: &mut Registry) {
             Ok(ShardReader::maker(ShardReaderConfig::from_settings(
                 settings,
             )?))
+        },
+    );
+    registry.register_source(
+        "validation-reader",
+        "reads --val-data (webdataset shards or a CSV table) as undecoded samples, every sample once and in order, a pass for each evaluation (settings: data, dataset_type, passes, csv_*)",
+        |settings| {
+            Ok(ValidationReader::maker(
+                ValidationReaderConfig::from_settings(settings)?,
+            ))
         },
     );
     registry.register_stage(
@@ -121,9 +132,10 @@ pub fn register_training_kinds(registry: &mut Registry, stages: TrainingStages) 
             Ok(StepExecutor::maker(trainer.clone(), plan, order))
         },
     );
-    registry.register_stage(
+    registry.register_stage_with_side_input(
         "evaluator",
-        "evaluates the epoch's snapshot of the model when due (validation loss, retrieval, zero-shot)",
+        "evaluates the epoch's snapshot of the model when due (validation loss, retrieval, zero-shot; setting: validation, the batcher of the validation path)",
+        "validation",
         Restarts::Forbidden,
         move |_settings| Ok(Evaluator::maker(Arc::clone(&evaluator))),
     );

@@ -18,3 +18,4 @@ pub mod step_executor;
 pub mod topology;
 pub mod train_events;
 pub mod train_logger;
+pub mod validation_reader;

@@ -59,6 +59,25 @@ pub struct CsvColumns {
     pub caption_key: String,
 }
 
+impl CsvColumns {
+    /// `csv_separator`, `csv_img_key` and `csv_caption_key`, OpenCLIP's
+    /// defaults where absent.
+    pub fn from_settings(settings: &Settings) -> Result<Self> {
+        let defaults = CsvColumns::default();
+        Ok(CsvColumns {
+            separator: settings
+                .string("csv_separator")?
+                .unwrap_or(defaults.separator),
+            image_key: settings
+                .non_empty_string("csv_img_key")?
+                .unwrap_or(defaults.image_key),
+            caption_key: settings
+                .non_empty_string("csv_caption_key")?
+                .unwrap_or(defaults.caption_key),
+        })
+    }
+}
+
 impl Default for CsvColumns {
     /// OpenCLIP's defaults.
     fn default() -> Self {
@@ -135,7 +154,6 @@ impl ShardReaderConfig {
             .vision_cfg
             .image_size
             .height_width();
-        let defaults = CsvColumns::default();
         let first_epoch = settings.u64("first_epoch")?.unwrap_or(0);
         let config = ShardReaderConfig {
             data,
@@ -152,17 +170,7 @@ impl ShardReaderConfig {
             spare_samples: settings.u64("spare_samples")?.unwrap_or(0),
             rank: settings.u64("rank")?.unwrap_or(0) as usize,
             world_size: settings.u64("world_size")?.unwrap_or(1) as usize,
-            csv: CsvColumns {
-                separator: settings
-                    .string("csv_separator")?
-                    .unwrap_or(defaults.separator),
-                image_key: settings
-                    .non_empty_string("csv_img_key")?
-                    .unwrap_or(defaults.image_key),
-                caption_key: settings
-                    .non_empty_string("csv_caption_key")?
-                    .unwrap_or(defaults.caption_key),
-            },
+            csv: CsvColumns::from_settings(settings)?,
             synthetic_image_size: (height as u32, width as u32),
         };
         if config.batch_size == 0 {

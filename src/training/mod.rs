@@ -6,6 +6,7 @@
 //! owns the trainer until the last epoch is done.
 
 mod epoch_size;
+mod evaluate_once;
 mod launch;
 mod params;
 mod precision;
@@ -17,7 +18,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use clipflow_actors::evaluator::evaluate;
 use clipflow_actors::kinds::{register_training_kinds, standard_registry, TrainingStages};
 use clipflow_actors::step_executor::TrainerHandover;
 use clipflow_actors::topology::Topology;
@@ -80,11 +80,7 @@ fn train(args: &TrainArgs, run: &mut setup::PreparedRun, topology: &TopologySour
     let trainer = run.take_trainer()?;
     let Some(epoch_size) = run.epoch_size else {
         // No training data: evaluate the model once, as OpenCLIP does.
-        let metrics = evaluate(&trainer.model, &run.evaluator, run.start_epoch, &mut |p| {
-            if let Err(error) = run.logger.lock().evaluation_progress(&p) {
-                eprintln!("clipflow: writing the log: {error:#}");
-            }
-        })?;
+        let metrics = evaluate_once::evaluate_once(args, run, &trainer.model)?;
         run.logger.lock().evaluation(run.start_epoch, &metrics)?;
         return Ok(());
     };
@@ -126,6 +122,9 @@ fn run_graph_of_run(
     let first_batch = plan.resume.map_or(0, |position| position.batches);
     flags.set("first-batch", &first_batch.to_string());
     flags.set("epoch-batches", &plan.batches_per_epoch.to_string());
+    flags.set("val-data", args.val_data.as_deref().unwrap_or_default());
+    let passes = run.evaluator.validation_passes(plan.first_epoch);
+    flags.set("validation-passes", &passes.to_string());
     let mut registry = standard_registry();
     register_training_kinds(
         &mut registry,

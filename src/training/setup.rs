@@ -16,7 +16,8 @@ use clipflow_actors::report::WandbInit;
 use clipflow_actors::topology::TopologySources;
 use clipflow_actors::train_logger::{SharedTrainLog, TrainLogConfig};
 use clipflow_core::collective::{Collective, SingleProcess};
-use clipflow_core::data::dataset_type::resolve_data_format;
+use clipflow_core::data::csv_source::CsvDataset;
+use clipflow_core::data::dataset_type::{resolve_data_format, DataFormat};
 use clipflow_core::distributed::ProcessGroup;
 use clipflow_core::eval::zero_shot::ZeroShotSet;
 use clipflow_core::loss::{create_loss, LossOptions};
@@ -592,15 +593,20 @@ fn validation_data(args: &TrainArgs) -> Result<Option<ValidationData>> {
     let Some(data) = &args.val_data else {
         return Ok(None);
     };
+    let samples_per_val = match resolve_data_format(data, args.dataset_type.as_str().parse()?)? {
+        DataFormat::Csv => CsvDataset::load(
+            Path::new(data),
+            &args.csv_separator,
+            &args.csv_img_key,
+            &args.csv_caption_key,
+        )
+        .with_context(|| format!("--val-data {data}"))?
+        .len() as u64,
+        _ => args.val_num_samples.unwrap_or(0),
+    };
     Ok(Some(ValidationData {
         data: data.clone(),
-        num_samples: args.val_num_samples,
-        format: resolve_data_format(data, args.dataset_type.as_str().parse()?)?,
-        csv: (
-            args.csv_separator.clone(),
-            args.csv_img_key.clone(),
-            args.csv_caption_key.clone(),
-        ),
+        samples_per_val,
     }))
 }
 

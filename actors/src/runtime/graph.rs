@@ -4,7 +4,9 @@
 //!
 //! A component's output feeds one stage, or, for item types the graph was
 //! told it may copy ([`Graph::allow_fan_out`]), several: a fan-out, where
-//! each of them gets every item and the slowest sets the pace.
+//! each of them gets every item and the slowest sets the pace. A stage may
+//! also take one producer's output as a side queue that it reads when it
+//! chooses ([`Graph::add_side_queue`]).
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -14,7 +16,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Sender};
 
 use super::live::LiveStatus;
-use super::stage::{Outputs, Source, Stage, WorkerInfo};
+use super::stage::{Outputs, SideInput, Source, Stage, WorkerInfo};
 use super::stats::{RunReport, StageStats};
 use super::supervisor::{self, StageLaunch};
 use super::worker::{SourceSpawner, StageSpawner, WorkerSpawner};
@@ -247,28 +249,7 @@ impl Graph {
         }
         let expected = ItemType::of::<S::In>();
         for input in inputs {
-            let producer = self.node(input).ok_or_else(|| GraphError::UnknownInput {
-                stage: name.to_string(),
-                input: input.to_string(),
-            })?;
-            if producer.output_type != expected {
-                return Err(GraphError::TypeMismatch {
-                    stage: name.to_string(),
-                    input: input.to_string(),
-                    expected: expected.name(),
-                    found: producer.output_type.name(),
-                });
-            }
-            if let Some(first) = producer.consumers.first() {
-                if !self.copiers.contains_key(&expected.id) {
-                    return Err(GraphError::OutputTaken {
-                        producer: input.to_string(),
-                        first: first.clone(),
-                        second: name.to_string(),
-                        item_type: expected.name(),
-                    });
-                }
-            }
+            self.check_input(name, input, expected)?;
         }
         let (sender, receiver) = bounded::<S::In>(options.capacity);
         for input in inputs {
@@ -290,6 +271,32 @@ impl Graph {
         });
         self.push(name, options, ItemType::of::<S::Out>(), wire, stats);
         Ok(())
+    }
+
+    /// A queue of `capacity` items from `producer` to the stage `consumer`
+    /// (added next, with [`Graph::add_stage`]), which reads it at its own
+    /// pace through the returned [`SideInput`], apart from its inputs. The
+    /// producer's output is checked and taken as by an input.
+    pub fn add_side_queue<T: Send + 'static>(
+        &mut self,
+        consumer: &str,
+        producer: &str,
+        capacity: usize,
+    ) -> Result<SideInput<T>, GraphError> {
+        if capacity == 0 {
+            return Err(GraphError::Zero {
+                stage: consumer.to_string(),
+                what: "capacity",
+            });
+        }
+        let expected = ItemType::of::<T>();
+        self.check_input(consumer, producer, expected)?;
+        let (sender, receiver) = bounded::<T>(capacity);
+        let index = self.by_name[producer];
+        let node = &mut self.nodes[index];
+        node.consumers.push(consumer.to_string());
+        node.outputs.push(Box::new(sender));
+        Ok(SideInput::new(receiver))
     }
 
     /// Live counters of every component, in the order they were added; they
@@ -368,6 +375,34 @@ impl Graph {
                 item_type: node.output_type.name(),
             }),
             None => Ok(()),
+        }
+    }
+
+    /// Whether `input` exists, emits `expected`, and may feed `stage` (its
+    /// output feeds nothing yet, or its items may be copied).
+    fn check_input(&self, stage: &str, input: &str, expected: ItemType) -> Result<(), GraphError> {
+        let producer = self.node(input).ok_or_else(|| GraphError::UnknownInput {
+            stage: stage.to_string(),
+            input: input.to_string(),
+        })?;
+        if producer.output_type != expected {
+            return Err(GraphError::TypeMismatch {
+                stage: stage.to_string(),
+                input: input.to_string(),
+                expected: expected.name(),
+                found: producer.output_type.name(),
+            });
+        }
+        match producer.consumers.first() {
+            Some(first) if !self.copiers.contains_key(&expected.id) => {
+                Err(GraphError::OutputTaken {
+                    producer: input.to_string(),
+                    first: first.clone(),
+                    second: stage.to_string(),
+                    item_type: expected.name(),
+                })
+            }
+            _ => Ok(()),
         }
     }
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Sender, TrySendError};
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use super::stats::StageStats;
 
@@ -158,6 +158,46 @@ fn send<T>(output: &Sender<T>, item: T, shutdown: &Receiver<()>) -> Result<Durat
                 Ok(started.elapsed())
             } else {
                 Err(Stopped)
+            }
+        }
+    }
+}
+
+/// The reading end of a side queue: items a stage takes when it chooses,
+/// apart from its input (the evaluator's validation batches, taken when an
+/// evaluation is due). The queue is bounded like any other, so its
+/// producer runs at most its capacity ahead.
+pub struct SideInput<T> {
+    receiver: Receiver<T>,
+}
+
+impl<T> Clone for SideInput<T> {
+    fn clone(&self) -> Self {
+        SideInput {
+            receiver: self.receiver.clone(),
+        }
+    }
+}
+
+/// How often a stage waiting on its side input looks whether the graph is
+/// stopping.
+const SIDE_INPUT_POLL: Duration = Duration::from_millis(50);
+
+impl<T> SideInput<T> {
+    pub(crate) fn new(receiver: Receiver<T>) -> Self {
+        SideInput { receiver }
+    }
+
+    /// The next item, waiting for it; `None` once its producer has
+    /// finished and the queue is drained, or when the graph is stopping
+    /// (as `out` tells).
+    pub fn next<O>(&self, out: &Emitter<O>) -> Option<T> {
+        loop {
+            match self.receiver.recv_timeout(SIDE_INPUT_POLL) {
+                Ok(item) => return Some(item),
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) if out.is_stopping() => return None,
+                Err(RecvTimeoutError::Timeout) => {}
             }
         }
     }

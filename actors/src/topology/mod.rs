@@ -35,11 +35,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::runtime::{Graph, StageOptions};
+use crate::runtime::{Graph, ItemType, StageOptions};
 pub use error::{TopologyError, TopologyErrors};
 pub use flags::FlagValues;
 use registry::{AllowFanOut, Plant};
-pub use registry::{Kind, Registry, Restarts, SettingError, Settings};
+pub use registry::{Kind, Registry, Restarts, SettingError, Settings, SIDE_QUEUE_CAPACITY};
 pub use sources::{SourceFile, TopologySources};
 
 /// A topology file as written.
@@ -72,6 +72,8 @@ struct Component {
     kind: String,
     origin: Origin,
     inputs: Vec<String>,
+    /// The producer of its side input, and where it is named.
+    side_input: Option<(String, Origin)>,
     options: StageOptions,
     plant: Plant,
 }
@@ -148,16 +150,22 @@ impl Topology {
         }
         for component in self.components {
             let inputs: Vec<&str> = component.inputs.iter().map(String::as_str).collect();
-            (component.plant)(&mut graph, &component.name, &inputs, component.options).map_err(
-                |error| {
-                    TopologyErrors(vec![TopologyError {
-                        file: self.files[component.origin.file].clone(),
-                        line: Some(component.origin.line),
-                        component: Some(component.name.clone()),
-                        message: error.to_string(),
-                    }])
-                },
-            )?;
+            let side = component.side_input.as_ref().map(|(name, _)| name.as_str());
+            (component.plant)(
+                &mut graph,
+                &component.name,
+                &inputs,
+                side,
+                component.options,
+            )
+            .map_err(|error| {
+                TopologyErrors(vec![TopologyError {
+                    file: self.files[component.origin.file].clone(),
+                    line: Some(component.origin.line),
+                    component: Some(component.name.clone()),
+                    message: error.to_string(),
+                }])
+            })?;
         }
         Ok(graph)
     }
@@ -400,6 +408,21 @@ impl Checker<'_> {
         };
         let errors_before = self.errors.len();
         let (inputs, inputs_origin) = self.inputs(&name, origin, values.remove("inputs"));
+        let side_input = match &kind.side_input {
+            Some((setting, _)) => match values.remove(setting) {
+                Some((toml::Value::String(producer), at)) => Some((producer, at)),
+                Some((other, at)) => {
+                    self.error(
+                        Some(at),
+                        Some(&name),
+                        format!("{setting} must name a component, got {other}"),
+                    );
+                    None
+                }
+                None => None,
+            },
+            None => None,
+        };
         let options = self.options(&name, kind, &mut values);
         if kind.is_source() && !inputs.is_empty() {
             self.error(
@@ -449,6 +472,7 @@ impl Checker<'_> {
                 kind: kind_name,
                 origin,
                 inputs,
+                side_input,
                 options,
                 plant,
             },
@@ -568,25 +592,35 @@ impl Checker<'_> {
         let mut edges: Vec<Vec<usize>> = vec![Vec::new(); parsed.len()];
         for (consumer, p) in parsed.iter().enumerate() {
             let c = &p.component;
-            for input in &c.inputs {
+            // (what, producer, the type it must emit, where it is named)
+            let mut links: Vec<(&str, &String, Option<ItemType>, Origin)> = c
+                .inputs
+                .iter()
+                .map(|input| ("input", input, kind_of(p).input, p.inputs_origin))
+                .collect();
+            if let (Some((producer, at)), Some((_, item))) = (&c.side_input, &kind_of(p).side_input)
+            {
+                links.push(("side input", producer, Some(*item), *at));
+            }
+            for (what, input, expected, at) in links {
                 let Some(&producer) = index.get(input) else {
                     if declared.names.contains(input) {
                         continue; // that component has its own error
                     }
                     self.error(
-                        Some(p.inputs_origin),
+                        Some(at),
                         Some(&c.name),
-                        format!("input '{input}' is not a component of this topology"),
+                        format!("{what} '{input}' is not a component of this topology"),
                     );
                     continue;
                 };
-                let (expected, found) = (kind_of(p).input, kind_of(&parsed[producer]).output);
+                let found = kind_of(&parsed[producer]).output;
                 if let Some(expected) = expected.filter(|t| *t != found) {
                     self.error(
-                        Some(p.inputs_origin),
+                        Some(at),
                         Some(&c.name),
                         format!(
-                            "kind '{}' takes {} but input '{input}' (kind '{}') emits {}",
+                            "kind '{}' takes {} but {what} '{input}' (kind '{}') emits {}",
                             c.kind,
                             expected.name(),
                             parsed[producer].component.kind,
@@ -597,11 +631,11 @@ impl Checker<'_> {
                 match consumers_of[producer].first() {
                     Some(first) if !registry.can_fan_out(found) => {
                         let message = format!(
-                            "input '{input}' already feeds '{first}'; its items ({}) go to one \
+                            "{what} '{input}' already feeds '{first}'; its items ({}) go to one \
                              stage, as they cannot be copied to several",
                             found.name()
                         );
-                        self.error(Some(p.inputs_origin), Some(&c.name), message);
+                        self.error(Some(at), Some(&c.name), message);
                     }
                     _ => consumers_of[producer].push(c.name.clone()),
                 }

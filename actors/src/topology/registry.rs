@@ -7,12 +7,19 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::runtime::{Graph, GraphError, ItemType, Source, Stage, StageOptions, WorkerInfo};
+use crate::runtime::{
+    Graph, GraphError, ItemType, SideInput, Source, Stage, StageOptions, WorkerInfo,
+};
 
-/// Adds one configured component to a graph: (graph, name, inputs, options).
-pub(crate) type Plant =
-    Box<dyn FnOnce(&mut Graph, &str, &[&str], StageOptions) -> Result<(), GraphError>>;
+/// Adds one configured component to a graph: (graph, name, inputs, the
+/// producer of its side input, options).
+pub(crate) type Plant = Box<
+    dyn FnOnce(&mut Graph, &str, &[&str], Option<&str>, StageOptions) -> Result<(), GraphError>,
+>;
 type Configure = Box<dyn Fn(&Settings) -> anyhow::Result<Plant> + Send + Sync>;
+
+/// Items a side queue holds: the one being used and the next.
+pub const SIDE_QUEUE_CAPACITY: usize = 2;
 
 /// Whether a stage's failed worker may be restarted (`restarts = N`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +37,9 @@ pub struct Kind {
     /// `None` for a source.
     pub input: Option<ItemType>,
     pub output: ItemType,
+    /// The setting that names the producer of the kind's side input, and
+    /// the type of its items (see [`crate::runtime::SideInput`]).
+    pub side_input: Option<(String, ItemType)>,
     pub restarts: Restarts,
     configure: Configure,
 }
@@ -74,19 +84,20 @@ impl Registry {
     {
         let configure: Configure = Box::new(move |settings| {
             let make = configure(settings)?;
-            let plant: Plant = Box::new(move |graph, name, _inputs, options| {
+            let plant: Plant = Box::new(move |graph, name, _inputs, _side, options| {
                 graph.add_source(name, options, make)
             });
             Ok(plant)
         });
-        self.insert(
-            kind,
-            summary,
-            None,
-            ItemType::of::<S::Out>(),
-            Restarts::Forbidden,
+        self.insert(Kind {
+            name: kind.to_string(),
+            summary: summary.to_string(),
+            input: None,
+            output: ItemType::of::<S::Out>(),
+            side_input: None,
+            restarts: Restarts::Forbidden,
             configure,
-        );
+        });
     }
 
     /// Registers a stage kind (a sink is a stage whose `Out` is `()`).
@@ -103,20 +114,69 @@ impl Registry {
     {
         let configure: Configure = Box::new(move |settings| {
             let make = configure(settings)?;
-            let plant: Plant = Box::new(move |graph, name, inputs, options| {
+            let plant: Plant = Box::new(move |graph, name, inputs, _side, options| {
                 graph.add_stage(name, inputs, options, make)
             });
             Ok(plant)
         });
-        let input = Some(ItemType::of::<S::In>());
-        self.insert(
-            kind,
-            summary,
-            input,
-            ItemType::of::<S::Out>(),
+        self.insert_stage::<S>(kind, summary, None, restarts, configure);
+    }
+
+    /// Registers a stage kind that may also read a side queue of `T`s
+    /// (a [`SideInput`]): the setting `side_input` names its producer, and
+    /// the queue holds [`SIDE_QUEUE_CAPACITY`] items (side inputs carry
+    /// batches, so the queues before the producer do the buffering).
+    /// `make` gets the side input, or `None` where the topology names no
+    /// producer.
+    pub fn register_stage_with_side_input<S, T, M, C>(
+        &mut self,
+        kind: &str,
+        summary: &str,
+        side_input: &str,
+        restarts: Restarts,
+        configure: C,
+    ) where
+        S: Stage,
+        T: Send + 'static,
+        M: Fn(WorkerInfo, Option<SideInput<T>>) -> anyhow::Result<S> + Send + Sync + 'static,
+        C: Fn(&Settings) -> anyhow::Result<M> + Send + Sync + 'static,
+    {
+        let configure: Configure = Box::new(move |settings| {
+            let make = configure(settings)?;
+            let plant: Plant = Box::new(move |graph, name, inputs, side, options| {
+                let side = match side {
+                    Some(producer) => {
+                        Some(graph.add_side_queue::<T>(name, producer, SIDE_QUEUE_CAPACITY)?)
+                    }
+                    None => None,
+                };
+                graph.add_stage(name, inputs, options, move |worker| {
+                    make(worker, side.clone())
+                })
+            });
+            Ok(plant)
+        });
+        let side_input = Some((side_input.to_string(), ItemType::of::<T>()));
+        self.insert_stage::<S>(kind, summary, side_input, restarts, configure);
+    }
+
+    fn insert_stage<S: Stage>(
+        &mut self,
+        kind: &str,
+        summary: &str,
+        side_input: Option<(String, ItemType)>,
+        restarts: Restarts,
+        configure: Configure,
+    ) {
+        self.insert(Kind {
+            name: kind.to_string(),
+            summary: summary.to_string(),
+            input: Some(ItemType::of::<S::In>()),
+            output: ItemType::of::<S::Out>(),
+            side_input,
             restarts,
             configure,
-        );
+        });
     }
 
     pub fn kind(&self, name: &str) -> Option<&Kind> {
@@ -147,24 +207,8 @@ impl Registry {
         self.kinds.values()
     }
 
-    fn insert(
-        &mut self,
-        name: &str,
-        summary: &str,
-        input: Option<ItemType>,
-        output: ItemType,
-        restarts: Restarts,
-        configure: Configure,
-    ) {
-        let kind = Kind {
-            name: name.to_string(),
-            summary: summary.to_string(),
-            input,
-            output,
-            restarts,
-            configure,
-        };
-        self.kinds.insert(name.to_string(), kind);
+    fn insert(&mut self, kind: Kind) {
+        self.kinds.insert(kind.name.clone(), kind);
     }
 }
 
