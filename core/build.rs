@@ -1,11 +1,66 @@
 //! Build script of clipflow-core: libtorch link flags for its tests (see
-//! build/torch_link.rs) and the C++ shim in shim/, compiled against the same
-//! libtorch headers tch uses.
+//! build/torch_link.rs), the C++ shim in shim/, compiled against the same
+//! libtorch headers tch uses, and OpenCLIP's BPE vocabulary, copied from the
+//! installed open_clip package for the tokenizer to embed.
 include!("../build/torch_link.rs");
 
 fn main() {
     link_torch();
     build_shim();
+    copy_bpe_vocab();
+}
+
+/// The BPE merge list that ships with OpenCLIP.
+const BPE_VOCAB_FILE: &str = "bpe_simple_vocab_16e6.txt.gz";
+
+/// Copies OpenCLIP's BPE vocabulary into OUT_DIR, where
+/// core/src/tokenizer/clip_bpe.rs includes it: a built binary needs no
+/// Python package to tokenize. Read from the open_clip package of the
+/// Python environment `CLIPFLOW_VENV` names, else of `python3`.
+fn copy_bpe_vocab() {
+    println!("cargo:rerun-if-env-changed=CLIPFLOW_VENV");
+    let package = open_clip_dir();
+    let source = package.join(BPE_VOCAB_FILE);
+    println!("cargo:rerun-if-changed={}", source.display());
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    std::fs::copy(&source, out_dir.join(BPE_VOCAB_FILE)).unwrap_or_else(|error| {
+        panic!(
+            "copying OpenCLIP's BPE vocabulary {}: {error}; run scripts/setup.sh, which \
+             installs open_clip_torch",
+            source.display()
+        )
+    });
+}
+
+/// The installed `open_clip` package's folder.
+fn open_clip_dir() -> std::path::PathBuf {
+    if let Ok(venv) = std::env::var("CLIPFLOW_VENV") {
+        let lib = std::path::Path::new(&venv).join("lib");
+        let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
+            entries
+                .filter_map(|entry| entry.ok())
+                .filter(|entry| entry.file_name().to_string_lossy().starts_with("python"))
+                .map(|entry| entry.path().join("site-packages/open_clip"))
+                .find(|package| package.join(BPE_VOCAB_FILE).is_file())
+        });
+        if let Some(package) = found {
+            return package;
+        }
+    }
+    let python = std::env::var("PYTHON_SYS_EXECUTABLE").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('open_clip').origin))",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("running {python} to find open_clip: {e}; run scripts/setup.sh"));
+    assert!(
+        out.status.success(),
+        "{python} cannot find the open_clip package (open_clip_torch), whose BPE vocabulary \
+         clipflow embeds; run scripts/setup.sh (or set CLIPFLOW_VENV)"
+    );
+    String::from_utf8_lossy(&out.stdout).trim().into()
 }
 
 /// Compiles shim/*.cpp into a static library that core/src/shim.rs,

@@ -1,5 +1,7 @@
 //! `clipflow tokenize` prints, one line per stdin line, the ids
-//! `open_clip.get_tokenizer(model)` gives (context length included).
+//! `open_clip.get_tokenizer(model)` gives (context length included), run
+//! with no Python environment in reach: the BPE vocabulary is in the
+//! binary.
 
 mod common;
 
@@ -10,6 +12,8 @@ fn clipflow_tokenize(args: &[&str], input: &str) -> String {
     let mut child = Command::new(common::clipflow_bin())
         .arg("tokenize")
         .args(args)
+        .env_remove("CLIPFLOW_VENV")
+        .env("PATH", "")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

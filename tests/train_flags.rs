@@ -1,8 +1,10 @@
 //! `clipflow train` flags against OpenCLIP 3.3.0's own parser: for the same
 //! argv, `TrainArgs::to_open_clip_namespace` must equal
 //! `vars(open_clip_train.params.parse_args(argv))`; bad values must fail with
-//! an error naming the flag; and `clipflow train --help` must list every flag
-//! of the user's flag reference.
+//! an error naming the flag; `clipflow train --help` must list every flag
+//! of the user's flag reference; and docs/train-flags.md has a row for
+//! exactly the flags of `--help`, marking rejected exactly the ones
+//! `clipflow train` refuses.
 
 mod common;
 
@@ -271,8 +273,8 @@ fn every_seed_flag_is_exercised() {
     }
 }
 
-#[test]
-fn train_help_lists_every_seed_flag() {
+/// The flags `clipflow train --help` lists.
+fn train_help_flags() -> Vec<String> {
     let out = std::process::Command::new(common::clipflow_bin())
         .args(["train", "--help"])
         .output()
@@ -282,7 +284,12 @@ fn train_help_lists_every_seed_flag() {
         "clipflow train --help failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let help_flags = long_flags(&String::from_utf8_lossy(&out.stdout));
+    long_flags(&String::from_utf8_lossy(&out.stdout))
+}
+
+#[test]
+fn train_help_lists_every_seed_flag() {
+    let help_flags = train_help_flags();
     // Independent of the seed: a flag known to be there, so this test fails
     // if the train subcommand stops flattening TrainArgs.
     assert!(
@@ -431,4 +438,64 @@ fn flags_clipflow_cannot_honour_are_reported_with_a_reason() {
     for unsupported in args.unsupported_flags() {
         assert!(unsupported.to_string().contains(unsupported.flag));
     }
+}
+
+/// Each flag row of docs/train-flags.md: the flag and its clipflow column.
+fn flag_reference_rows() -> Vec<(String, String)> {
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/train-flags.md");
+    let text = std::fs::read_to_string(&reference).unwrap();
+    text.lines()
+        .filter_map(|line| {
+            // `--topology FILE`: the flag, not its value's name.
+            let flag = line.strip_prefix("| `--")?.split(['`', ' ']).next()?;
+            let status = line.trim_end_matches('|').rsplit(" | ").next()?;
+            Some((format!("--{flag}"), status.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The flags `clipflow train` refuses when `argv` alone is given.
+fn refused(argv: &[&str]) -> Option<Vec<&'static str>> {
+    let args = parse_train_args(argv).ok()?;
+    Some(args.unsupported_flags().iter().map(|u| u.flag).collect())
+}
+
+#[test]
+fn the_flag_reference_has_every_flag_and_says_which_are_refused() {
+    let mut help_flags = train_help_flags();
+    help_flags.retain(|flag| flag != "--help");
+    help_flags.sort();
+    let rows = flag_reference_rows();
+    let mut documented: Vec<String> = rows.iter().map(|(flag, _)| flag.clone()).collect();
+    documented.sort();
+    assert_eq!(
+        documented, help_flags,
+        "docs/train-flags.md's rows are not the flags of clipflow train --help"
+    );
+    // A switch is rejected in the reference exactly when clipflow refuses
+    // it; the flags whose values clipflow partly refuses are tried with one
+    // it refuses (bitsandbytes' layers, timm's pipeline and optimisers).
+    let refused_values = [
+        ("--use-bnb-linear", "Linear8bitLt"),
+        ("--aug-cfg", "use_timm=True"),
+        ("--opt", "timm/adamp"),
+    ];
+    let mut checked = 0;
+    for (flag, status) in &rows {
+        let value = refused_values.iter().find(|(f, _)| f == flag);
+        let refusals = match value {
+            Some((_, value)) => refused(&[flag.as_str(), value]),
+            None => refused(&[flag.as_str()]),
+        };
+        // A flag that needs a value (or is clipflow's own command's).
+        let Some(refusals) = refusals else { continue };
+        checked += 1;
+        let is_refused = refusals.iter().any(|r| r.starts_with(flag.as_str()));
+        let says_rejected = status.contains("rejected");
+        assert_eq!(
+            says_rejected, is_refused,
+            "{flag}: the reference says {status:?}, clipflow refuses {refusals:?}"
+        );
+    }
+    assert!(checked > 25, "only {checked} flags could be tried alone");
 }

@@ -4,13 +4,12 @@
 //! A caption is cleaned (see [`clean_caption`]), lower-cased, split into
 //! words, numbers and punctuation runs, and each piece's UTF-8 bytes are
 //! merged by byte-level BPE into vocabulary ids. The vocabulary is the
-//! `bpe_simple_vocab_16e6.txt.gz` merge list that ships with OpenCLIP; it is
-//! read from the installed `open_clip` package at run time.
+//! `bpe_simple_vocab_16e6.txt.gz` merge list that ships with OpenCLIP,
+//! copied from the installed `open_clip` package when clipflow is built and
+//! embedded in the binary.
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::RwLock;
 
 use anyhow::{bail, Context, Result};
@@ -20,8 +19,11 @@ use regex::Regex;
 use super::text_fixer::clean_caption;
 use super::TextTokenizer;
 
-/// File name of the BPE merge list inside the `open_clip` package.
-pub const OPEN_CLIP_VOCAB_FILE: &str = "bpe_simple_vocab_16e6.txt.gz";
+/// OpenCLIP's BPE merge list (`bpe_simple_vocab_16e6.txt.gz`), copied
+/// from the installed `open_clip` package when clipflow is built
+/// (core/build.rs), so that the binary needs no Python package.
+const OPEN_CLIP_VOCAB: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/bpe_simple_vocab_16e6.txt.gz"));
 
 /// How many merges of the list CLIP uses: a vocabulary of 49,408 =
 /// 256 bytes + 256 word-final bytes + these merges + 2 special tokens.
@@ -36,56 +38,6 @@ const END_OF_WORD: &str = "</w>";
 /// The BPE results kept per distinct word; past this the cache starts over,
 /// so memory stays bounded on endless streams of captions.
 const MAX_CACHED_WORDS: usize = 1 << 20;
-
-/// Finds OpenCLIP's BPE vocabulary: first in the Python environment named by
-/// `CLIPFLOW_VENV` (`lib/python*/site-packages/open_clip/`), then wherever
-/// `python3` imports `open_clip` from.
-pub fn locate_open_clip_vocab() -> Result<PathBuf> {
-    if let Some(venv) = std::env::var_os("CLIPFLOW_VENV") {
-        if let Some(found) = find_vocab_in_venv(Path::new(&venv)) {
-            return Ok(found);
-        }
-    }
-    let output = Command::new("python3")
-        .args([
-            "-c",
-            "import os, open_clip; print(os.path.dirname(open_clip.__file__))",
-        ])
-        .output();
-    let package_dir = match output {
-        Ok(output) if output.status.success() => {
-            PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
-        }
-        _ => bail!(
-            "cannot find OpenCLIP's BPE vocabulary ({OPEN_CLIP_VOCAB_FILE}): CLIPFLOW_VENV does \
-             not point to a Python environment with open_clip_torch installed, and \
-             `python3 -c 'import open_clip'` failed; install open_clip_torch or set CLIPFLOW_VENV"
-        ),
-    };
-    let vocab = package_dir.join(OPEN_CLIP_VOCAB_FILE);
-    if !vocab.is_file() {
-        bail!(
-            "the open_clip package at {} has no {OPEN_CLIP_VOCAB_FILE}",
-            package_dir.display()
-        );
-    }
-    Ok(vocab)
-}
-
-/// `<venv>/lib/python*/site-packages/open_clip/<vocab>`, if present.
-fn find_vocab_in_venv(venv: &Path) -> Option<PathBuf> {
-    let lib = std::fs::read_dir(venv.join("lib")).ok()?;
-    lib.filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("python"))
-        .map(|entry| {
-            entry
-                .path()
-                .join("site-packages")
-                .join("open_clip")
-                .join(OPEN_CLIP_VOCAB_FILE)
-        })
-        .find(|candidate| candidate.is_file())
-}
 
 /// Whether a byte is a printable Latin-1 character that stands for itself
 /// in GPT-2's byte-to-character map.
@@ -143,25 +95,20 @@ pub struct ClipTokenizer {
 }
 
 impl ClipTokenizer {
-    /// Loads OpenCLIP's vocabulary from the installed package
-    /// ([`locate_open_clip_vocab`]).
+    /// The tokenizer of OpenCLIP's vocabulary (embedded in the binary).
     pub fn new() -> Result<ClipTokenizer> {
-        ClipTokenizer::from_vocab_file(&locate_open_clip_vocab()?)
+        ClipTokenizer::from_gzipped(OPEN_CLIP_VOCAB, "OpenCLIP's BPE vocabulary")
     }
 
-    /// Loads a gzipped BPE merge list in OpenCLIP's format: a header line,
-    /// then one merge (`left right`) per line.
-    pub fn from_vocab_file(path: &Path) -> Result<ClipTokenizer> {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("opening BPE vocabulary {}", path.display()))?;
+    /// Loads the gzipped BPE merge list `bytes` in OpenCLIP's format (a
+    /// header line, then one merge `left right` per line); `what` names it
+    /// in errors.
+    fn from_gzipped(bytes: &[u8], what: &str) -> Result<ClipTokenizer> {
         let mut text = String::new();
-        GzDecoder::new(file)
+        GzDecoder::new(bytes)
             .read_to_string(&mut text)
-            .with_context(|| {
-                format!("reading BPE vocabulary {} (gzipped UTF-8)", path.display())
-            })?;
-        ClipTokenizer::from_merges_text(&text)
-            .with_context(|| format!("parsing BPE vocabulary {}", path.display()))
+            .with_context(|| format!("reading {what} (gzipped UTF-8)"))?;
+        ClipTokenizer::from_merges_text(&text).with_context(|| format!("parsing {what}"))
     }
 
     fn from_merges_text(text: &str) -> Result<ClipTokenizer> {

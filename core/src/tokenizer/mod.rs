@@ -18,7 +18,7 @@ mod text_fixer;
 
 use tch::Tensor;
 
-pub use clip_bpe::{locate_open_clip_vocab, ClipTokenizer, OPEN_CLIP_VOCAB_FILE};
+pub use clip_bpe::ClipTokenizer;
 pub use hf_tokenizer::HfTokenizer;
 pub use text_fixer::clean_caption;
 
