@@ -11,13 +11,25 @@
 //!   lines before the next "Start epoch");
 //! - the first step of a later epoch waits for its data no longer than a
 //!   median step takes (the reader is into the next epoch while the last
-//!   batches of one train).
+//!   batches of one train);
+//! - a slow stage of a program's own beside the logger (a fan-out sibling)
+//!   slows the run to its pace, and the logger never runs more than that
+//!   stage's queue ahead of it.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use clipflow::topology_files;
+use clipflow::train_args::parse_train_args;
+use clipflow::training::run_with_kinds;
+use clipflow_actors::runtime::{Emitter, Stage};
+use clipflow_actors::topology::{Registry, Restarts};
+use clipflow_actors::train_events::TrainEvent;
 use clipflow_core::weights::read_weights;
 use common::{clipflow_bin, make_scenes, scenes_csv};
 
@@ -210,4 +222,115 @@ fn a_later_epochs_first_step_waits_no_longer_for_data_than_a_median_step() {
             "epoch {epoch}'s first step waited {data_time} s for data, a median step takes {median} s"
         );
     }
+}
+
+/// A stage of a program's own beside the logger: it takes each step's
+/// event slowly, and notes how many steps out.log already shows.
+struct SlowWatcher {
+    out_log: PathBuf,
+    steps_seen: u64,
+    /// The most steps out.log showed beyond the ones this stage had seen.
+    max_logged_ahead: Arc<AtomicU64>,
+}
+
+/// What the watcher takes per step.
+const WATCH_DELAY: Duration = Duration::from_millis(60);
+
+impl Stage for SlowWatcher {
+    type In = TrainEvent;
+    type Out = ();
+
+    fn process(&mut self, event: TrainEvent, _out: &mut Emitter<()>) -> anyhow::Result<()> {
+        if let TrainEvent::Step(_) = event {
+            self.steps_seen += 1;
+            let log = std::fs::read_to_string(&self.out_log).unwrap_or_default();
+            let logged = log.matches("Train Epoch:").count() as u64;
+            let ahead = logged.saturating_sub(self.steps_seen);
+            self.max_logged_ahead.fetch_max(ahead, Ordering::SeqCst);
+            std::thread::sleep(WATCH_DELAY);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_slow_sibling_of_the_logger_slows_the_run_and_nothing_runs_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shards, _) = scenes(dir.path());
+    let logs = dir.path().join("logs");
+    // The step executor's events fan out to a fourth stage, with a queue
+    // of two; each of the epoch's 24 steps (batches of 8) waits for it.
+    let topology = dir.path().join("watched.toml");
+    std::fs::write(
+        &topology,
+        "extends = \"train.toml\"\n\n[stages.watcher]\nkind = \"slow-watcher\"\n\
+         inputs = [\"step-executor\"]\ncapacity = 2\n",
+    )
+    .unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join(TINY_VIT);
+    let logs_text = logs.to_str().unwrap();
+    let args = parse_train_args([
+        "--model",
+        model.to_str().unwrap(),
+        "--train-data",
+        &shards,
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--log-every-n-steps",
+        "1",
+        "--logs",
+        logs_text,
+        "--name",
+        "watched",
+    ])
+    .unwrap();
+    let max_logged_ahead = Arc::new(AtomicU64::new(0));
+    let ahead = Arc::clone(&max_logged_ahead);
+    let out_log = logs.join("watched/out.log");
+    let add_kinds = move |registry: &mut Registry| {
+        let (ahead, out_log) = (Arc::clone(&ahead), out_log.clone());
+        registry.register_stage(
+            "slow-watcher",
+            "takes each step's event slowly",
+            Restarts::Forbidden,
+            move |_settings| {
+                let (ahead, out_log) = (Arc::clone(&ahead), out_log.clone());
+                Ok(move |_worker| {
+                    Ok(SlowWatcher {
+                        out_log: out_log.clone(),
+                        steps_seen: 0,
+                        max_logged_ahead: Arc::clone(&ahead),
+                    })
+                })
+            },
+        );
+    };
+    let started = Instant::now();
+    let summary = run_with_kinds(
+        args,
+        None,
+        topology_files::read(&topology).unwrap(),
+        &add_kinds,
+    )
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(summary.losses.len(), 24, "one logged loss a step");
+    assert!(
+        took >= WATCH_DELAY * 24,
+        "24 steps at the watcher's pace took only {took:?}"
+    );
+    // The fan-out sends each event to every sibling in turn: the logger
+    // never gets more than the watcher's queue and the one in its hands
+    // ahead of it.
+    let ahead = max_logged_ahead.load(Ordering::SeqCst);
+    assert!(
+        ahead <= 3,
+        "out.log ran {ahead} steps ahead of the slow stage"
+    );
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use clipflow_actors::kinds::{register_training_kinds, standard_registry, TrainingStages};
 use clipflow_actors::step_executor::TrainerHandover;
-use clipflow_actors::topology::Topology;
+use clipflow_actors::topology::{Registry, Topology};
 use clipflow_actors::train_events::RunPlan;
 
 use crate::commands::bench::topology_flags;
@@ -56,6 +56,18 @@ pub fn run_with(
     labels: Option<ZeroShotLabels>,
     topology: TopologySources,
 ) -> Result<RunSummary> {
+    run_with_kinds(args, labels, topology, &|_| {})
+}
+
+/// [`run_with`], with kinds of a program's own (`add_kinds` registers
+/// them) that `topology` may use beside clipflow's: a stage that takes the
+/// step executor's events, say, as a sibling of the logger.
+pub fn run_with_kinds(
+    args: TrainArgs,
+    labels: Option<ZeroShotLabels>,
+    topology: TopologySources,
+    add_kinds: &dyn Fn(&mut Registry),
+) -> Result<RunSummary> {
     let args = args
         .resolve_defaults_and_validate()
         .unwrap_or_else(|e| e.exit());
@@ -65,7 +77,7 @@ pub fn run_with(
         bail!("{}", lines.join("\n"));
     }
     let mut run = setup::prepare(&args, labels, &topology)?;
-    let result = train(&args, &mut run, &topology);
+    let result = train(&args, &mut run, &topology, add_kinds);
     let finished = run.finish();
     result.and(finished)?;
     let log = run.logger.lock();
@@ -76,7 +88,12 @@ pub fn run_with(
     })
 }
 
-fn train(args: &TrainArgs, run: &mut setup::PreparedRun, topology: &TopologySources) -> Result<()> {
+fn train(
+    args: &TrainArgs,
+    run: &mut setup::PreparedRun,
+    topology: &TopologySources,
+    add_kinds: &dyn Fn(&mut Registry),
+) -> Result<()> {
     let trainer = run.take_trainer()?;
     let Some(epoch_size) = run.epoch_size else {
         // No training data: evaluate the model once, as OpenCLIP does.
@@ -97,7 +114,7 @@ fn train(args: &TrainArgs, run: &mut setup::PreparedRun, topology: &TopologySour
     };
     let handover = TrainerHandover::default();
     handover.give(trainer)?;
-    run_graph_of_run(args, run, &handover, plan, topology)?;
+    run_graph_of_run(args, run, &handover, plan, topology, add_kinds)?;
     handover.take_back()?;
     Ok(())
 }
@@ -109,6 +126,7 @@ fn run_graph_of_run(
     trainer: &TrainerHandover,
     plan: RunPlan,
     topology: &TopologySources,
+    add_kinds: &dyn Fn(&mut Registry),
 ) -> Result<()> {
     let mut flags = topology_flags(args);
     flags.set("epoch", &plan.first_epoch.to_string());
@@ -137,6 +155,7 @@ fn run_graph_of_run(
             logger: run.logger.clone(),
         },
     );
+    add_kinds(&mut registry);
     let checked = Topology::check(topology, &flags, &registry)?;
     let mut graph = checked.into_graph()?;
     graph.show_live_status(args.debug && std::io::stderr().is_terminal());
