@@ -2,7 +2,7 @@
 //! plus tools around it (`quickstart`, `embed`, `tokenize`, `convert`,
 //! `models`, `run`, `bench`, `make-scenes`).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use clipflow::commands::{
     bench, check, convert, embed, make_scenes, models, quickstart, run, tokenize, train,
 };
@@ -103,8 +103,38 @@ fn run_traced(command: Command) -> anyhow::Result<()> {
     result
 }
 
+/// What `clipflow --version` prints: clipflow's version, the libtorch it
+/// was built against, and whether CUDA and NCCL are usable here.
+fn long_version() -> String {
+    let devices = if tch::Cuda::is_available() {
+        tch::Cuda::device_count()
+    } else {
+        0
+    };
+    let cuda = match devices {
+        0 => "not available (no CUDA device, or a CPU-only libtorch)".to_string(),
+        n => format!("available, {n} device(s)"),
+    };
+    let nccl = match (clipflow_core::shim::nccl_built(), devices) {
+        (false, _) => "not built (NCCL's headers were missing when clipflow was built)",
+        (true, 0) => "built, not usable without a CUDA device",
+        (true, _) => "usable",
+    };
+    format!(
+        "{}\nlibtorch {}\nCUDA: {cuda}\nNCCL: {nccl}",
+        env!("CARGO_PKG_VERSION"),
+        clipflow_core::shim::torch_version()
+    )
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let mut command = Cli::command();
+    // Only asked for is CUDA looked at (it takes a while on a GPU host).
+    if std::env::args().any(|arg| arg == "--version") {
+        let text: &'static str = Box::leak(long_version().into_boxed_str());
+        command = command.long_version(text);
+    }
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     let telemetry = match Telemetry::start(&cli.telemetry, cli.command.name()) {
         Ok(telemetry) => telemetry,
         Err(err) => {

@@ -93,6 +93,8 @@ struct AllReduceSumWithGrad
 
 extern "C" {
 
+bool clipflow_nccl_built() { return clipflow_shim::nccl_backend_built(); }
+
 typedef struct ProcessGroupHandle clipflow_process_group;
 typedef c10d::Reducer clipflow_reducer;
 

@@ -16,4 +16,7 @@ c10::intrusive_ptr<c10d::Backend>
 make_nccl_backend(const c10::intrusive_ptr<c10d::Store> &store, int rank,
                   int world_size, std::chrono::milliseconds timeout);
 
+// Whether this build has the NCCL backend.
+bool nccl_backend_built();
+
 } // namespace clipflow_shim

@@ -14,6 +14,7 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/_foreach_add.h>
 #include <ATen/ops/_fused_adamw.h>
+#include <torch/headeronly/version.h>
 
 #include <vector>
 
@@ -36,6 +37,8 @@ c10::DeviceType autocast_device_type(int device_type) {
 extern "C" {
 
 void clipflow_shim_free_error(char *message) { std::free(message); }
+
+const char *clipflow_torch_version() { return TORCH_VERSION; }
 
 char *clipflow_autocast_is_enabled(int device_type, bool *enabled) {
   return catch_errors([&] {

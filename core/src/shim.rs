@@ -8,6 +8,8 @@
 //! - [`fused_adamw_step`]: one step of `torch.optim.AdamW(fused=True)`
 //!   through libtorch's fused kernel (`_fused_adamw_`, on CPU and CUDA).
 //!
+//! - [`torch_version`] and [`nccl_built`]: what clipflow was built with.
+//!
 //! Activation checkpointing, also in the shim, has its own module:
 //! [`crate::checkpoint`].
 //!
@@ -20,6 +22,22 @@ use std::marker::PhantomData;
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
+/// The version of the libtorch clipflow was built against (its headers'
+/// `TORCH_VERSION`, e.g. `2.11.0`).
+pub fn torch_version() -> &'static str {
+    // SAFETY: the shim returns a string literal, static and NUL-terminated.
+    unsafe { CStr::from_ptr(clipflow_torch_version()) }
+        .to_str()
+        .unwrap_or("unknown")
+}
+
+/// Whether this build has c10d's NCCL backend (NCCL's and CUDA's headers
+/// were found when it was built).
+pub fn nccl_built() -> bool {
+    // SAFETY: a plain function of no arguments.
+    unsafe { clipflow_nccl_built() }
+}
+
 /// What tch's `C_tensor` handles point to: an `at::Tensor`, opaque here.
 #[repr(C)]
 pub(crate) struct AtTensor {
@@ -28,6 +46,8 @@ pub(crate) struct AtTensor {
 
 extern "C" {
     fn clipflow_shim_free_error(message: *mut c_char);
+    fn clipflow_torch_version() -> *const c_char;
+    fn clipflow_nccl_built() -> bool;
     fn clipflow_autocast_is_enabled(device_type: c_int, enabled: *mut bool) -> *mut c_char;
     fn clipflow_autocast_set_enabled(device_type: c_int, enabled: bool) -> *mut c_char;
     fn clipflow_autocast_dtype(device_type: c_int, scalar_type: *mut c_int) -> *mut c_char;
