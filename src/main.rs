@@ -1,10 +1,11 @@
 //! The `clipflow` command: a drop-in for `python -m open_clip_train.main`
 //! plus tools around it (`quickstart`, `embed`, `tokenize`, `convert`,
-//! `models`, `run`, `bench`, `make-scenes`).
+//! `models`, `run`, `check`, `bench`, `make-scenes`, `doctor`), and
+//! `--version` with the libtorch it was built against.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use clipflow::commands::{
-    bench, check, convert, embed, make_scenes, models, quickstart, run, tokenize, train,
+    bench, check, convert, doctor, embed, make_scenes, models, quickstart, run, tokenize, train,
 };
 use clipflow::telemetry::{Telemetry, TelemetryArgs};
 
@@ -45,6 +46,9 @@ enum Command {
     /// Write the quickstart's dataset: rendered shapes with captions as
     /// WebDataset shards, and a held-out zero-shot set.
     MakeScenes(make_scenes::MakeScenesArgs),
+    /// Check this machine before a long run: libtorch, CUDA devices, NCCL,
+    /// the HuggingFace cache, write access and free disk under --logs.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// True when stdout's reader went away (`clipflow models | head`): not an error.
@@ -67,6 +71,7 @@ impl Command {
             Command::Check(_) => "check",
             Command::Bench(_) => "bench",
             Command::MakeScenes(_) => "make-scenes",
+            Command::Doctor(_) => "doctor",
         }
     }
 
@@ -82,6 +87,7 @@ impl Command {
             Command::Check(args) => check::run(&args),
             Command::Bench(args) => bench::run(args),
             Command::MakeScenes(args) => make_scenes::run(&args),
+            Command::Doctor(args) => doctor::run(&args),
         }
     }
 }
@@ -106,20 +112,12 @@ fn run_traced(command: Command) -> anyhow::Result<()> {
 /// What `clipflow --version` prints: clipflow's version, the libtorch it
 /// was built against, and whether CUDA and NCCL are usable here.
 fn long_version() -> String {
-    let devices = if tch::Cuda::is_available() {
-        tch::Cuda::device_count()
-    } else {
-        0
-    };
+    let devices = doctor::cuda_devices();
     let cuda = match devices {
         0 => "not available (no CUDA device, or a CPU-only libtorch)".to_string(),
         n => format!("available, {n} device(s)"),
     };
-    let nccl = match (clipflow_core::shim::nccl_built(), devices) {
-        (false, _) => "not built (NCCL's headers were missing when clipflow was built)",
-        (true, 0) => "built, not usable without a CUDA device",
-        (true, _) => "usable",
-    };
+    let nccl = doctor::nccl_state(devices);
     format!(
         "{}\nlibtorch {}\nCUDA: {cuda}\nNCCL: {nccl}",
         env!("CARGO_PKG_VERSION"),

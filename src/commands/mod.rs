@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod convert;
+pub mod doctor;
 pub mod embed;
 pub mod make_scenes;
 pub mod models;
