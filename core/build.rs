@@ -64,7 +64,7 @@ fn open_clip_dir() -> std::path::PathBuf {
 }
 
 /// Compiles shim/*.cpp into a static library that core/src/shim.rs,
-/// core/src/checkpoint.rs and core/src/distributed.rs bind.
+/// core/src/activation_checkpoint.rs and core/src/distributed.rs bind.
 fn build_shim() {
     let torch_include = torch_lib_dir().join("..").join("include");
     println!("cargo:rerun-if-changed=shim");

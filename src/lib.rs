@@ -4,10 +4,10 @@
 //! share.
 
 pub mod commands;
+pub mod model_setup;
 pub mod plot;
 pub mod remote_sync;
 pub mod run_config;
-pub mod runtime;
 pub mod telemetry;
 pub mod topology_files;
 pub mod train_args;

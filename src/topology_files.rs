@@ -1,7 +1,9 @@
 //! The topology files the commands run: one a user names (`--topology
 //! FILE`), or else the one of that name in clipflow's `topologies/` folder,
 //! read when the command starts (nothing is compiled into the binary), with
-//! the files each extends (looked for beside it, then in that folder).
+//! the files each extends (looked for beside it, then in that folder); the
+//! flags of `clipflow train` they take ([`topology_flags`]); and running
+//! the graph of one ([`run_graph`]).
 //!
 //! The folder is looked for beside the binary (`BIN_DIR/topologies/`), in
 //! an install prefix (`BIN_DIR/../share/clipflow/topologies/`), and in the
@@ -10,8 +12,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
-use clipflow_actors::topology::TopologySources;
+use anyhow::{bail, Context, Result};
+use clipflow_actors::runtime::{Graph, RunError, RunReport};
+use clipflow_actors::topology::{FlagValues, TopologySources};
+
+use crate::train_args::TrainArgs;
 
 /// The file `path` names (a user's), else `name` from clipflow's
 /// `topologies/` folder.
@@ -64,6 +69,96 @@ pub fn copy_names(sources: &TopologySources) -> Vec<(String, &str)> {
         names.push((name, file.text.as_str()));
     }
     names
+}
+
+/// Runs `graph` to its end. When a stage fails, prints the per-stage summary
+/// (so the user sees where it stopped) and returns the stage's error with
+/// the topology's name and `stopped` (what the failure stopped) as context.
+pub fn run_graph(graph: Graph, topology: &str, stopped: &str) -> Result<RunReport> {
+    match graph.run() {
+        Ok(report) => Ok(report),
+        Err(RunError::StageFailed {
+            stage,
+            error,
+            report,
+        }) => {
+            eprintln!("{report}");
+            Err(error).with_context(|| format!("{topology}: stage '{stage}' failed; {stopped}"))
+        }
+        Err(error) => Err(error).with_context(|| topology.to_string()),
+    }
+}
+
+/// The topology flags `clipflow train`'s flags stand for. `--workers 0`
+/// (OpenCLIP: load in the main process) runs one worker thread per stage.
+pub fn topology_flags(train: &TrainArgs) -> FlagValues {
+    let mut flags = FlagValues::new();
+    let join = |values: &[f64]| {
+        values
+            .iter()
+            .map(f64::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let aug_cfg: Vec<String> = train
+        .aug_cfg
+        .iter()
+        .map(|entry| {
+            let literal = entry.literal.to_string().replace(' ', "");
+            format!("{}={literal}", entry.setting.key())
+        })
+        .collect();
+    let pin_memory = train.device.starts_with("cuda") && tch::Cuda::is_available();
+    for (name, value) in [
+        ("train-data", train.train_data.clone().unwrap_or_default()),
+        ("dataset-type", train.dataset_type.as_str().to_string()),
+        ("dataset-resampled", train.dataset_resampled.to_string()),
+        (
+            "train-data-upsampling-factors",
+            train
+                .train_data_upsampling_factors
+                .clone()
+                .unwrap_or_default(),
+        ),
+        (
+            "train-num-samples",
+            train.train_num_samples.unwrap_or(0).to_string(),
+        ),
+        ("csv-separator", train.csv_separator.clone()),
+        ("csv-img-key", train.csv_img_key.clone()),
+        ("csv-caption-key", train.csv_caption_key.clone()),
+        ("batch-size", train.batch_size.to_string()),
+        ("workers", train.workers.max(1).to_string()),
+        ("model", train.model.clone()),
+        ("seed", train.seed.to_string()),
+        ("aug-cfg", aug_cfg.join(" ")),
+        (
+            "image-mean",
+            train.image_mean.as_deref().map(join).unwrap_or_default(),
+        ),
+        (
+            "image-std",
+            train.image_std.as_deref().map(join).unwrap_or_default(),
+        ),
+        (
+            "image-interpolation",
+            train
+                .image_interpolation
+                .map(|i| i.as_str().to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "image-resize-mode",
+            train
+                .image_resize_mode
+                .map(|m| m.as_str().to_string())
+                .unwrap_or_default(),
+        ),
+        ("pin-memory", pin_memory.to_string()),
+    ] {
+        flags.set(name, &value);
+    }
+    flags
 }
 
 /// Where clipflow's `topologies/` folder may be, in the order looked in.

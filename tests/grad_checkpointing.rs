@@ -1,4 +1,4 @@
-//! `--grad-checkpointing`: the checkpoint primitive (core/src/checkpoint.rs
+//! `--grad-checkpointing`: the checkpoint primitive (core/src/activation_checkpoint.rs
 //! over the C++ shim) and the model's checkpointed residual blocks.
 //!
 //! Checkpointing must not change any number: the recomputation runs the same
@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use clipflow_core::checkpoint::checkpoint;
+use clipflow_core::activation_checkpoint::checkpoint;
 use clipflow_core::collective::SingleProcess;
 use clipflow_core::loss::{ClipLoss, ClipLossOptions, CoCaLoss, Loss, LossInputs};
 use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};

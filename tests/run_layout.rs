@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
-use clipflow_core::train::checkpoint::{
+use clipflow_core::train::run_folder::{
     checkpoint_dict, default_run_name, latest_checkpoint, natural_key, python_float, resume_latest,
     write_params_txt, CheckpointAction, CheckpointPolicy, RunNameFields, RunPaths,
 };

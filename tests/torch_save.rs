@@ -6,7 +6,7 @@
 
 mod common;
 
-use clipflow_core::train::checkpoint::checkpoint_dict;
+use clipflow_core::train::run_folder::checkpoint_dict;
 use clipflow_core::weights::{read_checkpoint, write_torch_checkpoint, Value};
 use common::model::{assert_same_features, build, config_path};
 use serde_json::{json, Value as Json};

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clipflow_core::train::checkpoint::step_checkpoint_file_name;
+use clipflow_core::train::run_folder::step_checkpoint_file_name;
 use clipflow_core::weights::read_weights;
 use common::parity::series;
 use common::{make_scenes, run_clipflow, TINY_TRAIN_CONFIG};

@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clipflow_core::train::checkpoint::{
+use clipflow_core::train::run_folder::{
     checkpoint_dict, step_checkpoint_dict, step_checkpoint_file_name, CheckpointAction,
     CheckpointPolicy, DataPosition,
 };

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clipflow_core::object_stores::{open_store, IoRuntime, Location};
-use clipflow_core::train::checkpoint::natural_key;
+use clipflow_core::train::run_folder::natural_key;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};

@@ -22,7 +22,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clipflow_core::collective::Collective;
 use clipflow_core::distributed::ProcessGroup;
-use clipflow_core::train::checkpoint::DataPosition;
+use clipflow_core::train::run_folder::DataPosition;
 use clipflow_core::train::snapshot::TrainerSnapshot;
 use clipflow_core::train::trainer::Trainer;
 use crossbeam_channel::{bounded, Receiver, Sender};

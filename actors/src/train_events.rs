@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use clipflow_core::train::checkpoint::DataPosition;
+use clipflow_core::train::run_folder::DataPosition;
 use clipflow_core::train::snapshot::TrainerSnapshot;
 use clipflow_core::train::trainer::StepReport;
 

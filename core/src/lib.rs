@@ -5,7 +5,7 @@
 //! image transforms and weight-file formats. Knows nothing of actors or the
 //! CLI.
 
-pub mod checkpoint;
+pub mod activation_checkpoint;
 pub mod collective;
 pub mod data;
 pub mod distributed;

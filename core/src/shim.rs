@@ -11,7 +11,7 @@
 //! - [`torch_version`] and [`nccl_built`]: what clipflow was built with.
 //!
 //! Activation checkpointing, also in the shim, has its own module:
-//! [`crate::checkpoint`].
+//! [`crate::activation_checkpoint`].
 //!
 //! Errors raised inside libtorch come back as `anyhow` errors, never aborts.
 //! Autocast state is per thread, like libtorch's, so the guard is not `Send`.

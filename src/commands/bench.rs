@@ -16,11 +16,10 @@ use anyhow::Result;
 use clap::Subcommand;
 use clipflow_actors::batcher::LoadingLedger;
 use clipflow_actors::kinds::{register_batcher, standard_registry};
-use clipflow_actors::topology::{FlagValues, Topology};
+use clipflow_actors::topology::Topology;
 use serde_json::json;
 
-use crate::runtime::run_graph;
-use crate::topology_files;
+use crate::topology_files::{self, run_graph, topology_flags};
 use crate::train_args::TrainArgs;
 
 /// The loading topology in clipflow's topologies/ folder that `clipflow
@@ -100,78 +99,6 @@ fn bench_data(args: BenchDataArgs) -> Result<()> {
     });
     println!("{summary}");
     Ok(())
-}
-
-/// The topology flags `clipflow train`'s flags stand for. `--workers 0`
-/// (OpenCLIP: load in the main process) runs one worker thread per stage.
-pub(crate) fn topology_flags(train: &TrainArgs) -> FlagValues {
-    let mut flags = FlagValues::new();
-    let join = |values: &[f64]| {
-        values
-            .iter()
-            .map(f64::to_string)
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let aug_cfg: Vec<String> = train
-        .aug_cfg
-        .iter()
-        .map(|entry| {
-            let literal = entry.literal.to_string().replace(' ', "");
-            format!("{}={literal}", entry.setting.key())
-        })
-        .collect();
-    let pin_memory = train.device.starts_with("cuda") && tch::Cuda::is_available();
-    for (name, value) in [
-        ("train-data", train.train_data.clone().unwrap_or_default()),
-        ("dataset-type", train.dataset_type.as_str().to_string()),
-        ("dataset-resampled", train.dataset_resampled.to_string()),
-        (
-            "train-data-upsampling-factors",
-            train
-                .train_data_upsampling_factors
-                .clone()
-                .unwrap_or_default(),
-        ),
-        (
-            "train-num-samples",
-            train.train_num_samples.unwrap_or(0).to_string(),
-        ),
-        ("csv-separator", train.csv_separator.clone()),
-        ("csv-img-key", train.csv_img_key.clone()),
-        ("csv-caption-key", train.csv_caption_key.clone()),
-        ("batch-size", train.batch_size.to_string()),
-        ("workers", train.workers.max(1).to_string()),
-        ("model", train.model.clone()),
-        ("seed", train.seed.to_string()),
-        ("aug-cfg", aug_cfg.join(" ")),
-        (
-            "image-mean",
-            train.image_mean.as_deref().map(join).unwrap_or_default(),
-        ),
-        (
-            "image-std",
-            train.image_std.as_deref().map(join).unwrap_or_default(),
-        ),
-        (
-            "image-interpolation",
-            train
-                .image_interpolation
-                .map(|i| i.as_str().to_string())
-                .unwrap_or_default(),
-        ),
-        (
-            "image-resize-mode",
-            train
-                .image_resize_mode
-                .map(|m| m.as_str().to_string())
-                .unwrap_or_default(),
-        ),
-        ("pin-memory", pin_memory.to_string()),
-    ] {
-        flags.set(name, &value);
-    }
-    flags
 }
 
 /// The peak resident set size of this process (`VmHWM` in

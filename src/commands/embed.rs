@@ -15,7 +15,7 @@ use clipflow_core::transform::{
 use clipflow_core::weights::write_safetensors;
 use tch::{Kind, Tensor};
 
-use crate::runtime::{inference_precision, load_model, parse_device};
+use crate::model_setup::{inference_precision, load_model, parse_device};
 
 /// File extensions `--images` picks up (case-insensitive).
 const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "bmp"];

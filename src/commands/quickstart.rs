@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clipflow_core::data::rendered_scenes::{write_scene_dataset, SceneDatasetSpec};
-use clipflow_core::train::checkpoint::local_now;
+use clipflow_core::train::run_folder::local_now;
 
 use crate::plot::write_curves_png;
 use crate::topology_files;

@@ -10,7 +10,7 @@ use clipflow_actors::topology::{FlagValues, Topology};
 
 use crate::topology_files;
 
-use crate::runtime::run_graph;
+use crate::topology_files::run_graph;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {

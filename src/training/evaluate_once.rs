@@ -15,9 +15,9 @@ use clipflow_core::model::Clip;
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 
 use super::setup::PreparedRun;
-use crate::commands::bench::topology_flags;
-use crate::runtime::run_graph;
 use crate::topology_files;
+use crate::topology_files::run_graph;
+use crate::topology_files::topology_flags;
 use crate::train_args::TrainArgs;
 
 /// The topology in clipflow's topologies/ folder that this evaluation runs.

@@ -23,8 +23,8 @@ use clipflow_actors::step_executor::TrainerHandover;
 use clipflow_actors::topology::{Registry, Topology};
 use clipflow_actors::train_events::RunPlan;
 
-use crate::commands::bench::topology_flags;
-use crate::runtime::run_graph;
+use crate::topology_files::run_graph;
+use crate::topology_files::topology_flags;
 use crate::train_args::TrainArgs;
 use clipflow_actors::topology::TopologySources;
 

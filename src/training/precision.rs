@@ -5,7 +5,7 @@ use anyhow::Result;
 use tch::nn::VarStore;
 use tch::Kind;
 
-use crate::runtime::{inference_precision, InferencePrecision};
+use crate::model_setup::{inference_precision, InferencePrecision};
 use crate::train_args::Precision;
 
 /// What one `--precision` value means for a training step.

@@ -24,12 +24,12 @@ use clipflow_core::loss::{create_loss, LossOptions};
 use clipflow_core::model::load::load_strict;
 use clipflow_core::model::{ModelConfig, ModelOverrides};
 use clipflow_core::tokenizer::ClipTokenizer;
-use clipflow_core::train::checkpoint::{
-    default_run_name, local_now, CheckpointPolicy, DataPosition, RunNameFields, RunPaths,
-};
 use clipflow_core::train::data_parallel::DataParallel;
 use clipflow_core::train::lock::{lock_image_tower, lock_text_tower};
 use clipflow_core::train::optimizer::{Optimizer, OptimizerFlags};
+use clipflow_core::train::run_folder::{
+    default_run_name, local_now, CheckpointPolicy, DataPosition, RunNameFields, RunPaths,
+};
 use clipflow_core::train::schedule::{LrSchedule, LrScheduleKind, ScheduleFlags};
 use clipflow_core::train::trainer::{Trainer, TrainerSettings};
 use clipflow_core::transform::{
@@ -42,9 +42,9 @@ use super::launch::{DistFlags, Launch};
 use super::params::{run_params, DerivedParams};
 use super::precision::TrainingPrecision;
 use super::ranks::{broadcast_text, check_ranks_agree};
+use crate::model_setup::{build_model, parse_device, LoadedModel};
 use crate::remote_sync::{fetch_latest_remote_checkpoint, start_remote_sync};
 use crate::run_config::copy_run_configuration;
-use crate::runtime::{build_model, parse_device, LoadedModel};
 use crate::train_args::{LrScheduler, TrainArgs};
 
 /// Non-finite steps in a row that stop training.

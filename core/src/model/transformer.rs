@@ -11,7 +11,7 @@ use tch::nn::{self, Init, Module};
 use tch::Tensor;
 
 use super::config::{ActKwargs, NormKwargs};
-use crate::checkpoint::checkpoint;
+use crate::activation_checkpoint::checkpoint;
 
 /// The MLP activation: `nn.GELU` (exact or tanh-approximated) or OpenAI's QuickGELU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

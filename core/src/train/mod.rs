@@ -4,11 +4,11 @@
 //! step (alone or as one rank of a data-parallel group), host snapshots of
 //! the trained state, and the checkpoint and run-folder layout.
 
-pub mod checkpoint;
 pub mod data_parallel;
 pub mod grad_scaler;
 pub mod lock;
 pub mod optimizer;
+pub mod run_folder;
 pub mod schedule;
 pub mod snapshot;
 pub mod trainer;

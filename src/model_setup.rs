@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use clipflow_actors::runtime::{Graph, RunError, RunReport};
 use clipflow_core::model::load::load_strict;
 use clipflow_core::model::precision::convert_weights_to_low_precision;
 use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};
@@ -147,22 +146,4 @@ pub fn build_model(
         load_strict(&vs, &tensors, &format!("--pretrained {}", path.display()))?;
     }
     Ok(LoadedModel { vs, model, config })
-}
-
-/// Runs `graph` to its end. When a stage fails, prints the per-stage summary
-/// (so the user sees where it stopped) and returns the stage's error with
-/// the topology's name and `stopped` (what the failure stopped) as context.
-pub fn run_graph(graph: Graph, topology: &str, stopped: &str) -> Result<RunReport> {
-    match graph.run() {
-        Ok(report) => Ok(report),
-        Err(RunError::StageFailed {
-            stage,
-            error,
-            report,
-        }) => {
-            eprintln!("{report}");
-            Err(error).with_context(|| format!("{topology}: stage '{stage}' failed; {stopped}"))
-        }
-        Err(error) => Err(error).with_context(|| topology.to_string()),
-    }
 }
