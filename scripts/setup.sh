@@ -5,7 +5,9 @@
 # work tree, so clones and CI reuse it; running it again is a no-op.
 #
 # Prints shell `export` lines for the build environment on stdout when called
-# with --print-env; everything else goes to stderr.
+# with --print-env; everything else goes to stderr: one line per step with
+# how long it took, the installers' own output kept in
+# $CLIPFLOW_CACHE/setup-logs/ and shown only when a step fails.
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
@@ -28,13 +30,39 @@ REQUIREMENTS="torch==$TORCH_VERSION open_clip_torch==$OPENCLIP_VERSION safetenso
 
 log() { echo "[setup] $*" >&2; }
 
+# step NAME HINT COMMAND...: runs COMMAND with its output kept in
+# $CACHE/setup-logs/NAME.log, then prints one line with how long it took;
+# when it fails, prints the end of that log and HINT (what to do), and stops.
+LOGS="$CACHE/setup-logs"
+step() {
+    local name="$1" hint="$2"
+    shift 2
+    mkdir -p "$LOGS"
+    local output="$LOGS/$name.log" started=$SECONDS
+    log "$name ..."
+    if "$@" >"$output" 2>&1; then
+        log "$name: done in $((SECONDS - started)) s"
+    else
+        log "$name FAILED after $((SECONDS - started)) s; the end of $output:"
+        tail -n 30 "$output" >&2
+        log "$hint"
+        exit 1
+    fi
+}
+
+PIP_HINT="pip could not install the packages: check the network (or HTTPS_PROXY) and that this machine reaches the Python package index, then run this script again"
+
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$REQUIREMENTS" ]; then
-    log "preparing $VENV ($REQUIREMENTS)"
+    log "preparing the Python environment $VENV (torch $TORCH_VERSION, open_clip_torch $OPENCLIP_VERSION and the test packages; a few minutes the first time)"
     mkdir -p "$CACHE"
-    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >&2
+    [ -x "$VENV/bin/python" ] || step python-venv \
+        "python3 could not create a virtual environment: install python3-venv (apt-get install python3-venv) and run this script again" \
+        python3 -m venv "$VENV"
+    step pip-upgrade "$PIP_HINT" \
+        "$VENV/bin/pip" install --disable-pip-version-check --upgrade pip
     # shellcheck disable=SC2086 # the list is split on purpose
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check $REQUIREMENTS >&2
+    step pip-install "$PIP_HINT" \
+        "$VENV/bin/pip" install --disable-pip-version-check $REQUIREMENTS
     echo "$REQUIREMENTS" > "$STAMP"
 else
     log "python environment ready: $VENV"
@@ -45,9 +73,11 @@ fi
 # Without nasm the build still works, with the C decoder.
 if ! command -v nasm >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        log "installing nasm (SIMD JPEG decoding)"
-        { apt-get install -y -qq nasm || { apt-get update -qq && apt-get install -y -qq nasm; }; } >&2 \
-            || log "could not install nasm: JPEG decoding will use libjpeg's slower C code"
+        install_nasm() { apt-get install -y -qq nasm || { apt-get update -qq && apt-get install -y -qq nasm; }; }
+        # A machine without nasm still builds (with libjpeg's C code), so a
+        # failure here is reported, not fatal.
+        (step nasm "could not install nasm; the build goes on with libjpeg's slower C code (install nasm and rebuild for SIMD JPEG decoding)" \
+            install_nasm) || true
     else
         log "nasm not found: install it for SIMD JPEG decoding (the build falls back to C code)"
     fi

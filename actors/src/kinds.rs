@@ -1,6 +1,9 @@
-//! The component kinds clipflow ships, by the names topology files use.
-//! Each actor registers itself here; a program embedding clipflow starts from
-//! [`standard_registry`] and adds its own kinds with `Registry::register_*`.
+//! The component kinds clipflow ships, by the names topology files use, each
+//! registered here with the function that reads its settings: the generic
+//! and loading kinds in [`standard_registry`], and the training kinds, bound
+//! to one run, in [`register_training_kinds`]. A program embedding clipflow
+//! starts from [`standard_registry`] and adds its own kinds with
+//! `Registry::register_*`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +23,8 @@ use crate::train_events::{RunPlan, TrainEvent};
 use crate::train_logger::{SharedTrainLog, TrainLogger};
 use crate::validation_reader::{ValidationReader, ValidationReaderConfig};
 
-/// Every kind clipflow knows.
+/// The kinds any pipeline may use: the generic ones and those of the
+/// loading paths (the training kinds need a run: [`register_training_kinds`]).
 pub fn standard_registry() -> Registry {
     let mut registry = Registry::new();
     register_generic_kinds(&mut registry);

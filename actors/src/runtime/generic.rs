@@ -1,7 +1,8 @@
-//! Small generic components that exercise the runtime before the real actors
-//! exist: a counting source, a pass-through stage that simulates work (and
-//! can fail on chosen items), and a sink that drops what it gets. Topology
-//! files reach them as the kinds `counter`, `work` and `null`.
+//! Small generic components for trying the runtime and testing it apart
+//! from the real actors: a counting source, a pass-through stage that
+//! simulates work (and can fail on chosen items), and a sink that drops what
+//! it gets. Topology files reach them as the kinds `counter`, `work` and
+//! `null` (`topologies/demo.toml`).
 
 use std::time::{Duration, Instant};
 
