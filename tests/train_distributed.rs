@@ -596,6 +596,36 @@ fn log_local_gives_each_node_its_own_log() {
 }
 
 #[test]
+fn only_the_rank_that_saves_and_evaluates_takes_snapshots() {
+    // Rank 0 writes the checkpoints; rank 1 has no stage that takes the
+    // epoch's snapshot, so it copies none (its trace has no snapshot span).
+    let scratch = tempfile::tempdir().unwrap();
+    let config = tiny_config(scratch.path());
+    let logs = scratch.path().join("logs");
+    let extra = ["--name", "snapshots", "--batch-size", "8"];
+    let mut args = synthetic_run(&logs, &extra);
+    args.extend(["--model".into(), config.to_str().unwrap().into()]);
+    let trace = |rank: usize| scratch.path().join(format!("trace-{rank}.jsonl"));
+    let children = clipflow_under_slurm(&args, |rank, command| {
+        command.arg("--otel-file").arg(trace(rank));
+    });
+    for (rank, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_success(&format!("rank {rank}"), &out);
+    }
+    let snapshot_spans = |rank: usize| {
+        std::fs::read_to_string(trace(rank))
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains("\"name\":\"snapshot\""))
+            .count()
+    };
+    assert_eq!(snapshot_spans(0), 1, "rank 0 snapshots its one epoch");
+    assert_eq!(snapshot_spans(1), 0, "rank 1 took a snapshot nobody uses");
+    assert!(logs.join("snapshots/checkpoints/epoch_1.pt").is_file());
+}
+
+#[test]
 fn ranks_launched_with_different_flags_stop_naming_the_flag() {
     let scratch = tempfile::tempdir().unwrap();
     let args = synthetic_run(scratch.path(), &["--name", "mismatch"]);

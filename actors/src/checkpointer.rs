@@ -144,7 +144,10 @@ impl Stage for Checkpointer {
 
     fn process(&mut self, event: TrainEvent, _out: &mut Emitter<()>) -> Result<()> {
         match &event {
-            TrainEvent::EpochEnd(end) => self.save_after_epoch(end.plan.epoch + 1, &end.snapshot),
+            TrainEvent::EpochEnd(end) => match &end.snapshot {
+                Some(snapshot) => self.save_after_epoch(end.plan.epoch + 1, snapshot),
+                None => Ok(()),
+            },
             TrainEvent::MidEpoch(mid) => self.save_inside_epoch(&mid.position, &mid.snapshot),
             _ => Ok(()),
         }

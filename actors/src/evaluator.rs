@@ -163,7 +163,11 @@ impl Stage for Evaluator {
             if !self.config.due(completed_epoch) {
                 return Ok(());
             }
-            let (_vs, model) = model_of(&self.config, &end.snapshot)?;
+            let snapshot = end
+                .snapshot
+                .as_ref()
+                .context("the epoch's end came without a snapshot of the weights to evaluate")?;
+            let (_vs, model) = model_of(&self.config, snapshot)?;
             let mut progress = Vec::new();
             let validation = self.validation.clone();
             let stopping: &Emitter<TrainEvent> = out;

@@ -106,6 +106,9 @@ pub struct TrainingStages {
     pub evaluator: Arc<EvaluatorConfig>,
     pub checkpointer: CheckpointerConfig,
     pub logger: SharedTrainLog,
+    /// Whether the checkpointer or the evaluator of this rank uses the
+    /// step executor's snapshots.
+    pub take_snapshots: bool,
 }
 
 /// The kinds of `topologies/train.toml` after the batcher: `step-executor`,
@@ -119,6 +122,7 @@ pub fn register_training_kinds(registry: &mut Registry, stages: TrainingStages) 
         evaluator,
         checkpointer,
         logger,
+        take_snapshots,
     } = stages;
     // The step executor's events go to the evaluator, the checkpointer and
     // the logger alike.
@@ -132,6 +136,7 @@ pub fn register_training_kinds(registry: &mut Registry, stages: TrainingStages) 
                 every_n_steps: settings.u64("save_every_n_steps")?.unwrap_or(0),
                 wait_for_stages: settings.bool("wait_for_epoch_end")?.unwrap_or(false),
                 group: group.clone(),
+                take_snapshots,
             };
             Ok(StepExecutor::maker(trainer.clone(), plan, order))
         },

@@ -85,6 +85,9 @@ pub struct SnapshotOrder {
     /// Then wait for every rank, for as long as that takes (rank 0 may be
     /// evaluating).
     pub group: Option<Arc<ProcessGroup>>,
+    /// Whether a stage of this rank uses snapshots (it checkpoints or
+    /// evaluates); without one, none is taken.
+    pub take_snapshots: bool,
 }
 
 /// Trains on each batch it receives.
@@ -183,7 +186,8 @@ impl StepExecutor {
         out.emit(TrainEvent::Step(event))?;
         let every = self.order.every_n_steps;
         let steps = step + 1;
-        if every > 0 && steps % every == 0 && steps_done < plan.steps_per_epoch {
+        let save_due = every > 0 && steps % every == 0 && steps_done < plan.steps_per_epoch;
+        if save_due && self.order.take_snapshots {
             let position = DataPosition {
                 epoch: plan.epoch,
                 place: batch.next_place.index,
@@ -222,9 +226,11 @@ impl StepExecutor {
                 self.plan.batches_per_epoch
             );
         }
-        let snapshot = {
+        let snapshot = if self.order.take_snapshots {
             let _span = tracing::info_span!("snapshot", epoch).entered();
-            Arc::new(TrainerSnapshot::of(self.trainer()?))
+            Some(Arc::new(TrainerSnapshot::of(self.trainer()?)))
+        } else {
+            None
         };
         let (handled, all_handled) = bounded(1);
         out.emit(TrainEvent::EpochEnd(EpochEnd {

@@ -89,8 +89,9 @@ pub struct EvalProgress {
 pub struct EpochEnd {
     pub plan: EpochPlan,
     /// The trained state at that point, for the evaluator and the
-    /// checkpointer.
-    pub snapshot: Arc<TrainerSnapshot>,
+    /// checkpointer; `None` on a rank where neither has anything to do with
+    /// it (every rank but 0), which then copies nothing.
+    pub snapshot: Option<Arc<TrainerSnapshot>>,
     /// Signals when the last stage that took the event lets go of it.
     pub handled: Arc<HandledSignal>,
 }

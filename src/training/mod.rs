@@ -153,6 +153,9 @@ fn run_graph_of_run(
             evaluator: Arc::clone(&run.evaluator),
             checkpointer: run.checkpointer.clone(),
             logger: run.logger.clone(),
+            take_snapshots: run.checkpointer.dir.is_some()
+                || run.evaluator.validation.is_some()
+                || !run.evaluator.zero_shot.is_empty(),
         },
     );
     add_kinds(&mut registry);
