@@ -92,43 +92,59 @@ impl ValidationReader {
         }
     }
 
-    /// The samples of one pass, in order.
-    fn samples(&self) -> Result<Box<dyn Iterator<Item = SourceItem>>> {
+    /// What every pass reads, found once: the table's rows or the shards.
+    fn open(&self) -> Result<ValidationSource> {
         let config = &self.config;
-        match config.format {
+        Ok(match config.format {
             DataFormat::Csv => {
                 let csv = &config.csv;
-                let table = CsvDataset::load(
+                ValidationSource::Table(CsvDataset::load(
                     Path::new(&config.data),
                     &csv.separator,
                     &csv.image_key,
                     &csv.caption_key,
-                )?;
-                let order: Vec<usize> = (0..table.len()).collect();
-                let samples: Vec<SourceItem> = table.samples(order).collect();
-                Ok(Box::new(samples.into_iter()))
+                )?)
             }
-            _ => {
-                let shards = ShardList::expand(&config.data, None)?;
-                let urls: Vec<String> = shards.urls().to_vec();
-                let samples = ShardSamples::new(urls.into_iter(), Arc::clone(&self.opener));
-                Ok(Box::new(samples))
-            }
+            _ => ValidationSource::Shards(ShardList::expand(&config.data, None)?.urls().to_vec()),
+        })
+    }
+
+    /// The samples of one pass over `source`, in order, read as they are
+    /// taken.
+    fn samples<'a>(
+        &self,
+        source: &'a ValidationSource,
+    ) -> Box<dyn Iterator<Item = SourceItem> + 'a> {
+        match source {
+            ValidationSource::Table(table) => Box::new(table.samples((0..table.len()).collect())),
+            ValidationSource::Shards(urls) => Box::new(ShardSamples::new(
+                urls.clone().into_iter(),
+                Arc::clone(&self.opener),
+            )),
         }
     }
+}
+
+/// The validation data, as every pass reads it.
+enum ValidationSource {
+    Table(CsvDataset),
+    Shards(Vec<String>),
 }
 
 impl Source for ValidationReader {
     type Out = LoadItem<Sample>;
 
     fn run(&mut self, out: &mut Emitter<Self::Out>) -> Result<()> {
+        if self.config.passes == 0 {
+            return Ok(());
+        }
+        let source = self
+            .open()
+            .with_context(|| format!("reading --val-data {:?}", self.config.data))?;
         for pass in 0..self.config.passes {
             let _span = tracing::info_span!("read_validation_pass", pass).entered();
-            let samples = self
-                .samples()
-                .with_context(|| format!("reading --val-data {:?}", self.config.data))?;
             let mut places = 0;
-            for item in samples {
+            for item in self.samples(&source) {
                 let item = match item {
                     SourceItem::Sample(sample) => SampleOrSkip::Sample(sample),
                     SourceItem::Skipped(skip) => SampleOrSkip::Skipped(skip.into()),
