@@ -118,21 +118,24 @@ impl EvaluatorConfig {
     /// The evaluations that validate from the end of `first_epoch` to the
     /// end of the run: the passes the validation path reads.
     pub fn validation_passes(&self, first_epoch: u64) -> u64 {
-        if self.validation.is_none() {
-            return 0;
-        }
         (first_epoch + 1..=self.epochs)
-            .filter(|&completed| evaluation_due(completed, self.val_frequency, self.epochs))
+            .filter(|&completed| self.validates_after(completed))
             .count() as u64
+    }
+
+    /// Whether `--val-data` is evaluated after `completed_epoch` epochs: the
+    /// one rule of the validation path's passes and of the evaluations that
+    /// take them.
+    pub fn validates_after(&self, completed_epoch: u64) -> bool {
+        self.validation.is_some()
+            && evaluation_due(completed_epoch, self.val_frequency, self.epochs)
     }
 
     /// Whether anything is due after `completed_epoch` epochs.
     pub fn due(&self, completed_epoch: u64) -> bool {
         let zero_shot = !self.zero_shot.is_empty()
             && evaluation_due(completed_epoch, self.zeroshot_frequency, self.epochs);
-        let validation = self.validation.is_some()
-            && evaluation_due(completed_epoch, self.val_frequency, self.epochs);
-        zero_shot || validation
+        zero_shot || self.validates_after(completed_epoch)
     }
 }
 
@@ -212,17 +215,19 @@ pub fn evaluate(
             metrics.extend(zero_shot(model, config, set)?);
         }
     }
-    if let Some(validation) = &config.validation {
-        if evaluation_due(completed_epoch, config.val_frequency, config.epochs) {
-            metrics.extend(validate(
-                model,
-                config,
-                validation,
-                completed_epoch,
-                progress,
-                validation_batches,
-            )?);
-        }
+    if let Some(validation) = config
+        .validation
+        .as_ref()
+        .filter(|_| config.validates_after(completed_epoch))
+    {
+        metrics.extend(validate(
+            model,
+            config,
+            validation,
+            completed_epoch,
+            progress,
+            validation_batches,
+        )?);
     }
     Ok(metrics)
 }

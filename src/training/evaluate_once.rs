@@ -53,7 +53,7 @@ pub fn evaluate_once(
 ) -> Result<Vec<(String, f64)>> {
     let mut flags = topology_flags(args);
     flags.set("val-data", args.val_data.as_deref().unwrap_or_default());
-    let passes = u64::from(run.evaluator.validation.is_some());
+    let passes = u64::from(run.evaluator.validates_after(run.start_epoch));
     flags.set("validation-passes", &passes.to_string());
     let (sender, receiver) = bounded(SIDE_QUEUE_CAPACITY);
     let mut registry = standard_registry();
