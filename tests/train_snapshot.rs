@@ -1,7 +1,8 @@
-//! The host snapshot of a trainer's state that the step executor hands to
-//! the evaluator and the checkpointer at the end of an epoch: it holds the
-//! values of the moment it was taken, and training on afterwards changes
-//! the trainer's tensors, never the snapshot's.
+//! The snapshot of a trainer's state that the step executor hands to the
+//! evaluator and the checkpointer at the end of an epoch (on the host, for
+//! a CPU trainer): it holds the values of the moment it was taken, and
+//! training on afterwards changes the trainer's tensors, never the
+//! snapshot's.
 
 use std::sync::Arc;
 
@@ -62,7 +63,8 @@ fn train_one_step(trainer: &mut Trainer, config: &ModelConfig, step: u64) {
 fn a_snapshot_keeps_its_moment_while_training_goes_on() {
     let (mut trainer, config) = tiny_trainer();
     train_one_step(&mut trainer, &config, 0);
-    let snapshot = TrainerSnapshot::of(&trainer);
+    let snapshot = TrainerSnapshot::of(&trainer).unwrap();
+    assert_eq!(snapshot.device, Device::Cpu);
     // The sum of the magnitudes of every optimiser-state tensor.
     let exp_avg_sum = |optimizer: &clipflow_core::weights::Value| -> f64 {
         let total = std::cell::Cell::new(0.0);

@@ -3,8 +3,9 @@
 //! batcher's batches and trains on them, and reports the start of each
 //! epoch, each optimiser step and the end of each epoch as [`TrainEvent`]s
 //! for the stages after it (evaluator, checkpointer, logger, each of which
-//! takes every event). The end of an epoch carries a host snapshot of the
-//! trained state, which is all those stages see of the model, so the next
+//! takes every event). The end of an epoch carries a snapshot of the
+//! trained state (on the device when it has room, else on the host; see
+//! [`TrainerSnapshot`]), which is all those stages see of the model, so the next
 //! epoch trains while they evaluate and save the last one; with
 //! `wait_for_epoch_end` it waits until they are done (OpenCLIP's order:
 //! evaluate, save, then train on), all ranks together. Every
@@ -195,8 +196,12 @@ impl StepExecutor {
                 steps,
             };
             let snapshot = {
-                let _span = tracing::info_span!("snapshot", step = steps).entered();
-                Arc::new(TrainerSnapshot::of(self.trainer()?))
+                let span =
+                    tracing::info_span!("snapshot", step = steps, device = tracing::field::Empty)
+                        .entered();
+                let snapshot = TrainerSnapshot::of(self.trainer()?)?;
+                span.record("device", format!("{:?}", snapshot.device));
+                Arc::new(snapshot)
             };
             out.emit(TrainEvent::MidEpoch(MidEpochSnapshot {
                 plan,
@@ -227,8 +232,11 @@ impl StepExecutor {
             );
         }
         let snapshot = if self.order.take_snapshots {
-            let _span = tracing::info_span!("snapshot", epoch).entered();
-            Some(Arc::new(TrainerSnapshot::of(self.trainer()?)))
+            let span =
+                tracing::info_span!("snapshot", epoch, device = tracing::field::Empty).entered();
+            let snapshot = TrainerSnapshot::of(self.trainer()?)?;
+            span.record("device", format!("{:?}", snapshot.device));
+            Some(Arc::new(snapshot))
         } else {
             None
         };

@@ -3,13 +3,16 @@
 //
 // - autocast state per device type (enabled flag and lower-precision dtype),
 //   which tch only exposes for CUDA and without a dtype;
-// - the fused AdamW kernel (`at::_fused_adamw_`), which tch's generator skips.
+// - the fused AdamW kernel (`at::_fused_adamw_`), which tch's generator skips;
+// - a device's free and total memory (its caching allocator's
+//   `getMemoryInfo`, what `torch.cuda.mem_get_info` reports).
 //
 // Every function reports C++ exceptions as errors.h describes.
 // Activation checkpointing lives in checkpoint.cpp.
 // Tensors arrive as tch's handles, which are `at::Tensor*` (see torch-sys's
 // libtch/torch_api.h).
 
+#include <ATen/DeviceAccelerator.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/_foreach_add.h>
@@ -39,6 +42,20 @@ extern "C" {
 void clipflow_shim_free_error(char *message) { std::free(message); }
 
 const char *clipflow_torch_version() { return TORCH_VERSION; }
+
+char *clipflow_device_memory(int device_type, int device_index, size_t *free,
+                             size_t *total) {
+  return catch_errors([&] {
+    const auto type = static_cast<c10::DeviceType>(device_type);
+    TORCH_CHECK(at::accelerator::isAccelerator(type), type,
+                " is not an accelerator");
+    const auto [free_bytes, total_bytes] =
+        at::getDeviceAllocator(type)->getMemoryInfo(
+            static_cast<c10::DeviceIndex>(device_index));
+    *free = free_bytes;
+    *total = total_bytes;
+  });
+}
 
 char *clipflow_autocast_is_enabled(int device_type, bool *enabled) {
   return catch_errors([&] {

@@ -8,6 +8,7 @@
 //! - [`fused_adamw_step`]: one step of `torch.optim.AdamW(fused=True)`
 //!   through libtorch's fused kernel (`_fused_adamw_`, on CPU and CUDA).
 //!
+//! - [`device_memory`]: a device's free and total memory.
 //! - [`torch_version`] and [`nccl_built`]: what clipflow was built with.
 //!
 //! Activation checkpointing, also in the shim, has its own module:
@@ -38,6 +39,33 @@ pub fn nccl_built() -> bool {
     unsafe { clipflow_nccl_built() }
 }
 
+/// A device's memory, as its caching allocator reports it (what
+/// `torch.cuda.mem_get_info` returns): memory the allocator holds counts as
+/// used, whether or not a tensor occupies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// `device`'s free and total memory; `None` for the host, whose memory the
+/// allocator does not account.
+pub fn device_memory(device: Device) -> Result<Option<DeviceMemory>> {
+    let index = match device {
+        Device::Cpu => return Ok(None),
+        Device::Cuda(index) => index as c_int,
+        Device::Mps => 0,
+        Device::Vulkan => bail!("clipflow does not read the memory of Vulkan devices"),
+    };
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY: both pointers are to live locals the shim only writes.
+    check(unsafe { clipflow_device_memory(device_type(device)?, index, &mut free, &mut total) })?;
+    Ok(Some(DeviceMemory {
+        free_bytes: free as u64,
+        total_bytes: total as u64,
+    }))
+}
+
 /// What tch's `C_tensor` handles point to: an `at::Tensor`, opaque here.
 #[repr(C)]
 pub(crate) struct AtTensor {
@@ -48,6 +76,12 @@ extern "C" {
     fn clipflow_shim_free_error(message: *mut c_char);
     fn clipflow_torch_version() -> *const c_char;
     fn clipflow_nccl_built() -> bool;
+    fn clipflow_device_memory(
+        device_type: c_int,
+        device_index: c_int,
+        free: *mut usize,
+        total: *mut usize,
+    ) -> *mut c_char;
     fn clipflow_autocast_is_enabled(device_type: c_int, enabled: *mut bool) -> *mut c_char;
     fn clipflow_autocast_set_enabled(device_type: c_int, enabled: bool) -> *mut c_char;
     fn clipflow_autocast_dtype(device_type: c_int, scalar_type: *mut c_int) -> *mut c_char;

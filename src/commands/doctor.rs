@@ -1,6 +1,6 @@
 //! `clipflow doctor [--logs DIR]`: checks a machine before a long run and
 //! prints one line per check: the libtorch clipflow loaded (its version and
-//! folder), the CUDA devices torch sees, whether NCCL is usable, the
+//! folder), the CUDA devices torch sees (with their free memory), whether NCCL is usable, the
 //! HuggingFace cache, whether the `--logs` folder can be written, and the
 //! free disk under it. It fails (exit status 1) when the logs cannot be
 //! written or the disk under them is nearly full.
@@ -34,6 +34,18 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
     match devices {
         0 => println!("CUDA: no device (training runs on the CPU)"),
         n => println!("CUDA: {n} device(s), cuda:0 to cuda:{}", n - 1),
+    }
+    for index in 0..devices {
+        let device = tch::Device::Cuda(index as usize);
+        match clipflow_core::shim::device_memory(device) {
+            Ok(Some(memory)) => println!(
+                "  cuda:{index}: {:.1} GiB free of {:.1} GiB",
+                gib(memory.free_bytes),
+                gib(memory.total_bytes)
+            ),
+            Ok(None) => {}
+            Err(error) => println!("  cuda:{index}: memory unknown: {error:#}"),
+        }
     }
     println!("NCCL: {}", nccl_state(devices));
     let hub = huggingface_hub();

@@ -69,6 +69,22 @@ impl Value {
         }
     }
 
+    /// Bytes held by the value's tensors.
+    pub fn tensor_bytes(&self) -> u64 {
+        let pairs = |items: &[(Value, Value)]| -> u64 {
+            items
+                .iter()
+                .map(|(k, v)| k.tensor_bytes() + v.tensor_bytes())
+                .sum()
+        };
+        match self {
+            Value::List(items) | Value::Tuple(items) => items.iter().map(Value::tensor_bytes).sum(),
+            Value::Dict(items) | Value::OrderedDict(items) => pairs(items),
+            Value::Tensor(t) => crate::train::snapshot::bytes_of(t),
+            _ => 0,
+        }
+    }
+
     /// The value under the string `key`, if this is a dict that has it.
     pub fn get(&self, key: &str) -> Option<&Value> {
         let (Value::Dict(items) | Value::OrderedDict(items)) = self else {
