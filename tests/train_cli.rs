@@ -292,11 +292,13 @@ fn a_topology_file_of_the_users_is_what_runs() {
         stderr(&out)
     );
 
-    // A setting no stage reads is an error naming the file, line and stage.
+    // A setting no stage reads is an error naming the file, line and stage;
+    // so is a schedule that the flags set for the whole run.
     let bad = dir.path().join("misspelt.toml");
     std::fs::write(
         &bad,
-        "extends = \"train.toml\"\n\n[stages.batcher]\nbatchsize = 8\n",
+        "extends = \"train.toml\"\n\n[stages.batcher]\nbatchsize = 8\n\n\
+         [stages.checkpointer]\nsave_frequency = 2\n",
     )
     .unwrap();
     let out = train(
@@ -306,12 +308,19 @@ fn a_topology_file_of_the_users_is_what_runs() {
         &["--precision", "fp32", "--topology", bad.to_str().unwrap()],
     );
     assert!(!out.status.success());
-    let wanted = format!("{}:4: stage 'batcher'", bad.display());
-    assert!(
-        stderr(&out).contains(&wanted),
-        "wanted {wanted} in {}",
-        stderr(&out)
-    );
+    for wanted in [
+        format!("{}:4: stage 'batcher'", bad.display()),
+        format!(
+            "{}:7: stage 'checkpointer': kind 'checkpointer' has no setting 'save_frequency'",
+            bad.display()
+        ),
+    ] {
+        assert!(
+            stderr(&out).contains(&wanted),
+            "wanted {wanted} in {}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]
