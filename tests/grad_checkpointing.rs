@@ -252,6 +252,24 @@ fn tiny_vit_loss_and_gradients_are_unchanged() {
     assert_eq!(block_params, 2 * 14 + 2 * 12);
 }
 
+/// A timm tower's blocks, with stochastic depth and head dropout on: the
+/// recomputation replays the random draws, so loss and gradients are the
+/// same.
+#[test]
+fn a_timm_tower_with_drop_path_is_unchanged() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/timm-mlp-head.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    json["vision_cfg"]["timm_drop_path"] = 0.2.into();
+    json["vision_cfg"]["timm_drop"] = 0.1.into();
+    let config =
+        ModelConfig::from_json(&json.to_string(), path, &ModelOverrides::default()).unwrap();
+    let names = assert_unchanged_by_checkpointing(&config, |model| clip_step(model, &config, 2));
+    assert!(names
+        .iter()
+        .any(|n| n.starts_with("visual.trunk.blocks.11.")));
+}
+
 /// CoCa: the text decoder's self- and cross-attention blocks checkpointed
 /// too; CoCaLoss and every gradient unchanged.
 #[test]

@@ -213,3 +213,56 @@ fn vit_b_16_matches_open_clip() {
 fn rn50_matches_open_clip() {
     check_model("RN50", None, "{}", ModelOverrides::default());
 }
+
+/// timm's SigLIP tower as OpenCLIP's `TimmModel` wraps it (`visual.trunk.`:
+/// no class token, the MAP attention-pool head, `timm_proj = "none"`),
+/// beside a small native text tower.
+#[test]
+fn a_timm_siglip_tower_matches_open_clip() {
+    check_model(
+        // (Not named "siglip": OpenCLIP's get_tokenizer would pick its
+        // SigLIP tokenizer for such a name.)
+        "timm-map-tower",
+        Some("timm-map-tower.json"),
+        "{}",
+        ModelOverrides::default(),
+    );
+}
+
+/// The same trunk with OpenCLIP's other head: `timm_pool = "avg"` drops the
+/// MAP head (timm's `reset_classifier`), then `head.mlp` with a biased
+/// output layer.
+#[test]
+fn a_timm_tower_with_an_mlp_head_matches_open_clip() {
+    check_model(
+        "timm-mlp-head",
+        Some("timm-mlp-head.json"),
+        "{}",
+        ModelOverrides::default(),
+    );
+}
+
+/// A CLIP-style timm ViT (class token, `norm_pre`, no patch bias) pooled
+/// on its class token, with `timm_proj: null`: OpenCLIP makes the trunk's
+/// own `head` the projection (as for MobileCLIP2-L-14).
+#[test]
+fn a_timm_tower_projected_by_its_own_head_matches_open_clip() {
+    check_model(
+        "timm-clip-tower",
+        Some("timm-clip-tower.json"),
+        "{}",
+        ModelOverrides::default(),
+    );
+}
+
+/// timm's `vit_medium_patch16_gap_256` by its OpenCLIP name: mean pooling
+/// without a class token, layer scale, `head.proj`.
+#[test]
+fn vit_medium_patch16_gap_256_matches_open_clip() {
+    check_model(
+        "vit_medium_patch16_gap_256",
+        None,
+        "{}",
+        ModelOverrides::default(),
+    );
+}

@@ -1,7 +1,8 @@
 //! `--lock-image` (`--lock-image-unlocked-groups`) and `--lock-text`
 //! (`--lock-text-unlocked-layers`): the parameters left trainable equal those
 //! OpenCLIP's `lock_image_tower` / `lock_text_tower` leave, for a ViT with
-//! LayerScale, the `text.` (CustomTextCLIP) layout and a ModifiedResNet.
+//! LayerScale, the `text.` (CustomTextCLIP) layout, a ModifiedResNet and
+//! timm towers.
 
 mod common;
 
@@ -80,4 +81,20 @@ fn a_modified_resnet_locks_whole_and_refuses_partial_unlocking() {
     let _model = Clip::new(&vs.root(), &config).unwrap();
     let error = lock_image_tower(&vs, &config, 1).unwrap_err();
     assert!(format!("{error:#}").contains("--lock-image-unlocked-groups"));
+}
+
+#[test]
+fn a_locked_timm_tower_leaves_openclip_s_parameters_trainable() {
+    // 12 blocks: groups 0..=2 and 12..=15 cover "nothing unlocked", the
+    // MAP head alone, the last block with `norm`, the embeddings, and
+    // "more than there are"; OpenCLIP's head is never locked.
+    let cases: Vec<Case> = [0, 1, 2, 12, 13, 14, 15]
+        .into_iter()
+        .map(|groups| (Some(groups), None, false))
+        .collect();
+    compare_with_open_clip("timm-map-tower.json", &cases);
+    compare_with_open_clip(
+        "timm-mlp-head.json",
+        &[(Some(0), None, false), (Some(1), None, false)],
+    );
 }

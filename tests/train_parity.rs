@@ -3,12 +3,13 @@
 //! per-step losses, learning rates and logit scales (read from each run's
 //! TensorBoard events with TensorBoard's reader), the final weights of the
 //! epoch checkpoints, and clipflow's checkpoint loading strictly into
-//! OpenCLIP with the features of OpenCLIP's own trained model. Cases, 35
+//! OpenCLIP with the features of OpenCLIP's own trained model. Cases, 37
 //! optimiser steps in all: cosine schedule with warmup and
 //! `--grad-clip-norm`, const schedule with `--accum-freq 2`, const-cooldown
 //! with `--siglip`, a tiny CoCa (CoCaLoss, each logged loss term) alone and
-//! with `--accum-freq 2`, a shard with an image that does not decode, and
-//! distillation from a teacher checkpoint. Also: clipflow resuming OpenCLIP's checkpoint of the
+//! with `--accum-freq 2`, a shard with an image that does not decode, a
+//! timm SigLIP tower with `--siglip`, `--lock-image` and
+//! `--grad-checkpointing`, and distillation from a teacher checkpoint. Also: clipflow resuming OpenCLIP's checkpoint of the
 //! first case's half-way epoch (weights, AdamW state keyed in OpenCLIP's
 //! parameter order, epoch) ends where OpenCLIP's own run ends.
 //!
@@ -17,9 +18,9 @@
 //! one optimiser step (one shard of 16 samples at batch size 16, or two at
 //! `--accum-freq 2`), and both losses are sums over all pairs of the step's
 //! samples, which do not depend on their order. Images are PNGs already at
-//! the model's 32x32 and `--aug-cfg scale=(1.0,1.0)`: every crop
-//! RandomResizedCrop can accept at that scale (or its fallback) is the
-//! whole image, and resizing to the same size leaves it as is; the loss of
+//! the model's size (32x32, 224x224 for the timm tower) and `--aug-cfg
+//! scale=(1.0,1.0)`: every crop RandomResizedCrop can accept at that scale
+//! (or its fallback) is the whole image, and resizing to the same size leaves it as is; the loss of
 //! the first step agreeing checks that both saw the same pixels.
 
 mod common;
@@ -34,6 +35,9 @@ const ORACLE: &str = include_str!("oracle/train_parity.py");
 
 const MODEL_NAME: &str = "parity-tiny";
 const COCA_MODEL_NAME: &str = "parity-tiny-coca";
+/// tests/data/timm-map-tower.json (not named "siglip": OpenCLIP would pick
+/// its SigLIP tokenizer for such a name).
+const TIMM_MODEL_NAME: &str = "parity-timm";
 
 struct Case {
     name: &'static str,
@@ -51,7 +55,7 @@ struct Case {
     distill: bool,
 }
 
-const CASES: [Case; 7] = [
+const CASES: [Case; 8] = [
     Case {
         name: "cosine-clip",
         model: MODEL_NAME,
@@ -153,6 +157,31 @@ const CASES: [Case; 7] = [
         siglip: false,
         distill: false,
     },
+    // A timm image tower (timm's SigLIP ViT-B/16 with its MAP head, on
+    // 224-pixel scenes) trained with the SigLIP loss, locked but for its
+    // last two groups (the MAP head, the last block and `norm`), its blocks
+    // under activation checkpointing.
+    Case {
+        name: "timm-siglip",
+        model: TIMM_MODEL_NAME,
+        shards: "timm-00000.tar",
+        epochs: 2,
+        flags: &[
+            "--lr-scheduler",
+            "const",
+            "--warmup",
+            "2",
+            "--train-num-samples",
+            "16",
+            "--siglip",
+            "--lock-image",
+            "--lock-image-unlocked-groups",
+            "2",
+            "--grad-checkpointing",
+        ],
+        siglip: true,
+        distill: false,
+    },
     Case {
         name: "distill",
         model: MODEL_NAME,
@@ -241,17 +270,28 @@ fn training_steps_match_open_clip() {
             .to_owned()
     };
     std::fs::write(config_of(MODEL_NAME), TINY_TRAIN_CONFIG).unwrap();
-    let coca_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-coca.json");
-    std::fs::copy(coca_config, config_of(COCA_MODEL_NAME)).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    std::fs::copy(data.join("tiny-coca.json"), config_of(COCA_MODEL_NAME)).unwrap();
+    std::fs::copy(data.join("timm-map-tower.json"), config_of(TIMM_MODEL_NAME)).unwrap();
+    let timm_scenes = root.join("timm-scenes");
+    common::make_scenes_of_size(&timm_scenes, 16, 16, 0, 224);
+    std::fs::copy(
+        timm_scenes.join("shards/scenes-00000.tar"),
+        shards.join("timm-00000.tar"),
+    )
+    .unwrap();
     let config = config_of(MODEL_NAME);
     let config = config.as_str();
     let initial_coca = root.join("initial-coca.pt");
     let initial = root.join("initial.pt");
     let initial_siglip = root.join("initial-siglip.pt");
+    let initial_timm = root.join("initial-timm.pt");
     let (ours, theirs) = (root.join("ours"), root.join("theirs"));
 
     let initial_of = |case: &Case| {
-        if case.siglip {
+        if case.model == TIMM_MODEL_NAME {
+            initial_timm.clone()
+        } else if case.siglip {
             initial_siglip.clone()
         } else if case.model == COCA_MODEL_NAME {
             initial_coca.clone()
@@ -299,6 +339,11 @@ fn training_steps_match_open_clip() {
             "init",
             &config_of(COCA_MODEL_NAME),
             initial_coca.to_str().unwrap(),
+            "+",
+            "init",
+            &config_of(TIMM_MODEL_NAME),
+            initial_timm.to_str().unwrap(),
+            "siglip",
             "+",
             "main",
             models.to_str().unwrap(),

@@ -67,6 +67,13 @@ fn vit_b_32_round_trips() {
     open_clip_to_clipflow("ViT-B-32", None);
 }
 
+/// A timm tower (`visual.trunk.`, `visual.head.`), its MAP head included.
+#[test]
+fn a_timm_tower_round_trips() {
+    clipflow_to_open_clip("timm-map-tower", Some("timm-map-tower.json"));
+    open_clip_to_clipflow("timm-map-tower", Some("timm-map-tower.json"));
+}
+
 #[test]
 fn rn50_round_trips() {
     clipflow_to_open_clip("RN50", None);

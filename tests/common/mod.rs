@@ -66,10 +66,22 @@ pub fn make_scenes(
     per_shard: usize,
     zeroshot_per_class: usize,
 ) {
-    let (samples, per_shard, zeroshot) = (
+    make_scenes_of_size(dir, samples, per_shard, zeroshot_per_class, 32);
+}
+
+/// [`make_scenes`] with images of `image_size` pixels a side.
+pub fn make_scenes_of_size(
+    dir: &std::path::Path,
+    samples: usize,
+    per_shard: usize,
+    zeroshot_per_class: usize,
+    image_size: usize,
+) {
+    let (samples, per_shard, zeroshot, size) = (
         samples.to_string(),
         per_shard.to_string(),
         zeroshot_per_class.to_string(),
+        image_size.to_string(),
     );
     run_clipflow(&[
         "make-scenes".as_ref(),
@@ -79,7 +91,7 @@ pub fn make_scenes(
         "--samples-per-shard".as_ref(),
         per_shard.as_ref(),
         "--image-size".as_ref(),
-        "32".as_ref(),
+        size.as_ref(),
         "--zeroshot-per-class".as_ref(),
         zeroshot.as_ref(),
     ] as &[&std::ffi::OsStr]);

@@ -142,6 +142,29 @@ pub struct VisionConfig {
     pub norm_kwargs: Option<NormKwargs>,
     #[serde(default)]
     pub timm_model_name: Option<String>,
+    #[serde(default)]
+    pub timm_model_pretrained: bool,
+    #[serde(default = "default_timm_pool")]
+    pub timm_pool: String,
+    /// `null` in a config is Python's None, which OpenCLIP treats as `""`.
+    #[serde(default = "default_timm_proj", deserialize_with = "null_as_empty")]
+    pub timm_proj: String,
+    #[serde(default)]
+    pub timm_proj_bias: bool,
+    #[serde(default)]
+    pub timm_drop: f64,
+    #[serde(default)]
+    pub timm_drop_path: Option<f64>,
+}
+
+fn default_timm_pool() -> String {
+    "avg".into()
+}
+fn default_timm_proj() -> String {
+    "linear".into()
+}
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Option::<String>::deserialize(d).map(Option::unwrap_or_default)
 }
 
 fn default_context_length() -> i64 {
@@ -238,10 +261,10 @@ pub fn model_names() -> impl Iterator<Item = &'static str> {
 
 /// Why clipflow cannot build `name` yet, or None when it can.
 pub fn unsupported_reason(config: &ModelConfig) -> Option<String> {
-    if let Some(timm) = &config.vision_cfg.timm_model_name {
-        return Some(format!(
-            "its image tower is the timm model `{timm}`, which clipflow does not build yet"
-        ));
+    if config.vision_cfg.timm_model_name.is_some() {
+        if let Err(why) = super::timm_model::TimmPlan::of(config) {
+            return Some(why.to_string());
+        }
     }
     if let Some(hf) = &config.text_cfg.hf_model_name {
         return Some(format!(

@@ -10,6 +10,8 @@ pub mod modified_resnet;
 pub mod multimodal_transformer;
 pub mod precision;
 pub mod text_transformer;
+pub mod timm_model;
+pub mod timm_vision_transformer;
 pub mod transformer;
 pub mod vision_transformer;
 pub mod visual;

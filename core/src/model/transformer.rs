@@ -66,7 +66,7 @@ impl Module for LayerNorm {
 }
 
 impl LayerNorm {
-    fn shallow_clone(&self) -> Self {
+    pub(crate) fn shallow_clone(&self) -> Self {
         LayerNorm {
             weight: self.weight.shallow_clone(),
             bias: self.bias.shallow_clone(),
@@ -74,7 +74,7 @@ impl LayerNorm {
         }
     }
 
-    fn parameters(&self) -> [&Tensor; 2] {
+    pub(crate) fn parameters(&self) -> [&Tensor; 2] {
         [&self.weight, &self.bias]
     }
 }
@@ -111,14 +111,14 @@ pub fn linear(p: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
     )
 }
 
-fn shallow_clone_linear(linear: &nn::Linear) -> nn::Linear {
+pub(crate) fn shallow_clone_linear(linear: &nn::Linear) -> nn::Linear {
     nn::Linear {
         ws: linear.ws.shallow_clone(),
         bs: linear.bs.as_ref().map(Tensor::shallow_clone),
     }
 }
 
-fn linear_parameters(linear: &nn::Linear) -> impl Iterator<Item = &Tensor> {
+pub(crate) fn linear_parameters(linear: &nn::Linear) -> impl Iterator<Item = &Tensor> {
     std::iter::once(&linear.ws).chain(linear.bs.as_ref())
 }
 

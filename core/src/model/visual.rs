@@ -1,4 +1,5 @@
-//! The image tower under `visual.`: a ViT, or (for the RN configs) a
+//! The image tower under `visual.`: OpenCLIP's timm adapter when the config
+//! names a `timm_model_name`, else a ViT, or (for the RN configs) a
 //! ModifiedResNet, chosen by the shape of the config's `layers`.
 
 use std::sync::Arc;
@@ -11,17 +12,22 @@ use crate::distributed::ProcessGroup;
 
 use super::config::{ModelConfig, VisionLayers};
 use super::modified_resnet::{ModifiedResNet, ModifiedResNetConfig};
+use super::timm_model::TimmModel;
 use super::vision_transformer::VisionTransformer;
 
 #[derive(Debug)]
 pub enum VisualTower {
     VisionTransformer(VisionTransformer),
     ModifiedResNet(ModifiedResNet),
+    Timm(TimmModel),
 }
 
 impl VisualTower {
     pub fn new(p: nn::Path, config: &ModelConfig) -> Result<Self> {
         let v = &config.vision_cfg;
+        if v.timm_model_name.is_some() {
+            return Ok(VisualTower::Timm(TimmModel::new(p, config)?));
+        }
         match v.layers {
             VisionLayers::Transformer(_) => Ok(VisualTower::VisionTransformer(
                 VisionTransformer::new(p, config)?,
@@ -43,20 +49,21 @@ impl VisualTower {
         }
     }
 
-    /// Checkpoints a ViT's transformer blocks; a ModifiedResNet ignores it,
+    /// Checkpoints a ViT's (or timm trunk's) blocks; a ModifiedResNet ignores it,
     /// as OpenCLIP's does.
     pub fn set_grad_checkpointing(&mut self, enable: bool) {
         match self {
             VisualTower::VisionTransformer(vit) => vit.set_grad_checkpointing(enable),
+            VisualTower::Timm(timm) => timm.set_grad_checkpointing(enable),
             VisualTower::ModifiedResNet(_) => {}
         }
     }
 
     /// `--use-bn-sync`: a ModifiedResNet's batch norms normalise with every
-    /// rank's statistics in train mode; a ViT has no batch norm to convert.
+    /// rank's statistics in train mode; a ViT (native or timm) has no batch norm to convert.
     pub fn synchronise_batch_norms(&mut self, group: Arc<ProcessGroup>) {
         match self {
-            VisualTower::VisionTransformer(_) => {}
+            VisualTower::VisionTransformer(_) | VisualTower::Timm(_) => {}
             VisualTower::ModifiedResNet(resnet) => resnet.synchronise_batch_norms(group),
         }
     }
@@ -68,6 +75,9 @@ impl VisualTower {
             VisualTower::ModifiedResNet(_) => {
                 bail!("a ModifiedResNet image tower has no output tokens for a text decoder")
             }
+            VisualTower::Timm(_) => {
+                bail!("clipflow's timm image towers give no output tokens for a text decoder")
+            }
         }
     }
 
@@ -77,6 +87,7 @@ impl VisualTower {
         match self {
             VisualTower::VisionTransformer(vit) => Ok(vit.forward_t(images, train)),
             VisualTower::ModifiedResNet(resnet) => resnet.forward(images, train),
+            VisualTower::Timm(timm) => Ok(timm.forward_t(images, train)),
         }
     }
 }

@@ -5,7 +5,9 @@
 //!
 //! Image tower (ViT): [conv1, class_embedding, positional_embedding, ln_pre],
 //! one group per residual block but the last, [last block, ln_post], proj.
-//! ModifiedResNet can only be locked whole. Text tower: [token_embedding,
+//! ModifiedResNet can only be locked whole. A timm tower locks its trunk by
+//! timm's groups (embeddings, each block, then the pooling head), never
+//! OpenCLIP's head after it. Text tower: [token_embedding,
 //! positional_embedding, cls_emb], one group per block but the last, [last
 //! block, ln_final], text_projection.
 
@@ -13,6 +15,7 @@ use anyhow::{bail, Result};
 use tch::nn::VarStore;
 
 use crate::model::config::VisionLayers;
+use crate::model::timm_model::timm_vit_facts;
 use crate::model::ModelConfig;
 
 /// A group: parameter names, or name prefixes when they end with `.`.
@@ -44,8 +47,52 @@ fn lock(vs: &VarStore, tower_prefixes: &[String], groups: &[Group], unlocked: us
     }
 }
 
+/// The groups of a timm trunk (`visual.trunk.`), as timm's
+/// `group_parameters` makes them from the VisionTransformer's
+/// `group_matcher`: the embeddings ([cls_token, reg_token, pos_embed,
+/// patch_embed, norm_pre]), one group per block with `norm` joining the
+/// last, then whatever no pattern names (attn_pool, fc_norm, head) as one
+/// group, where the trunk has any.
+fn timm_trunk_groups(vs: &VarStore, depth: i64) -> Vec<Group> {
+    let trunk = |name: &str| format!("visual.trunk.{name}");
+    let mut groups: Vec<Group> = vec![[
+        "cls_token",
+        "reg_token",
+        "pos_embed",
+        "patch_embed.",
+        "norm_pre.",
+    ]
+    .map(trunk)
+    .to_vec()];
+    for block in 0..depth {
+        groups.push(vec![trunk(&format!("blocks.{block}."))]);
+    }
+    if let Some(last) = groups.last_mut() {
+        last.push(trunk("norm."));
+    }
+    let named: Vec<String> = vs.variables().into_keys().collect();
+    let unnamed: Group = named
+        .iter()
+        .filter(|name| name.starts_with("visual.trunk."))
+        .filter(|name| !groups.iter().any(|group| in_group(name, group)))
+        .cloned()
+        .collect();
+    if !unnamed.is_empty() {
+        groups.push(unnamed);
+    }
+    groups
+}
+
 /// `model.lock_image_tower(unlocked_groups)`.
 pub fn lock_image_tower(vs: &VarStore, config: &ModelConfig, unlocked_groups: usize) -> Result<()> {
+    if let Some(name) = &config.vision_cfg.timm_model_name {
+        // OpenCLIP's TimmModel locks its trunk only: the head after it
+        // (`visual.head.`) stays trainable.
+        let depth = timm_vit_facts(name)?.depth;
+        let groups = timm_trunk_groups(vs, depth);
+        lock(vs, &["visual.trunk.".into()], &groups, unlocked_groups);
+        return Ok(());
+    }
     let layers = match config.vision_cfg.layers {
         VisionLayers::Transformer(layers) => layers as usize,
         VisionLayers::ResNet(_) => {

@@ -1,0 +1,595 @@
+//! timm's `VisionTransformer`, the trunk of a timm image tower
+//! (`visual.trunk.` in OpenCLIP's checkpoints): `patch_embed.proj`,
+//! `cls_token` and `reg_token` where the model has them, `pos_embed`,
+//! patch dropout, `norm_pre`, `blocks.N` (`norm1`, `attn.qkv`, `attn.proj`,
+//! `ls1`, `norm2`, `mlp.fc1`, `mlp.fc2`, `ls2`), `norm`, the MAP head
+//! `attn_pool` (`latent`, `q`, `kv`, `proj`, `norm`, `mlp`), `fc_norm` and
+//! `head`. Which of these a model has, and their sizes, come from
+//! [`TimmVitFacts`] (timm's registry, read into `timm_configs.json`).
+
+use serde::Deserialize;
+use tch::nn::{self, Init, Module};
+use tch::{Kind, Tensor};
+
+use super::config::NormKwargs;
+use super::transformer::{
+    layer_norm, linear_parameters, shallow_clone_linear, Activation, LayerNorm,
+};
+use crate::activation_checkpoint::checkpoint;
+
+/// What timm's registry says of one VisionTransformer model.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TimmVitFacts {
+    pub img_size: [i64; 2],
+    pub patch_size: [i64; 2],
+    pub patch_bias: bool,
+    pub embed_dim: i64,
+    pub depth: i64,
+    pub num_heads: i64,
+    pub mlp_hidden: i64,
+    pub qkv_bias: bool,
+    pub proj_bias: bool,
+    pub layer_scale: bool,
+    pub class_token: bool,
+    pub reg_tokens: i64,
+    pub no_embed_class: bool,
+    pub pre_norm: bool,
+    pub norm: bool,
+    pub fc_norm: bool,
+    pub norm_eps: f64,
+    pub act: String,
+    pub global_pool: String,
+    pub attn_pool: Option<AttentionPoolFacts>,
+}
+
+/// What timm's registry says of a model's MAP head (`AttentionPoolLatent`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AttentionPoolFacts {
+    pub num_heads: i64,
+    pub latent_len: i64,
+    pub mlp_hidden: i64,
+    pub qkv_bias: bool,
+    pub pool: String,
+}
+
+/// How the trunk turns its tokens into one vector (timm's `global_pool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrunkPool {
+    /// The class token.
+    Token,
+    /// The mean of the patch tokens.
+    Avg,
+    /// The maximum of the patch tokens.
+    Max,
+    /// Half the maximum plus half the mean.
+    AvgMax,
+    /// The MAP head (`attn_pool`).
+    Map,
+}
+
+impl TrunkPool {
+    pub fn parse(name: &str) -> Option<TrunkPool> {
+        Some(match name {
+            "token" => TrunkPool::Token,
+            "avg" => TrunkPool::Avg,
+            "max" => TrunkPool::Max,
+            "avgmax" => TrunkPool::AvgMax,
+            "map" => TrunkPool::Map,
+            _ => return None,
+        })
+    }
+}
+
+/// What OpenCLIP's `TimmModel` asks of a trunk beside its facts.
+#[derive(Debug, Clone)]
+pub struct TrunkOptions {
+    pub pool: TrunkPool,
+    /// `num_classes` of the trunk's own `head` (0: none).
+    pub head_dim: i64,
+    /// timm's `patch_drop_rate` (OpenCLIP's `patch_dropout`).
+    pub patch_drop: f64,
+    /// timm's `drop_path_rate` (OpenCLIP's `timm_drop_path`): stochastic
+    /// depth rising linearly from 0 at the first block to this at the last.
+    pub drop_path: f64,
+}
+
+/// A linear layer initialised as timm initialises a ViT's: weights normal
+/// with std 0.02 (timm's truncation at ±2 is 100 standard deviations out,
+/// so never reached), biases zero.
+pub fn timm_linear(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> nn::Linear {
+    nn::linear(
+        p,
+        in_dim,
+        out_dim,
+        nn::LinearConfig {
+            ws_init: Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+            bs_init: Some(Init::Const(0.0)),
+            bias,
+        },
+    )
+}
+
+fn norm(p: nn::Path, dim: i64, eps: f64) -> LayerNorm {
+    layer_norm(p, dim, Some(&NormKwargs { eps: Some(eps) }))
+}
+
+/// timm's `Mlp`: `fc1`, the activation, dropout, `fc2`.
+#[derive(Debug)]
+pub struct TimmMlp {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    act: Activation,
+    /// Dropout after the activation, while training.
+    drop: f64,
+}
+
+impl TimmMlp {
+    fn new(p: nn::Path, dim: i64, hidden: i64, act: Activation) -> Self {
+        Self::with_output(p, dim, hidden, dim, act, true, 0.0)
+    }
+
+    /// An MLP from `dim` through `hidden` to `out`; `fc2_bias` false drops
+    /// the second layer's bias, and `drop` is the dropout after the
+    /// activation.
+    pub fn with_output(
+        p: nn::Path,
+        dim: i64,
+        hidden: i64,
+        out: i64,
+        act: Activation,
+        fc2_bias: bool,
+        drop: f64,
+    ) -> Self {
+        TimmMlp {
+            fc1: timm_linear(&p / "fc1", dim, hidden, true),
+            fc2: timm_linear(&p / "fc2", hidden, out, fc2_bias),
+            act,
+            drop,
+        }
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let hidden = self.act.apply(&self.fc1.forward(x));
+        self.fc2.forward(&hidden.dropout(self.drop, train))
+    }
+
+    fn parameters(&self) -> impl Iterator<Item = &Tensor> {
+        linear_parameters(&self.fc1).chain(linear_parameters(&self.fc2))
+    }
+
+    fn shallow_clone(&self) -> Self {
+        TimmMlp {
+            fc1: shallow_clone_linear(&self.fc1),
+            fc2: shallow_clone_linear(&self.fc2),
+            act: self.act,
+            drop: self.drop,
+        }
+    }
+}
+
+/// [batch, tokens, heads * head_dim] to [batch, heads, tokens, head_dim].
+fn split_heads(x: &Tensor, heads: i64) -> Tensor {
+    let (n, l, c) = x.size3().expect("[batch, tokens, width]");
+    x.reshape([n, l, heads, c / heads]).transpose(1, 2)
+}
+
+/// [batch, heads, tokens, head_dim] to [batch, tokens, heads * head_dim].
+fn merge_heads(x: &Tensor) -> Tensor {
+    let (n, h, l, d) = x.size4().expect("[batch, heads, tokens, dim]");
+    x.transpose(1, 2).reshape([n, l, h * d])
+}
+
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None::<f64>, false)
+}
+
+/// timm's `Attention`: a packed `qkv` projection and `proj`.
+#[derive(Debug)]
+struct TimmAttention {
+    qkv: nn::Linear,
+    proj: nn::Linear,
+    heads: i64,
+}
+
+impl TimmAttention {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let qkv = self.qkv.forward(x).chunk(3, -1);
+        let q = split_heads(&qkv[0], self.heads);
+        let k = split_heads(&qkv[1], self.heads);
+        let v = split_heads(&qkv[2], self.heads);
+        self.proj.forward(&merge_heads(&attention(&q, &k, &v)))
+    }
+}
+
+/// timm's `LayerScale` (`gamma`).
+#[derive(Debug)]
+struct TimmLayerScale {
+    gamma: Tensor,
+}
+
+fn scaled(ls: &Option<TimmLayerScale>, x: Tensor) -> Tensor {
+    match ls {
+        Some(ls) => x * &ls.gamma,
+        None => x,
+    }
+}
+
+/// timm's `drop_path`: each sample's `x` zeroed with probability `prob`,
+/// the others scaled by 1 / (1 - prob).
+fn drop_path(x: Tensor, prob: f64, train: bool) -> Tensor {
+    if !train || prob == 0.0 {
+        return x;
+    }
+    let keep = 1.0 - prob;
+    let mut shape = vec![1; x.dim()];
+    shape[0] = x.size()[0];
+    let mask = Tensor::empty(shape.as_slice(), (x.kind(), x.device())).bernoulli_float_(keep);
+    x * (mask / keep)
+}
+
+/// timm's `Block`: pre-norm attention and MLP, each with its layer scale.
+#[derive(Debug)]
+struct TimmBlock {
+    norm1: LayerNorm,
+    attn: TimmAttention,
+    ls1: Option<TimmLayerScale>,
+    norm2: LayerNorm,
+    mlp: TimmMlp,
+    ls2: Option<TimmLayerScale>,
+    /// The probability of dropping each residual branch for a sample,
+    /// while training.
+    drop_path: f64,
+}
+
+impl TimmBlock {
+    fn new(p: nn::Path, facts: &TimmVitFacts, act: Activation, drop_path: f64) -> Self {
+        let dim = facts.embed_dim;
+        let layer_scale = |name: &str| {
+            // timm's ViTs with layer scale start it at 1e-6 or 1e-5; a
+            // checkpoint's values replace it in any case.
+            facts.layer_scale.then(|| TimmLayerScale {
+                gamma: (&p / name).var("gamma", &[dim], Init::Const(1e-6)),
+            })
+        };
+        TimmBlock {
+            norm1: norm(&p / "norm1", dim, facts.norm_eps),
+            attn: TimmAttention {
+                qkv: timm_linear(&p / "attn" / "qkv", dim, 3 * dim, facts.qkv_bias),
+                proj: timm_linear(&p / "attn" / "proj", dim, dim, facts.proj_bias),
+                heads: facts.num_heads,
+            },
+            ls1: layer_scale("ls1"),
+            norm2: norm(&p / "norm2", dim, facts.norm_eps),
+            mlp: TimmMlp::new(&p / "mlp", dim, facts.mlp_hidden, act),
+            ls2: layer_scale("ls2"),
+            drop_path,
+        }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let attended = scaled(&self.ls1, self.attn.forward(&self.norm1.forward(x)));
+        let x = x + drop_path(attended, self.drop_path, train);
+        let mlp = scaled(
+            &self.ls2,
+            self.mlp.forward_t(&self.norm2.forward(&x), train),
+        );
+        &x + drop_path(mlp, self.drop_path, train)
+    }
+
+    /// `forward_t` in training under [`checkpoint`] (timm's
+    /// `checkpoint_seq` of the blocks; the random draws of drop path are
+    /// replayed in the recomputation).
+    fn forward_checkpointed(&self, x: &Tensor) -> Tensor {
+        let block = self.shallow_clone();
+        checkpoint(&[x], &self.parameters(), move |inputs| {
+            block.forward_t(&inputs[0], true)
+        })
+        // The plain forward panics on the errors tch reports inside it;
+        // the checkpointed one keeps the same contract.
+        .unwrap_or_else(|error| panic!("{error:#}"))
+    }
+
+    /// Every tensor `forward_t` reads that may need a gradient.
+    fn parameters(&self) -> Vec<&Tensor> {
+        let layer_scales = [&self.ls1, &self.ls2];
+        self.norm1
+            .parameters()
+            .into_iter()
+            .chain(linear_parameters(&self.attn.qkv))
+            .chain(linear_parameters(&self.attn.proj))
+            .chain(self.norm2.parameters())
+            .chain(self.mlp.parameters())
+            .chain(layer_scales.into_iter().flatten().map(|ls| &ls.gamma))
+            .collect()
+    }
+
+    /// A block sharing this one's weights, for the checkpointed closure to
+    /// own (it must be `'static + Send`).
+    fn shallow_clone(&self) -> Self {
+        let ls = |ls: &Option<TimmLayerScale>| {
+            ls.as_ref().map(|ls| TimmLayerScale {
+                gamma: ls.gamma.shallow_clone(),
+            })
+        };
+        TimmBlock {
+            norm1: self.norm1.shallow_clone(),
+            attn: TimmAttention {
+                qkv: shallow_clone_linear(&self.attn.qkv),
+                proj: shallow_clone_linear(&self.attn.proj),
+                heads: self.attn.heads,
+            },
+            ls1: ls(&self.ls1),
+            norm2: self.norm2.shallow_clone(),
+            mlp: self.mlp.shallow_clone(),
+            ls2: ls(&self.ls2),
+            drop_path: self.drop_path,
+        }
+    }
+}
+
+/// A standard-normal tensor truncated to ±2 (resampled until inside), times
+/// `std`: timm's `trunc_normal_tf_`.
+fn truncated_normal(shape: &[i64], std: f64) -> Tensor {
+    let options = (Kind::Float, tch::Device::Cpu);
+    let mut x = Tensor::randn(shape, options);
+    loop {
+        let inside = x.abs().le(2.0);
+        if inside.all().int64_value(&[]) != 0 {
+            return x * std;
+        }
+        x = x.where_self(&inside, &Tensor::randn(shape, options));
+    }
+}
+
+/// timm's `AttentionPoolLatent` (the MAP head): learned latent queries
+/// attend over the tokens, then a residual MLP; the first latent (or their
+/// mean) is the pooled vector.
+#[derive(Debug)]
+struct AttentionPoolLatent {
+    latent: Tensor,
+    q: nn::Linear,
+    kv: nn::Linear,
+    proj: nn::Linear,
+    norm: LayerNorm,
+    mlp: TimmMlp,
+    heads: i64,
+    average: bool,
+}
+
+impl AttentionPoolLatent {
+    fn new(p: nn::Path, dim: i64, facts: &AttentionPoolFacts, eps: f64, act: Activation) -> Self {
+        let latent = p.var_copy(
+            "latent",
+            &truncated_normal(&[1, facts.latent_len, dim], (dim as f64).powf(-0.5)),
+        );
+        AttentionPoolLatent {
+            latent,
+            q: timm_linear(&p / "q", dim, dim, facts.qkv_bias),
+            kv: timm_linear(&p / "kv", dim, 2 * dim, facts.qkv_bias),
+            proj: timm_linear(&p / "proj", dim, dim, true),
+            norm: norm(&p / "norm", dim, eps),
+            mlp: TimmMlp::new(&p / "mlp", dim, facts.mlp_hidden, act),
+            heads: facts.num_heads,
+            average: facts.pool == "avg",
+        }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let batch = x.size()[0];
+        let latent = self.latent.to_kind(x.kind()).expand([batch, -1, -1], false);
+        let q = split_heads(&self.q.forward(&latent), self.heads);
+        let kv = self.kv.forward(x).chunk(2, -1);
+        let k = split_heads(&kv[0], self.heads);
+        let v = split_heads(&kv[1], self.heads);
+        let x = self.proj.forward(&merge_heads(&attention(&q, &k, &v)));
+        let x = &x + self.mlp.forward_t(&self.norm.forward(&x), train);
+        if self.average {
+            x.mean_dim(1, false, None)
+        } else {
+            x.select(1, 0)
+        }
+    }
+}
+
+/// Drops a random subset of the patch tokens while training, keeping the
+/// prefix (class and register) tokens: timm's `PatchDropout`.
+#[derive(Debug)]
+struct PatchDropout {
+    prob: f64,
+    prefix_tokens: i64,
+}
+
+impl PatchDropout {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        if !train || self.prob == 0.0 {
+            return x.shallow_clone();
+        }
+        let (batch, tokens, width) = x.size3().expect("[batch, tokens, width]");
+        let patches = tokens - self.prefix_tokens;
+        let keep = ((patches as f64 * (1.0 - self.prob)) as i64).max(1);
+        let order = Tensor::randn([batch, patches], (Kind::Float, x.device())).argsort(-1, false);
+        let indices = order.narrow(1, 0, keep);
+        let kept = x.narrow(1, self.prefix_tokens, patches).gather(
+            1,
+            &indices.unsqueeze(-1).expand([batch, keep, width], false),
+            false,
+        );
+        Tensor::cat(&[x.narrow(1, 0, self.prefix_tokens), kept], 1)
+    }
+}
+
+/// timm's `VisionTransformer` with the module tree of its checkpoints.
+#[derive(Debug)]
+pub struct TimmVisionTransformer {
+    patch_embed_proj: nn::Conv2D,
+    cls_token: Option<Tensor>,
+    reg_token: Option<Tensor>,
+    pos_embed: Tensor,
+    no_embed_class: bool,
+    patch_drop: PatchDropout,
+    norm_pre: Option<LayerNorm>,
+    blocks: Vec<TimmBlock>,
+    norm: Option<LayerNorm>,
+    attn_pool: Option<AttentionPoolLatent>,
+    fc_norm: Option<LayerNorm>,
+    head: Option<nn::Linear>,
+    pool: TrunkPool,
+    prefix_tokens: i64,
+    grad_checkpointing: bool,
+}
+
+impl TimmVisionTransformer {
+    pub fn new(p: nn::Path, facts: &TimmVitFacts, options: &TrunkOptions) -> Self {
+        let dim = facts.embed_dim;
+        let act = match facts.act.as_str() {
+            "gelu_tanh" => Activation::GeluTanh,
+            _ => Activation::Gelu,
+        };
+        let [patch_h, patch_w] = facts.patch_size;
+        let [img_h, img_w] = facts.img_size;
+        let patch_embed_proj = nn::conv(
+            &p / "patch_embed" / "proj",
+            3,
+            dim,
+            [patch_h, patch_w],
+            nn::ConvConfigND {
+                stride: [patch_h, patch_w],
+                bias: facts.patch_bias,
+                ..Default::default()
+            },
+        );
+        let prefix_tokens = i64::from(facts.class_token) + facts.reg_tokens;
+        let patches = (img_h / patch_h) * (img_w / patch_w);
+        let embed_len = if facts.no_embed_class {
+            patches
+        } else {
+            patches + prefix_tokens
+        };
+        let small = Init::Randn {
+            mean: 0.0,
+            stdev: 1e-6,
+        };
+        let cls_token = facts
+            .class_token
+            .then(|| p.var("cls_token", &[1, 1, dim], small));
+        let reg_token =
+            (facts.reg_tokens > 0).then(|| p.var("reg_token", &[1, facts.reg_tokens, dim], small));
+        let pos_embed = p.var(
+            "pos_embed",
+            &[1, embed_len, dim],
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        );
+        // timm's linspace(0, drop_path_rate, depth).
+        let rate = |i: i64| match facts.depth {
+            1 => 0.0,
+            depth => options.drop_path * i as f64 / (depth - 1) as f64,
+        };
+        let blocks = (0..facts.depth)
+            .map(|i| TimmBlock::new(&p / "blocks" / i, facts, act, rate(i)))
+            .collect();
+        let attn_pool = match (&facts.attn_pool, options.pool) {
+            (Some(pool), TrunkPool::Map) => Some(AttentionPoolLatent::new(
+                &p / "attn_pool",
+                dim,
+                pool,
+                facts.norm_eps,
+                act,
+            )),
+            _ => None,
+        };
+        TimmVisionTransformer {
+            patch_embed_proj,
+            cls_token,
+            reg_token,
+            pos_embed,
+            no_embed_class: facts.no_embed_class,
+            patch_drop: PatchDropout {
+                prob: options.patch_drop,
+                prefix_tokens,
+            },
+            norm_pre: facts
+                .pre_norm
+                .then(|| norm(&p / "norm_pre", dim, facts.norm_eps)),
+            blocks,
+            norm: facts.norm.then(|| norm(&p / "norm", dim, facts.norm_eps)),
+            attn_pool,
+            fc_norm: facts
+                .fc_norm
+                .then(|| norm(&p / "fc_norm", dim, facts.norm_eps)),
+            head: (options.head_dim > 0)
+                .then(|| timm_linear(&p / "head", dim, options.head_dim, true)),
+            pool: options.pool,
+            prefix_tokens,
+            grad_checkpointing: false,
+        }
+    }
+
+    /// The blocks run under activation checkpointing while training
+    /// (OpenCLIP's `set_grad_checkpointing` on a timm tower).
+    pub fn set_grad_checkpointing(&mut self, enable: bool) {
+        self.grad_checkpointing = enable;
+    }
+
+    /// Images [N, 3, H, W] to the pooled features (through `head`, if the
+    /// trunk has one).
+    pub fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+        let x = self.patch_embed_proj.forward(images);
+        let (n, c, _, _) = x.size4().expect("patch embedding is [N, C, H, W]");
+        let x = x.flatten(2, 3).transpose(1, 2);
+        let kind = x.kind();
+        let mut tokens: Vec<Tensor> = [&self.cls_token, &self.reg_token]
+            .into_iter()
+            .flatten()
+            .map(|token| token.to_kind(kind).expand([n, -1, c], false))
+            .collect();
+        let pos_embed = self.pos_embed.to_kind(kind);
+        let x = if self.no_embed_class {
+            tokens.push(x + pos_embed);
+            Tensor::cat(&tokens, 1)
+        } else {
+            tokens.push(x);
+            Tensor::cat(&tokens, 1) + pos_embed
+        };
+        let x = self.patch_drop.forward_t(&x, train);
+        let mut x = match &self.norm_pre {
+            Some(norm) => norm.forward(&x),
+            None => x,
+        };
+        for block in &self.blocks {
+            x = if self.grad_checkpointing && train {
+                block.forward_checkpointed(&x)
+            } else {
+                block.forward_t(&x, train)
+            };
+        }
+        let x = match &self.norm {
+            Some(norm) => norm.forward(&x),
+            None => x,
+        };
+        let patches = || x.narrow(1, self.prefix_tokens, x.size()[1] - self.prefix_tokens);
+        let pooled = match (&self.attn_pool, self.pool) {
+            (Some(attn_pool), _) => attn_pool.forward_t(&patches(), train),
+            (None, TrunkPool::Token) => x.select(1, 0),
+            (None, TrunkPool::Max) => patches().amax([1], false),
+            (None, TrunkPool::AvgMax) => {
+                let patches = patches();
+                (patches.amax([1], false) + patches.mean_dim(1, false, None)) * 0.5
+            }
+            (None, _) => patches().mean_dim(1, false, None),
+        };
+        let pooled = match &self.fc_norm {
+            Some(norm) => norm.forward(&pooled),
+            None => pooled,
+        };
+        match &self.head {
+            Some(head) => head.forward(&pooled),
+            None => pooled,
+        }
+    }
+}
