@@ -26,9 +26,10 @@ STAMP="$VENV/.clipflow-ready"
 # libtorch's ProcessGroupNCCL header needs beside the nccl.h torch pulls in,
 # so the shim builds the NCCL backend. timm is pinned to the release that
 # core/src/model/timm_configs.json was read from, so OpenCLIP's timm towers
-# in the oracle are the ones clipflow builds.
+# in the oracle are the ones clipflow builds; transformers is what OpenCLIP's
+# HFTokenizer loads HuggingFace tokenizers with.
 # The stamp records this list, so changing it reinstalls.
-REQUIREMENTS="torch==$TORCH_VERSION open_clip_torch==$OPENCLIP_VERSION timm==1.0.31 safetensors pillow scikit-learn scikit-image pandas webdataset==0.2.86 tensorboard wandb moto[server]==5.2.5 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85"
+REQUIREMENTS="torch==$TORCH_VERSION open_clip_torch==$OPENCLIP_VERSION timm==1.0.31 transformers==5.24.0 safetensors pillow scikit-learn scikit-image pandas webdataset==0.2.86 tensorboard wandb moto[server]==5.2.5 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85"
 
 log() { echo "[setup] $*" >&2; }
 

@@ -130,6 +130,7 @@ pub fn topology_flags(train: &TrainArgs) -> FlagValues {
         ("batch-size", train.batch_size.to_string()),
         ("workers", train.workers.max(1).to_string()),
         ("model", train.model.clone()),
+        ("cache-dir", train.cache_dir.clone().unwrap_or_default()),
         ("seed", train.seed.to_string()),
         ("aug-cfg", aug_cfg.join(" ")),
         (

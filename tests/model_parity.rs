@@ -266,3 +266,11 @@ fn vit_medium_patch16_gap_256_matches_open_clip() {
         ModelOverrides::default(),
     );
 }
+
+/// ViT-B-16-SigLIP by its OpenCLIP name: timm's SigLIP trunk and the SigLIP
+/// text tower (bidirectional, pooled on the last token, biased
+/// projection), with `logit_bias`.
+#[test]
+fn vit_b_16_siglip_matches_open_clip() {
+    check_model("ViT-B-16-SigLIP", None, "{}", ModelOverrides::default());
+}

@@ -622,7 +622,7 @@ fn assert_same_ids(
     }
     assert!(
         mismatches.is_empty(),
-        "{} of {} captions tokenize differently from open_clip.tokenize at context length {context_length}",
+        "{} of {} captions tokenize differently from OpenCLIP's tokenizer at context length {context_length}",
         mismatches.len(),
         captions.len()
     );
@@ -694,7 +694,8 @@ fn hf_tokenizer_cleans_truncates_and_pads_like_open_clip() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("tokenizer.json");
     std::fs::write(&path, TINY_TOKENIZER_JSON).expect("writing tokenizer.json");
-    let tokenizer = HfTokenizer::from_file(&path).expect("loading tokenizer.json");
+    let tokenizer =
+        HfTokenizer::from_file(&path, Default::default()).expect("loading tokenizer.json");
 
     // Whitespace-cleaned and HTML-unescaped, but not lower-cased: "A" is unknown.
     let caption = "  A photo\tof &amp;  a Cat. ";
@@ -707,8 +708,144 @@ fn hf_tokenizer_cleans_truncates_and_pads_like_open_clip() {
     assert_eq!(batch.size(), [2, 4]);
 
     let missing = dir.path().join("missing.json");
-    let error = HfTokenizer::from_file(&missing)
+    let error = HfTokenizer::from_file(&missing, Default::default())
         .err()
         .expect("a missing file is an error");
     assert!(format!("{error:#}").contains("missing.json"), "{error:#}");
+}
+
+/// A model config naming HuggingFace tokenizer `repo`, with OpenCLIP's
+/// `tokenizer_kwargs`.
+fn hf_model_config(repo: &str, context_length: usize, kwargs: serde_json::Value) -> String {
+    serde_json::json!({
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+        "text_cfg": {
+            "context_length": context_length, "vocab_size": 3000, "width": 48, "heads": 4,
+            "layers": 2, "hf_tokenizer_name": repo, "tokenizer_kwargs": kwargs
+        }
+    })
+    .to_string()
+}
+
+/// A config's `hf_tokenizer_name`, found in a HuggingFace hub cache (laid
+/// out as huggingface_hub lays it out, offline), gives the ids of
+/// OpenCLIP's `get_tokenizer(name)` on the corpus, for a tokenizer of each
+/// kind OpenCLIP's configs use: SentencePiece-style Unigram with SigLIP's
+/// `clean: canonicalize`, WordPiece with `strip_sep_token`, byte-level BPE
+/// with `clean: lower`. Each is trained on the corpus by the `tokenizers`
+/// library and saved by `transformers` in the oracle.
+#[test]
+fn hf_tokenizers_by_name_match_open_clip_get_tokenizer() {
+    let captions = caption_corpus();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hub = dir.path().join("hub");
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let cases = [
+        (
+            "hf-unigram",
+            "clipflow-test/unigram",
+            64,
+            serde_json::json!({"clean": "canonicalize"}),
+        ),
+        (
+            "hf-wordpiece",
+            "clipflow-test/wordpiece",
+            32,
+            serde_json::json!({"strip_sep_token": true}),
+        ),
+        (
+            "hf-bpe",
+            "clipflow-test/bpe",
+            24,
+            serde_json::json!({"clean": "lower"}),
+        ),
+    ];
+    for (name, repo, context_length, kwargs) in &cases {
+        let config = hf_model_config(repo, *context_length, kwargs.clone());
+        std::fs::write(models.join(format!("{name}.json")), config).unwrap();
+    }
+    let mut corpus = tempfile::NamedTempFile::new().expect("creating the corpus file");
+    for caption in &captions {
+        writeln!(corpus, "{}", serde_json::to_string(caption).unwrap()).unwrap();
+    }
+    corpus.flush().unwrap();
+    let mut args = vec![
+        corpus.path().to_str().unwrap(),
+        hub.to_str().unwrap(),
+        models.to_str().unwrap(),
+    ];
+    args.extend(cases.iter().map(|case| case.0));
+    let stdout = common::run_oracle(include_str!("oracle/hf_tokenizer_parity.py"), &args);
+    // (The tokenizers library's trainers print their progress too.)
+    let oracle: Vec<Vec<Vec<i64>>> = stdout
+        .lines()
+        .filter(|line| line.starts_with("[["))
+        .map(|line| serde_json::from_str(line).expect("oracle output is JSON"))
+        .collect();
+    assert_eq!(oracle.len(), cases.len());
+
+    let cache = clipflow_core::hf_hub::HubCache::locate(Some(&hub));
+    for ((name, _, context_length, _), oracle_rows) in cases.iter().zip(&oracle) {
+        let path = models.join(format!("{name}.json"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config =
+            clipflow_core::model::ModelConfig::from_json(&text, name, &Default::default()).unwrap();
+        let tokenizer =
+            clipflow_core::tokenizer::for_model(name, &config.text_cfg, &cache, None).unwrap();
+        let ours: Vec<Vec<i64>> = captions
+            .iter()
+            .map(|c| tokenizer.encode(c, *context_length))
+            .collect();
+        assert_same_ids(&captions, &ours, oracle_rows, *context_length);
+    }
+
+    // The command line finds the same tokenizer through HF_HUB_CACHE (a
+    // caption of one line, as `clipflow tokenize` reads lines).
+    let index = captions
+        .iter()
+        .position(|c| c.len() > 20 && !c.contains(['\n', '\r']))
+        .unwrap();
+    let model = models.join("hf-wordpiece.json");
+    let out = std::process::Command::new(common::clipflow_bin())
+        .args(["tokenize", "--model", model.to_str().unwrap()])
+        .env("HF_HUB_CACHE", &hub)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{}\n", captions[index]).as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<i64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(|id| id.parse().unwrap())
+        .collect();
+    assert_eq!(ids, oracle[1][index]);
+
+    // A repo that is not in the cache is named, with how to fetch it.
+    let absent = hf_model_config("clipflow-test/absent", 16, serde_json::Value::Null);
+    let config =
+        clipflow_core::model::ModelConfig::from_json(&absent, "absent", &Default::default())
+            .unwrap();
+    let error = clipflow_core::tokenizer::for_model("absent", &config.text_cfg, &cache, None)
+        .err()
+        .expect("an absent tokenizer is an error");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("clipflow-test/absent") && message.contains("hf download"),
+        "{message}"
+    );
 }

@@ -2,8 +2,9 @@
 //! transformed image (8-bit pixels and the normalisation that turns them
 //! into `[3, H, W]` f32 values, which the batcher applies as it writes them
 //! into the batch) and the caption as `context_length` token ids
-//! (OpenCLIP's CLIP BPE tokenizer), with the
-//! model's image size, context length and preprocessing settings
+//! (the model's tokenizer: CLIP's BPE, or the HuggingFace tokenizer its
+//! config names, found in the hub cache of `cache_dir`), with the model's
+//! image size, context length and preprocessing settings
 //! (`--image-mean`, `--image-std`, `--image-interpolation`,
 //! `--image-resize-mode`, `--aug-cfg`).
 //!
@@ -24,11 +25,13 @@
 //! and out), so loader threads never enter libtorch's intra-op thread pool
 //! and need no `tch::set_num_threads`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
+use clipflow_core::hf_hub::HubCache;
 use clipflow_core::model::{ModelConfig, ModelOverrides};
-use clipflow_core::tokenizer::{ClipTokenizer, TextTokenizer};
+use clipflow_core::tokenizer::{self, TextTokenizer};
 use clipflow_core::transform::{
     AugmentationCfg, Interpolation, Normalization, ResizeMode, RgbImage, TrainTransform,
     ValTransform, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD,
@@ -97,7 +100,7 @@ pub struct AugmenterConfig {
     pub transform: ImageTransform,
     /// Per-channel normalisation applied after the transform.
     pub normalization: Arc<Normalization>,
-    pub tokenizer: Arc<ClipTokenizer>,
+    pub tokenizer: Arc<dyn TextTokenizer + Send + Sync>,
     pub context_length: usize,
     /// Seed of the training transform's random draws.
     pub seed: u64,
@@ -122,9 +125,9 @@ impl AugmenterConfig {
             .non_empty_string("model")?
             .unwrap_or_else(|| "RN50".into());
         let config = ModelConfig::by_name(&model, &ModelOverrides::default())?;
-        if config.text_cfg.hf_tokenizer_name.is_some() {
-            bail!("--model {model} uses a HuggingFace tokenizer, which the augmenter does not load yet");
-        }
+        let cache_dir = settings.non_empty_string("cache_dir")?.map(PathBuf::from);
+        let hub = HubCache::locate(cache_dir.as_deref());
+        let tokenizer = tokenizer::for_model(&model, &config.text_cfg, &hub, None)?;
         let (height, width) = config.vision_cfg.image_size.height_width();
         let image_size = (height as u32, width as u32);
         let mean = channel_values(settings, "image_mean")?.unwrap_or(OPENAI_DATASET_MEAN);
@@ -174,7 +177,7 @@ impl AugmenterConfig {
         Ok(AugmenterConfig {
             transform,
             normalization: Arc::new(Normalization::new(mean, std)),
-            tokenizer: Arc::new(ClipTokenizer::new()?),
+            tokenizer,
             context_length: config.text_cfg.context_length as usize,
             seed: settings.u64("seed")?.unwrap_or(0),
             rank: settings.u64("rank")?.unwrap_or(0),

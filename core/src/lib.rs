@@ -10,6 +10,7 @@ pub mod collective;
 pub mod data;
 pub mod distributed;
 pub mod eval;
+pub mod hf_hub;
 pub mod loss;
 pub mod model;
 pub mod object_stores;

@@ -48,7 +48,9 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
         }
     }
     println!("NCCL: {}", nccl_state(devices));
-    let hub = huggingface_hub();
+    let hub = clipflow_core::hf_hub::HubCache::locate(None)
+        .root()
+        .to_path_buf();
     let state = if hub.is_dir() { "present" } else { "absent" };
     println!("HuggingFace cache: {} ({state})", hub.display());
     match check_writable(&args.logs) {
@@ -111,19 +113,6 @@ fn loaded_libtorch() -> Option<PathBuf> {
         .filter_map(|line| line.split_whitespace().last())
         .find(|path| path.ends_with("/libtorch_cpu.so"))
         .and_then(|path| Path::new(path).parent().map(Path::to_path_buf))
-}
-
-/// Where the HuggingFace hub keeps downloaded models: `HF_HUB_CACHE`, else
-/// `HF_HOME/hub`, else `~/.cache/huggingface/hub`, as huggingface_hub does.
-fn huggingface_hub() -> PathBuf {
-    if let Some(cache) = std::env::var_os("HF_HUB_CACHE") {
-        return cache.into();
-    }
-    if let Some(home) = std::env::var_os("HF_HOME") {
-        return Path::new(&home).join("hub");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    Path::new(&home).join(".cache/huggingface/hub")
 }
 
 /// Creates `logs` if needed, and a file in it, which it then removes.

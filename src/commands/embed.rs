@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use clipflow_core::hf_hub::HubCache;
 use clipflow_core::model::ModelOverrides;
-use clipflow_core::tokenizer::{tokenize_batch, ClipTokenizer, HfTokenizer, TextTokenizer};
+use clipflow_core::tokenizer::{self, tokenize_batch};
 use clipflow_core::transform::{
     decode_image, Interpolation, ResizeMode, ValTransform, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD,
 };
@@ -34,9 +35,14 @@ pub struct EmbedArgs {
     /// A text file with one caption per line.
     #[arg(long)]
     pub texts: Option<PathBuf>,
-    /// A HuggingFace tokenizer.json to use instead of the CLIP tokenizer.
+    /// A HuggingFace tokenizer.json to use instead of the model's own
+    /// tokenizer.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// The HuggingFace hub cache holding the model's tokenizer (default:
+    /// HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
     /// Where to write the features (safetensors).
     #[arg(long)]
     pub output: PathBuf,
@@ -139,10 +145,13 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     }
 
     if let Some(path) = &args.texts {
-        let tokenizer: Box<dyn TextTokenizer> = match &args.tokenizer {
-            Some(file) => Box::new(HfTokenizer::from_file(file)?),
-            None => Box::new(ClipTokenizer::new()?),
-        };
+        let hub = HubCache::locate(args.cache_dir.as_deref());
+        let tokenizer = tokenizer::for_model(
+            &args.model,
+            &loaded.config.text_cfg,
+            &hub,
+            args.tokenizer.as_deref(),
+        )?;
         let lines = captions(path)?;
         if lines.is_empty() {
             bail!("--texts {}: the file has no lines", path.display());

@@ -6,17 +6,23 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use clipflow_core::hf_hub::HubCache;
 use clipflow_core::model::{ModelConfig, ModelOverrides};
-use clipflow_core::tokenizer::{ClipTokenizer, HfTokenizer, TextTokenizer};
+use clipflow_core::tokenizer;
 
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {
     /// Model architecture whose tokenizer and context length to use.
     #[arg(long, default_value = "RN50")]
     pub model: String,
-    /// A HuggingFace tokenizer.json to use instead of the CLIP tokenizer.
+    /// A HuggingFace tokenizer.json to use instead of the model's own
+    /// tokenizer.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// The HuggingFace hub cache holding the model's tokenizer (default:
+    /// HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
     /// Override the model's context length.
     #[arg(long)]
     pub force_context_length: Option<i64>,
@@ -29,10 +35,13 @@ pub fn run(args: &TokenizeArgs) -> Result<()> {
     };
     let config = ModelConfig::by_name(&args.model, &overrides)?;
     let context_length = config.text_cfg.context_length as usize;
-    let tokenizer: Box<dyn TextTokenizer> = match &args.tokenizer {
-        Some(file) => Box::new(HfTokenizer::from_file(file)?),
-        None => Box::new(ClipTokenizer::new()?),
-    };
+    let hub = HubCache::locate(args.cache_dir.as_deref());
+    let tokenizer = tokenizer::for_model(
+        &args.model,
+        &config.text_cfg,
+        &hub,
+        args.tokenizer.as_deref(),
+    )?;
     let stdin = std::io::stdin().lock();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (number, line) in stdin.lines().enumerate() {

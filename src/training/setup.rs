@@ -20,10 +20,11 @@ use clipflow_core::data::csv_source::CsvDataset;
 use clipflow_core::data::dataset_type::{resolve_data_format, DataFormat};
 use clipflow_core::distributed::ProcessGroup;
 use clipflow_core::eval::zero_shot::ZeroShotSet;
+use clipflow_core::hf_hub::HubCache;
 use clipflow_core::loss::{create_loss, LossOptions};
 use clipflow_core::model::load::load_strict;
 use clipflow_core::model::{ModelConfig, ModelOverrides};
-use clipflow_core::tokenizer::ClipTokenizer;
+use clipflow_core::tokenizer;
 use clipflow_core::train::data_parallel::DataParallel;
 use clipflow_core::train::lock::{lock_image_tower, lock_text_tower};
 use clipflow_core::train::optimizer::{Optimizer, OptimizerFlags};
@@ -424,7 +425,12 @@ pub fn prepare(
                 None => ResizeMode::Shortest,
             },
         ),
-        tokenizer: Arc::new(ClipTokenizer::new()?),
+        tokenizer: tokenizer::for_model(
+            &args.model,
+            &config.text_cfg,
+            &HubCache::locate(args.cache_dir.as_deref().map(Path::new)),
+            None,
+        )?,
         context_length: config.text_cfg.context_length as usize,
         device,
         autocast: precision.autocast(),

@@ -203,6 +203,8 @@ pub struct TextConfig {
     pub hf_tokenizer_name: Option<String>,
     #[serde(default)]
     pub tokenizer_kwargs: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tokenizer_mode: Option<String>,
     #[serde(default = "default_text_width")]
     pub width: i64,
     #[serde(default = "default_text_heads")]
@@ -270,9 +272,6 @@ pub fn unsupported_reason(config: &ModelConfig) -> Option<String> {
         return Some(format!(
             "its text tower is the HuggingFace model `{hf}`, which clipflow does not build yet"
         ));
-    }
-    if config.text_cfg.hf_tokenizer_name.is_some() {
-        return Some("its tokenizer is a HuggingFace tokenizer, which clipflow does not load by name yet (pass --tokenizer FILE once supported)".into());
     }
     None
 }
@@ -384,8 +383,10 @@ mod tests {
     fn unknown_and_unsupported_models_are_clear_errors() {
         let err = ModelConfig::by_name("ViT-Q-99", &Default::default()).unwrap_err();
         assert!(err.to_string().contains("unknown model `ViT-Q-99`"));
+        let eva = ModelConfig::by_name("EVA02-B-16", &Default::default()).unwrap();
+        let err = eva.ensure_buildable("EVA02-B-16").unwrap_err();
+        assert!(err.to_string().contains("timm's `Eva`"), "{err}");
         let siglip = ModelConfig::by_name("ViT-B-16-SigLIP", &Default::default()).unwrap();
-        let err = siglip.ensure_buildable("ViT-B-16-SigLIP").unwrap_err();
-        assert!(err.to_string().contains("timm"), "{err}");
+        siglip.ensure_buildable("ViT-B-16-SigLIP").unwrap();
     }
 }

@@ -194,10 +194,29 @@ pub(super) fn collapse_whitespace(text: &str) -> String {
         .join(" ")
 }
 
+/// OpenCLIP's `basic_clean`: ftfy's fixes and two rounds of unescaping
+/// (its final `strip` is left to the cleaning that follows, which drops
+/// outer whitespace too).
+fn basic_clean(text: &str) -> String {
+    let fixed = fix_text(text);
+    unescape_lenient(&unescape_lenient(&fixed))
+}
+
 /// OpenCLIP's `basic_clean` followed by `whitespace_clean`: the text a
 /// tokenizer sees, before any lower-casing.
 pub fn clean_caption(text: &str) -> String {
-    let fixed = fix_text(text);
-    let unescaped = unescape_lenient(&unescape_lenient(&fixed));
-    collapse_whitespace(&unescaped)
+    collapse_whitespace(&basic_clean(text))
+}
+
+/// OpenCLIP's `canonicalize` cleaning (big_vision's `canonicalize_text`
+/// after `basic_clean`): underscores become spaces, ASCII punctuation
+/// (Python's `string.punctuation`) goes, the rest is lower-cased, and
+/// whitespace collapses.
+pub fn canonicalize_caption(text: &str) -> String {
+    let without_punctuation: String = basic_clean(text)
+        .replace('_', " ")
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect();
+    collapse_whitespace(&without_punctuation.to_lowercase())
 }
