@@ -5,7 +5,8 @@
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use clipflow::commands::{
-    bench, check, convert, doctor, embed, make_scenes, models, quickstart, run, tokenize, train,
+    bench, check, convert, doctor, embed, make_scenes, models, pretrained, quickstart, run,
+    tokenize, train,
 };
 use clipflow::telemetry::{Telemetry, TelemetryArgs};
 
@@ -37,6 +38,9 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// List the model architectures and whether clipflow builds them yet.
     Models,
+    /// List OpenCLIP's pretrained tags and whether the HuggingFace hub cache
+    /// has their weights.
+    Pretrained(pretrained::PretrainedArgs),
     /// Run the pipeline a topology file describes (e.g. topologies/demo.toml).
     Run(run::RunArgs),
     /// Validate a topology file without running it.
@@ -67,6 +71,7 @@ impl Command {
             Command::Tokenize(_) => "tokenize",
             Command::Convert(_) => "convert",
             Command::Models => "models",
+            Command::Pretrained(_) => "pretrained",
             Command::Run(_) => "run",
             Command::Check(_) => "check",
             Command::Bench(_) => "bench",
@@ -83,6 +88,7 @@ impl Command {
             Command::Tokenize(args) => tokenize::run(&args),
             Command::Convert(args) => convert::run(&args),
             Command::Models => models::run(),
+            Command::Pretrained(args) => pretrained::run(&args),
             Command::Run(args) => run::run(&args),
             Command::Check(args) => check::run(&args),
             Command::Bench(args) => bench::run(args),

@@ -1,12 +1,15 @@
 //! What every subcommand needs to run a model: the `--device` and
 //! `--precision` flags as OpenCLIP reads them, and building a model by name
-//! with optional `--pretrained` weights loaded strictly.
+//! with optional `--pretrained` weights (a pretrained tag found in the hub
+//! cache, or a file) loaded strictly.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use clipflow_core::hf_hub::HubCache;
 use clipflow_core::model::load::load_strict;
 use clipflow_core::model::precision::convert_weights_to_low_precision;
+use clipflow_core::model::pretrained::{self, PretrainedTag};
 use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};
 use clipflow_core::shim::AutocastGuard;
 use clipflow_core::weights::read_weights;
@@ -106,44 +109,98 @@ pub struct LoadedModel {
     pub vs: VarStore,
     pub model: Clip,
     pub config: ModelConfig,
+    /// The pretrained tag its weights came from, if `--pretrained` named one.
+    pub tag: Option<&'static PretrainedTag>,
 }
 
-/// Builds `--model name` and, when `pretrained` is given, loads that file
-/// strictly (any missing, unexpected or misshapen tensor is an error naming it).
+/// What `--pretrained TEXT` names for model `name`, as OpenCLIP reads it: a
+/// pretrained tag of the model (its weights found in the hub cache `hub`),
+/// else a weights file.
+pub fn resolve_pretrained(
+    name: &str,
+    text: &str,
+    hub: &HubCache,
+) -> Result<(PathBuf, Option<&'static PretrainedTag>)> {
+    if let Some(tag) = pretrained::tag(name, text) {
+        let path = tag
+            .weights_file(hub)
+            .with_context(|| format!("--pretrained {text} (a pretrained tag of {name})"))?;
+        return Ok((path, Some(tag)));
+    }
+    let path = Path::new(text);
+    if !path.is_file() {
+        let tags: Vec<&str> = pretrained::tags_of(name)
+            .into_iter()
+            .map(|(tag, _)| tag)
+            .collect();
+        let known = match tags.as_slice() {
+            [] => format!("{name} has no pretrained tags"),
+            tags => format!("the tags of {name} are {}", tags.join(", ")),
+        };
+        bail!("--pretrained {text}: not a file, nor a pretrained tag of {name} ({known}; `clipflow pretrained {name}` lists them)");
+    }
+    Ok((path.to_path_buf(), None))
+}
+
+/// Builds `--model name` and, when `pretrained` is given, loads its weights
+/// (see [`build_model`]).
 pub fn load_model(
     name: &str,
     overrides: &ModelOverrides,
-    pretrained: Option<&Path>,
+    pretrained: Option<&str>,
+    hub: &HubCache,
     device: Device,
 ) -> Result<LoadedModel> {
     let config = ModelConfig::by_name(name, overrides)?;
-    build_model(name, config, pretrained, device)
+    build_model(name, config, pretrained, hub, device)
 }
 
-/// [`load_model`] from a config the caller has adjusted (training's
-/// `--siglip` initial logit scale and bias).
+/// Builds model `name` from a config the caller may have adjusted
+/// (training's `--siglip` initial logit scale and bias) and, when
+/// `pretrained` names a tag or a file ([`resolve_pretrained`]), loads those
+/// weights strictly: any missing, unexpected or misshapen tensor is an
+/// error naming it. As in OpenCLIP, weights without a `logit_bias` give a
+/// model that has one a bias of 0.
 pub fn build_model(
     name: &str,
     config: ModelConfig,
-    pretrained: Option<&Path>,
+    pretrained: Option<&str>,
+    hub: &HubCache,
     device: Device,
 ) -> Result<LoadedModel> {
     config.ensure_buildable(name)?;
     let vs = VarStore::new(device);
     let model =
         Clip::new(&vs.root(), &config).with_context(|| format!("building --model {name}"))?;
-    if let Some(path) = pretrained {
-        let text = path.to_string_lossy();
-        if !path.exists() && !text.contains(['/', '.']) {
-            bail!(
-                "--pretrained {text}: a pretrained tag, which OpenCLIP downloads; clipflow loads \
-                 weight files only: save the weights first (open_clip.create_model({name:?}, \
-                 pretrained={text:?}) then torch.save(model.state_dict(), PATH)) and pass \
-                 --pretrained PATH"
-            );
+    let mut tag = None;
+    if let Some(text) = pretrained {
+        let (path, pretrained_tag) = resolve_pretrained(name, text, hub)?;
+        if let Some(pretrained_tag) = pretrained_tag {
+            if pretrained_tag.quick_gelu != config.quick_gelu {
+                tracing::warn!(
+                    "QuickGELU mismatch between the model config (quick_gelu={}) and pretrained tag '{text}' (quick_gelu={})",
+                    config.quick_gelu,
+                    pretrained_tag.quick_gelu
+                );
+            }
         }
-        let tensors = read_weights(path)?;
+        tag = pretrained_tag;
+        let mut tensors = read_weights(&path)?;
+        let has = |key: &str| tensors.iter().any(|(name, _)| name == key);
+        if !has("logit_bias") && has("logit_scale") {
+            if let Some(bias) = vs.variables().get("logit_bias") {
+                tensors.push((
+                    "logit_bias".into(),
+                    bias.zeros_like().to_device(Device::Cpu),
+                ));
+            }
+        }
         load_strict(&vs, &tensors, &format!("--pretrained {}", path.display()))?;
     }
-    Ok(LoadedModel { vs, model, config })
+    Ok(LoadedModel {
+        vs,
+        model,
+        config,
+        tag,
+    })
 }

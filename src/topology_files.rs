@@ -109,6 +109,7 @@ pub fn topology_flags(train: &TrainArgs) -> FlagValues {
         })
         .collect();
     let pin_memory = train.device.starts_with("cuda") && tch::Cuda::is_available();
+    let preprocess = train.image_preprocess();
     for (name, value) in [
         ("train-data", train.train_data.clone().unwrap_or_default()),
         ("dataset-type", train.dataset_type.as_str().to_string()),
@@ -135,25 +136,19 @@ pub fn topology_flags(train: &TrainArgs) -> FlagValues {
         ("aug-cfg", aug_cfg.join(" ")),
         (
             "image-mean",
-            train.image_mean.as_deref().map(join).unwrap_or_default(),
+            preprocess.mean.as_deref().map(join).unwrap_or_default(),
         ),
         (
             "image-std",
-            train.image_std.as_deref().map(join).unwrap_or_default(),
+            preprocess.std.as_deref().map(join).unwrap_or_default(),
         ),
         (
             "image-interpolation",
-            train
-                .image_interpolation
-                .map(|i| i.as_str().to_string())
-                .unwrap_or_default(),
+            preprocess.interpolation.clone().unwrap_or_default(),
         ),
         (
             "image-resize-mode",
-            train
-                .image_resize_mode
-                .map(|m| m.as_str().to_string())
-                .unwrap_or_default(),
+            preprocess.resize_mode.clone().unwrap_or_default(),
         ),
         ("pin-memory", pin_memory.to_string()),
     ] {

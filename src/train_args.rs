@@ -443,7 +443,43 @@ pub struct TrainArgs {
     pub cache_dir: Option<String>,
 }
 
+/// `--image-mean`, `--image-std`, `--image-interpolation` and
+/// `--image-resize-mode` as a run applies them: each flag as given, else the
+/// value of the `--pretrained` tag's preprocessing (OpenCLIP's order: the
+/// flags over the tag's config over the defaults); `None` leaves the
+/// default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImagePreprocess {
+    pub mean: Option<Vec<f64>>,
+    pub std: Option<Vec<f64>>,
+    pub interpolation: Option<String>,
+    pub resize_mode: Option<String>,
+}
+
 impl TrainArgs {
+    /// See [`ImagePreprocess`].
+    pub fn image_preprocess(&self) -> ImagePreprocess {
+        let tag = clipflow_core::model::pretrained::tag(&self.model, &self.pretrained);
+        ImagePreprocess {
+            mean: self
+                .image_mean
+                .clone()
+                .or_else(|| tag.map(|tag| tag.mean.to_vec())),
+            std: self
+                .image_std
+                .clone()
+                .or_else(|| tag.map(|tag| tag.std.to_vec())),
+            interpolation: self
+                .image_interpolation
+                .map(|i| i.as_str().to_string())
+                .or_else(|| tag.map(|tag| tag.interpolation.clone())),
+            resize_mode: self
+                .image_resize_mode
+                .map(|m| m.as_str().to_string())
+                .or_else(|| tag.map(|tag| tag.resize_mode.clone())),
+        }
+    }
+
     /// Fills in what OpenCLIP derives after parsing and checks the flags
     /// against each other. `parse_train_args` calls it; call it yourself after
     /// a clap derive parse that flattens `TrainArgs` into a bigger command.
@@ -981,5 +1017,45 @@ fn report_to_list(text: &str) -> Result<String, String> {
             "unknown sink {unknown:?}; use tensorboard, wandb or all, comma-separated (e.g. tensorboard,wandb)"
         )),
         None => Ok(text.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    fn parse(flags: &[&str]) -> TrainArgs {
+        Command::parse_from(std::iter::once("train").chain(flags.iter().copied())).args
+    }
+
+    #[test]
+    fn a_pretrained_tag_preprocesses_as_it_was_trained_unless_a_flag_says_otherwise() {
+        let siglip = ["--model", "ViT-B-16-SigLIP", "--pretrained", "webli"];
+        let tagged = parse(&siglip).image_preprocess();
+        assert_eq!(tagged.mean, Some(vec![0.5; 3]));
+        assert_eq!(tagged.resize_mode.as_deref(), Some("squash"));
+        let overridden = parse(
+            &[
+                &siglip[..],
+                &["--image-mean", "0.4", "--image-resize-mode", "shortest"],
+            ]
+            .concat(),
+        )
+        .image_preprocess();
+        assert_eq!(overridden.mean, Some(vec![0.4]));
+        assert_eq!(overridden.std, Some(vec![0.5; 3]));
+        assert_eq!(overridden.resize_mode.as_deref(), Some("shortest"));
+        // A file, or no weights: the defaults.
+        let untagged = parse(&["--model", "ViT-B-16-SigLIP"]).image_preprocess();
+        assert_eq!(untagged.mean, None);
+        assert_eq!(untagged.interpolation, None);
     }
 }

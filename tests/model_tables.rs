@@ -1,7 +1,8 @@
 //! The model tables clipflow embeds are what their generators read from the
 //! installed packages today: `core/src/model/configs.json` (OpenCLIP's model
-//! configs) and `core/src/model/timm_configs.json` (what timm's registry
-//! builds for each timm tower those configs name). A table left behind
+//! configs), `core/src/model/timm_configs.json` (what timm's registry
+//! builds for each timm tower those configs name) and
+//! `core/src/model/pretrained_tags.json` (OpenCLIP's pretrained tags). A table left behind
 //! after an upgrade of open_clip_torch or timm fails here.
 
 mod common;
@@ -31,5 +32,14 @@ fn the_embedded_timm_towers_are_timms() {
         include_str!("../scripts/gen_timm_configs.py"),
         include_str!("../core/src/model/timm_configs.json"),
         "python scripts/gen_timm_configs.py > core/src/model/timm_configs.json",
+    );
+}
+
+#[test]
+fn the_embedded_pretrained_tags_are_open_clips() {
+    assert_table_is_current(
+        include_str!("../scripts/gen_pretrained_tags.py"),
+        include_str!("../core/src/model/pretrained_tags.json"),
+        "python scripts/gen_pretrained_tags.py > core/src/model/pretrained_tags.json",
     );
 }

@@ -200,7 +200,7 @@ fn an_existing_run_and_missing_data_are_clear_errors() {
     );
     assert!(!tag.status.success());
     assert!(
-        stderr(&tag).contains("--pretrained openai: a pretrained tag"),
+        stderr(&tag).contains("--pretrained openai: not a file, nor a pretrained tag of"),
         "{}",
         stderr(&tag)
     );

@@ -26,9 +26,11 @@ pub struct EmbedArgs {
     /// Model architecture (`clipflow models` lists them).
     #[arg(long, default_value = "RN50")]
     pub model: String,
-    /// Weights to load: .safetensors, or an OpenCLIP .pt/.bin checkpoint.
+    /// Weights to load: a pretrained tag of the model (found in the
+    /// HuggingFace hub cache), a .safetensors file, or an OpenCLIP .pt/.bin
+    /// checkpoint.
     #[arg(long)]
-    pub pretrained: Option<PathBuf>,
+    pub pretrained: Option<String>,
     /// A folder of images (.jpg, .jpeg, .png, .webp, .bmp), embedded in sorted file-name order.
     #[arg(long)]
     pub images: Option<PathBuf>,
@@ -39,8 +41,9 @@ pub struct EmbedArgs {
     /// tokenizer.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// The HuggingFace hub cache holding the model's tokenizer (default:
-    /// HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub).
+    /// The HuggingFace hub cache holding the model's tokenizer and
+    /// pretrained weights (default: HF_HUB_CACHE, HF_HOME/hub or
+    /// ~/.cache/huggingface/hub).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Where to write the features (safetensors).
@@ -96,10 +99,12 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     }
     let device = parse_device(&args.device)?;
     let precision = inference_precision(&args.precision)?;
+    let hub = HubCache::locate(args.cache_dir.as_deref());
     let loaded = load_model(
         &args.model,
         &ModelOverrides::default(),
         args.pretrained.as_deref(),
+        &hub,
         device,
     )?;
     let mut vs = loaded.vs;
@@ -109,13 +114,24 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
 
     if let Some(dir) = &args.images {
         let (height, width) = loaded.config.vision_cfg.image_size.height_width();
-        let transform = ValTransform::new(
-            (height as u32, width as u32),
-            OPENAI_DATASET_MEAN,
-            OPENAI_DATASET_STD,
-            Interpolation::Bicubic,
-            ResizeMode::Shortest,
-        );
+        // The pretrained tag's preprocessing, as OpenCLIP's transforms for
+        // it have; OpenAI's otherwise.
+        let transform = match loaded.tag {
+            Some(tag) => ValTransform::new(
+                (height as u32, width as u32),
+                tag.mean,
+                tag.std,
+                tag.interpolation.parse()?,
+                tag.resize_mode.parse()?,
+            ),
+            None => ValTransform::new(
+                (height as u32, width as u32),
+                OPENAI_DATASET_MEAN,
+                OPENAI_DATASET_STD,
+                Interpolation::Bicubic,
+                ResizeMode::Shortest,
+            ),
+        };
         let files = image_files(dir)?;
         let mut rows = Vec::new();
         for chunk in files.chunks(args.batch_size) {
@@ -145,7 +161,6 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     }
 
     if let Some(path) = &args.texts {
-        let hub = HubCache::locate(args.cache_dir.as_deref());
         let tokenizer = tokenizer::for_model(
             &args.model,
             &loaded.config.text_cfg,

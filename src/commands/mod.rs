@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod embed;
 pub mod make_scenes;
 pub mod models;
+pub mod pretrained;
 pub mod quickstart;
 pub mod run;
 pub mod tokenize;

@@ -299,12 +299,13 @@ pub fn prepare(
         config.init_logit_scale = Some(10f64.ln());
         config.init_logit_bias = Some(-10.0);
     }
-    let pretrained = (!args.pretrained.is_empty()).then(|| Path::new(&args.pretrained));
+    let pretrained = (!args.pretrained.is_empty()).then_some(args.pretrained.as_str());
     let LoadedModel {
         mut vs,
         mut model,
         config,
-    } = build_model(&args.model, config, pretrained, device)?;
+        ..
+    } = build_model(&args.model, config, pretrained, &hub_cache(args), device)?;
     model.set_grad_checkpointing(args.grad_checkpointing);
     if let (Some(group), true) = (&group, args.use_bn_sync) {
         // OpenCLIP converts to SyncBatchNorm before wrapping in DDP, and
@@ -400,6 +401,7 @@ pub fn prepare(
 
     let (height, width) = config.vision_cfg.image_size.height_width();
     // OpenCLIP evaluates on rank 0 alone.
+    let preprocess = args.image_preprocess();
     let evaluator = EvaluatorConfig {
         validation: validation_data(args)?.filter(|_| is_master),
         zero_shot: if is_master {
@@ -414,23 +416,18 @@ pub fn prepare(
         loading_threads: args.workers.max(1),
         transform: ValTransform::new(
             (height as u32, width as u32),
-            channels(args.image_mean.as_deref(), OPENAI_DATASET_MEAN)?,
-            channels(args.image_std.as_deref(), OPENAI_DATASET_STD)?,
-            match args.image_interpolation {
-                Some(interpolation) => interpolation.as_str().parse()?,
+            channels(preprocess.mean.as_deref(), OPENAI_DATASET_MEAN)?,
+            channels(preprocess.std.as_deref(), OPENAI_DATASET_STD)?,
+            match &preprocess.interpolation {
+                Some(interpolation) => interpolation.parse()?,
                 None => Interpolation::Bicubic,
             },
-            match args.image_resize_mode {
-                Some(mode) => mode.as_str().parse()?,
+            match &preprocess.resize_mode {
+                Some(mode) => mode.parse()?,
                 None => ResizeMode::Shortest,
             },
         ),
-        tokenizer: tokenizer::for_model(
-            &args.model,
-            &config.text_cfg,
-            &HubCache::locate(args.cache_dir.as_deref().map(Path::new)),
-            None,
-        )?,
+        tokenizer: tokenizer::for_model(&args.model, &config.text_cfg, &hub_cache(args), None)?,
         context_length: config.text_cfg.context_length as usize,
         device,
         autocast: precision.autocast(),
@@ -501,6 +498,11 @@ fn schedule_flags(args: &TrainArgs, lr: f64) -> ScheduleFlags {
 }
 
 /// `--image-mean` / `--image-std`: one value for all channels or three.
+/// The HuggingFace hub cache of `--cache-dir` (or the environment's).
+fn hub_cache(args: &TrainArgs) -> HubCache {
+    HubCache::locate(args.cache_dir.as_deref().map(Path::new))
+}
+
 fn channels(values: Option<&[f64]>, default: [f64; 3]) -> Result<[f64; 3]> {
     match values {
         None => Ok(default),
@@ -531,7 +533,7 @@ fn with_teacher(
     let config = ModelConfig::by_name(teacher, &ModelOverrides::default())
         .with_context(|| source.clone())?;
     let LoadedModel { mut vs, model, .. } =
-        build_model(teacher, config, Some(Path::new(weights)), device)
+        build_model(teacher, config, Some(weights), &hub_cache(args), device)
             .with_context(|| source.clone())?;
     precision.prepare_weights(&mut vs);
     trainer.with_teacher(vs, model).with_context(|| source)

@@ -9,6 +9,7 @@ pub mod load;
 pub mod modified_resnet;
 pub mod multimodal_transformer;
 pub mod precision;
+pub mod pretrained;
 pub mod text_transformer;
 pub mod timm_model;
 pub mod timm_vision_transformer;
