@@ -14,15 +14,18 @@ threads), sampled every 50 ms.
 
 The models are (a) a small ViT, written here as an OpenCLIP model config
 (OpenCLIP registers it with `add_model_config`; clipflow reads the same JSON
-file), and (b) ViT-B-32. The tools run interleaved (OpenCLIP, clipflow,
+file), (b) ViT-B-32, and (c) timm's SigLIP ViT-B/16 image tower (its MAP
+head, as ViT-B-16-SigLIP has it) beside a 4-layer text tower, also a config
+written here: clipflow builds the timm trunk natively, OpenCLIP through
+timm. The tools run interleaved (OpenCLIP, clipflow,
 OpenCLIP, clipflow, ...) so that a change in the machine's load hits both.
 
 Prints one JSON line per run, then one JSON line per model with each side's
 median and spread and the ratio clipflow / OpenCLIP, then a table.
 
-usage: python benches/train.py CLIPFLOW_BIN [--models tiny,ViT-B-32] [--repeats R]
+usage: python benches/train.py CLIPFLOW_BIN [--models tiny,ViT-B-32,timm] [--repeats R]
        [--workers W] [--tiny-batch-size B] [--tiny-steps S] [--b32-batch-size B]
-       [--b32-steps S] [--warmup-steps K]
+       [--b32-steps S] [--timm-batch-size B] [--timm-steps S] [--warmup-steps K]
 """
 import argparse
 import json
@@ -47,7 +50,21 @@ TINY_CONFIG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 4},
 }
 
-# Runs open_clip_train.main after registering the model config given first.
+# timm's SigLIP B/16 tower as OpenCLIP's TimmModel wraps it, with a small
+# text tower (not named *siglip*: OpenCLIP would give such a name its
+# SigLIP tokenizer).
+TIMM_NAME = "bench-timm-map"
+TIMM_CONFIG = {
+    "embed_dim": 768,
+    "vision_cfg": {
+        "image_size": 224, "timm_model_name": "vit_base_patch16_siglip_224",
+        "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none",
+    },
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 4},
+}
+
+# Runs open_clip_train.main after registering the model configs of the
+# folder given first.
 OPENCLIP_MAIN = (
     "import sys, open_clip; from open_clip_train.main import main; "
     "open_clip.add_model_config(sys.argv[1]); main(sys.argv[2:])"
@@ -114,17 +131,24 @@ def main():
     parser.add_argument("--tiny-steps", type=int, default=20)
     parser.add_argument("--b32-batch-size", type=int, default=32)
     parser.add_argument("--b32-steps", type=int, default=10)
+    parser.add_argument("--timm-batch-size", type=int, default=16)
+    parser.add_argument("--timm-steps", type=int, default=6)
     parser.add_argument("--warmup-steps", type=int, default=2)
     parser.add_argument("--lr", default="1e-4")
     opts = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        tiny_config = tmp / f"{TINY_NAME}.json"
+        configs = tmp / "configs"
+        configs.mkdir()
+        tiny_config = configs / f"{TINY_NAME}.json"
         tiny_config.write_text(json.dumps(TINY_CONFIG))
+        timm_config = configs / f"{TIMM_NAME}.json"
+        timm_config.write_text(json.dumps(TIMM_CONFIG))
         plans = {
             "tiny": (TINY_NAME, str(tiny_config), opts.tiny_batch_size, opts.tiny_steps),
             "ViT-B-32": ("ViT-B-32", "ViT-B-32", opts.b32_batch_size, opts.b32_steps),
+            "timm": (TIMM_NAME, str(timm_config), opts.timm_batch_size, opts.timm_steps),
         }
         models = opts.models.split(",")
         for model in models:
@@ -168,7 +192,7 @@ def main():
                         "--name", name,
                     ]
                     if side == "openclip":
-                        cmd = [sys.executable, "-c", OPENCLIP_MAIN, tiny_config,
+                        cmd = [sys.executable, "-c", OPENCLIP_MAIN, configs,
                                "--model", openclip_name, *flags]
                     else:
                         cmd = [opts.clipflow, "train", "--model", clipflow_model, *flags]

@@ -18,8 +18,12 @@ import sys
 import open_clip
 import timm
 import torch
-from timm.layers import Attention, AttentionPoolLatent, LayerNorm, LayerScale, Mlp, PatchEmbed
+from timm.layers import (
+    Attention, AttentionPoolLatent, LayerNorm, LayerNorm2d, LayerScale, Mlp, NormMlpClassifierHead,
+    PatchEmbed,
+)
 from timm.layers.activations import GELU, GELUTanh
+from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
@@ -35,8 +39,8 @@ def activation(module):
     return {GELU: "gelu", GELUTanh: "gelu_tanh"}.get(type(module))
 
 
-def layer_norm_eps(module):
-    if type(module) not in (LayerNorm, nn.LayerNorm) or not module.elementwise_affine:
+def layer_norm_eps(module, kinds=(LayerNorm, nn.LayerNorm)):
+    if type(module) not in kinds or not module.elementwise_affine:
         return None
     return module.eps
 
@@ -132,6 +136,67 @@ def vision_transformer(model):
 # config of their own.
 EXTRA = ["vit_base_patch32_clip_224"]
 
+def convnext(model):
+    """The facts of a timm ConvNeXt built of plain layers (a patch stem,
+    channels-last LayerNorm MLP blocks, pool-then-norm head), or None."""
+    if type(model) is not ConvNeXt or not identity(model.norm_pre):
+        return None
+    stem = list(model.stem)
+    if len(stem) != 2 or type(stem[0]) is not nn.Conv2d or layer_norm_eps(stem[1], (LayerNorm2d,)) is None:
+        return None
+    conv = stem[0]
+    if conv.kernel_size != conv.stride or conv.padding != (0, 0):
+        return None
+    head = model.head
+    if type(head) is not NormMlpClassifierHead or not identity(head.pre_logits):
+        return None
+    if head.global_pool.pool_type != "avg" or layer_norm_eps(head.norm, (LayerNorm2d,)) is None:
+        return None
+    eps = {layer_norm_eps(stem[1], (LayerNorm2d,)), layer_norm_eps(head.norm, (LayerNorm2d,))}
+    stages, acts, kernels = [], set(), set()
+    for index, stage in enumerate(model.stages):
+        downsample = list(stage.downsample) if not identity(stage.downsample) else []
+        if index == 0 and downsample:
+            return None
+        if index > 0:
+            if len(downsample) != 2 or layer_norm_eps(downsample[0], (LayerNorm2d,)) is None:
+                return None
+            conv = downsample[1]
+            if type(conv) is not nn.Conv2d or conv.kernel_size != (2, 2) or conv.stride != (2, 2):
+                return None
+            eps.add(layer_norm_eps(downsample[0], (LayerNorm2d,)))
+        blocks = list(stage.blocks)
+        for block in blocks:
+            if type(block) is not ConvNeXtBlock or block.use_conv_mlp or not identity(block.shortcut):
+                return None
+            if not plain_mlp(block.mlp) or block.gamma is None:
+                return None
+            dw = block.conv_dw
+            if type(dw) is not nn.Conv2d or dw.groups != dw.in_channels or dw.stride != (1, 1):
+                return None
+            if dw.dilation != (1, 1) or dw.bias is None or dw.padding != (dw.kernel_size[0] // 2,) * 2:
+                return None
+            eps.add(layer_norm_eps(block.norm))
+            acts.add(activation(block.mlp.act))
+            kernels.add(dw.kernel_size[0])
+        stages.append({
+            "dim": blocks[0].conv_dw.out_channels,
+            "depth": len(blocks),
+            "mlp_hidden": blocks[0].mlp.fc1.out_features,
+        })
+    if len(eps) != 1 or None in eps or len(acts) != 1 or None in acts or len(kernels) != 1:
+        return None
+    return {
+        "class": "ConvNeXt",
+        "patch_size": stem[0].kernel_size[0],
+        "conv_bias": stem[0].bias is not None,
+        "kernel_size": kernels.pop(),
+        "norm_eps": eps.pop(),
+        "act": acts.pop(),
+        "stages": stages,
+    }
+
+
 config_dir = pathlib.Path(open_clip.__file__).parent / "model_configs"
 names = sorted(
     {
@@ -145,6 +210,6 @@ towers = {}
 for name in names:
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False)
-    towers[name] = vision_transformer(model) or {"class": type(model).__name__}
+    towers[name] = vision_transformer(model) or convnext(model) or {"class": type(model).__name__}
 json.dump({"timm_version": timm.__version__, "towers": towers}, sys.stdout, indent=1, sort_keys=True)
 sys.stdout.write("\n")

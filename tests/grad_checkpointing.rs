@@ -24,6 +24,15 @@ fn assert_same(a: &Tensor, b: &Tensor, what: &str) {
     assert_eq!(diff, 0.0, "{what}: differs by {diff}");
 }
 
+/// libtorch's random generator is one for the process: the tests that seed
+/// it and draw from it take turns, holding this.
+fn random_generator_turn() -> std::sync::MutexGuard<'static, ()> {
+    static RANDOM_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RANDOM_GENERATOR
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn leaf(shape: &[i64]) -> Tensor {
     Tensor::randn(shape, (Kind::Float, Device::Cpu)).set_requires_grad(true)
 }
@@ -44,6 +53,7 @@ fn block(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
 
 #[test]
 fn backward_recomputes_once_and_gradients_match() {
+    let _turn = random_generator_turn();
     tch::manual_seed(0);
     let x = leaf(&[4, 8]);
     let (w, b) = (leaf(&[8, 8]), leaf(&[8]));
@@ -115,6 +125,7 @@ fn without_gradients_the_function_runs_once() {
 
 #[test]
 fn recomputation_replays_the_random_draws_and_leaves_the_rng_where_it_was() {
+    let _turn = random_generator_turn();
     let x = leaf(&[64, 32]);
     let w = leaf(&[32, 32]);
     let dropped = |x: &Tensor, w: &Tensor| x.matmul(w).dropout(0.5, true);
@@ -216,6 +227,7 @@ fn assert_unchanged_by_checkpointing(
     config: &ModelConfig,
     step: impl Fn(&Clip) -> Tensor,
 ) -> Vec<String> {
+    let _turn = random_generator_turn();
     tch::manual_seed(1);
     let vs = VarStore::new(Device::Cpu);
     let mut model = Clip::new(&vs.root(), config).unwrap();
@@ -268,6 +280,21 @@ fn a_timm_tower_with_drop_path_is_unchanged() {
     assert!(names
         .iter()
         .any(|n| n.starts_with("visual.trunk.blocks.11.")));
+}
+
+/// A timm ConvNeXt's blocks with stochastic depth: unchanged too.
+#[test]
+fn a_timm_convnext_with_drop_path_is_unchanged() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/timm-convnext-mlp-head.json"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let config = ModelConfig::from_json(&text, path, &ModelOverrides::default()).unwrap();
+    let names = assert_unchanged_by_checkpointing(&config, |model| clip_step(model, &config, 2));
+    assert!(names
+        .iter()
+        .any(|n| n.starts_with("visual.trunk.stages.3.blocks.2.")));
 }
 
 /// CoCa: the text decoder's self- and cross-attention blocks checkpointed

@@ -214,24 +214,10 @@ fn rn50_matches_open_clip() {
     check_model("RN50", None, "{}", ModelOverrides::default());
 }
 
-/// timm's SigLIP tower as OpenCLIP's `TimmModel` wraps it (`visual.trunk.`:
-/// no class token, the MAP attention-pool head, `timm_proj = "none"`),
-/// beside a small native text tower.
-#[test]
-fn a_timm_siglip_tower_matches_open_clip() {
-    check_model(
-        // (Not named "siglip": OpenCLIP's get_tokenizer would pick its
-        // SigLIP tokenizer for such a name.)
-        "timm-map-tower",
-        Some("timm-map-tower.json"),
-        "{}",
-        ModelOverrides::default(),
-    );
-}
-
-/// The same trunk with OpenCLIP's other head: `timm_pool = "avg"` drops the
-/// MAP head (timm's `reset_classifier`), then `head.mlp` with a biased
-/// output layer.
+/// timm's SigLIP trunk (as `vit_b_16_siglip_matches_open_clip` has it,
+/// below) with OpenCLIP's other head: `timm_pool = "avg"` drops the MAP
+/// head (timm's `reset_classifier`), then `head.mlp` with a biased output
+/// layer.
 #[test]
 fn a_timm_tower_with_an_mlp_head_matches_open_clip() {
     check_model(
@@ -267,10 +253,32 @@ fn vit_medium_patch16_gap_256_matches_open_clip() {
     );
 }
 
-/// ViT-B-16-SigLIP by its OpenCLIP name: timm's SigLIP trunk and the SigLIP
-/// text tower (bidirectional, pooled on the last token, biased
-/// projection), with `logit_bias`.
+/// ViT-B-16-SigLIP by its OpenCLIP name: timm's SigLIP trunk as OpenCLIP's
+/// `TimmModel` wraps it (`visual.trunk.`: no class token, the MAP
+/// attention-pool head, `timm_proj = "none"`) and the SigLIP text tower
+/// (bidirectional, pooled on the last token, biased projection), with
+/// `logit_bias`.
 #[test]
 fn vit_b_16_siglip_matches_open_clip() {
     check_model("ViT-B-16-SigLIP", None, "{}", ModelOverrides::default());
+}
+
+/// timm's ConvNeXt by OpenCLIP's `convnext_tiny` config: patch stem, four
+/// stages of depthwise-conv blocks with layer scale, the pool-then-norm
+/// head, `head.proj`.
+#[test]
+fn convnext_tiny_matches_open_clip() {
+    check_model("convnext_tiny", None, "{}", ModelOverrides::default());
+}
+
+/// The ConvNeXt trunk with OpenCLIP's MLP head, at 64 pixels (a CNN trunk
+/// takes any size).
+#[test]
+fn a_timm_convnext_with_an_mlp_head_matches_open_clip() {
+    check_model(
+        "timm-convnext-mlp-head",
+        Some("timm-convnext-mlp-head.json"),
+        "{}",
+        ModelOverrides::default(),
+    );
 }

@@ -67,11 +67,20 @@ fn vit_b_32_round_trips() {
     open_clip_to_clipflow("ViT-B-32", None);
 }
 
-/// A timm tower (`visual.trunk.`, `visual.head.`), its MAP head included.
+/// timm towers (`visual.trunk.`, `visual.head.`): a ViT with its MAP head,
+/// a ConvNeXt with an MLP head.
 #[test]
 fn a_timm_tower_round_trips() {
     clipflow_to_open_clip("timm-map-tower", Some("timm-map-tower.json"));
     open_clip_to_clipflow("timm-map-tower", Some("timm-map-tower.json"));
+    clipflow_to_open_clip(
+        "timm-convnext-mlp-head",
+        Some("timm-convnext-mlp-head.json"),
+    );
+    open_clip_to_clipflow(
+        "timm-convnext-mlp-head",
+        Some("timm-convnext-mlp-head.json"),
+    );
 }
 
 #[test]

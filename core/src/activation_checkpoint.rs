@@ -102,6 +102,20 @@ where
     Ok(unsafe { Tensor::from_ptr(output.cast()) })
 }
 
+/// A training-mode block's `forward(block, x)` under [`checkpoint`], the
+/// block (a copy sharing the weights `params`) owned by the recomputation.
+/// The plain forward panics on the errors tch reports inside it, and so
+/// does this.
+pub fn checkpoint_block<B: Send + 'static>(
+    x: &Tensor,
+    params: &[&Tensor],
+    block: B,
+    forward: fn(&B, &Tensor) -> Tensor,
+) -> Tensor {
+    checkpoint(&[x], params, move |inputs| forward(&block, &inputs[0]))
+        .unwrap_or_else(|error| panic!("{error:#}"))
+}
+
 /// The shim's callback: runs the closure at `closure` on the `count` tensors
 /// at `inputs` and hands its result (or its panic message) to the shim.
 extern "C" fn call_closure<F>(

@@ -11,6 +11,7 @@ pub mod multimodal_transformer;
 pub mod precision;
 pub mod pretrained;
 pub mod text_transformer;
+pub mod timm_convnext;
 pub mod timm_model;
 pub mod timm_vision_transformer;
 pub mod transformer;

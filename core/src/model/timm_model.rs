@@ -1,7 +1,8 @@
 //! OpenCLIP's `TimmModel`, the image tower under `visual.` of a config with
-//! a `timm_model_name`: timm's model as `trunk`, then OpenCLIP's `head`
-//! (`head.proj`, or `head.mlp.fc1`/`fc2`, or nothing). The trunk is built
-//! natively from what timm's registry says of the named model
+//! a `timm_model_name`: timm's model as `trunk` (a VisionTransformer or a
+//! ConvNeXt), then OpenCLIP's `head` (`head.proj`, or `head.mlp.fc1`/`fc2`,
+//! or nothing). The trunk is built natively from what timm's registry says
+//! of the named model
 //! (`timm_configs.json`, written by `scripts/gen_timm_configs.py` from the
 //! installed timm); no Python runs. The config's `timm_pool`, `timm_proj`,
 //! `timm_proj_bias`, `timm_drop` and `timm_drop_path` shape the trunk's
@@ -16,6 +17,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::config::ModelConfig;
+use super::timm_convnext::{ConvNeXtFacts, TimmConvNeXt};
 use super::timm_vision_transformer::{
     timm_linear, TimmMlp, TimmVisionTransformer, TimmVitFacts, TrunkOptions, TrunkPool,
 };
@@ -23,13 +25,17 @@ use super::transformer::Activation;
 
 const TIMM_CONFIGS_JSON: &str = include_str!("timm_configs.json");
 
-/// One timm model of OpenCLIP's configs: a VisionTransformer clipflow
-/// builds (with its facts), or the class of one it does not.
+/// One timm model of OpenCLIP's configs: one clipflow builds (with its
+/// facts), or the class of one it does not.
 #[derive(Debug, Deserialize)]
-struct TimmTower {
-    class: String,
-    #[serde(flatten)]
-    facts: Option<TimmVitFacts>,
+#[serde(tag = "class")]
+pub enum TimmTower {
+    VisionTransformer(TimmVitFacts),
+    ConvNeXt(ConvNeXtFacts),
+    #[serde(untagged)]
+    NotBuilt {
+        class: String,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,7 +52,7 @@ fn timm_configs() -> &'static TimmConfigs {
 }
 
 /// The facts of timm model `name`, or why clipflow does not build it.
-pub fn timm_vit_facts(name: &str) -> Result<&'static TimmVitFacts> {
+pub fn timm_tower(name: &str) -> Result<&'static TimmTower> {
     let configs = timm_configs();
     let tower = configs.towers.get(name).with_context(|| {
         format!(
@@ -55,13 +61,12 @@ pub fn timm_vit_facts(name: &str) -> Result<&'static TimmVitFacts> {
             configs.timm_version
         )
     })?;
-    match &tower.facts {
-        Some(facts) => Ok(facts),
-        None => bail!(
-            "its image tower is the timm model `{name}` (timm's `{}`), which clipflow does not build yet",
-            tower.class
-        ),
+    if let TimmTower::NotBuilt { class } = tower {
+        bail!(
+            "its image tower is the timm model `{name}` (timm's `{class}`), which clipflow does not build yet"
+        );
     }
+    Ok(tower)
 }
 
 /// OpenCLIP's head after the trunk.
@@ -75,20 +80,37 @@ enum TimmHead {
     Mlp(TimmMlp),
 }
 
+/// The trunk, by timm class.
+#[derive(Debug)]
+enum Trunk {
+    VisionTransformer(Box<TimmVisionTransformer>),
+    ConvNeXt(Box<TimmConvNeXt>),
+}
+
 /// A timm image tower with OpenCLIP's head.
 #[derive(Debug)]
 pub struct TimmModel {
-    trunk: TimmVisionTransformer,
+    trunk: Trunk,
     head: TimmHead,
 }
 
-/// What OpenCLIP's adapter makes of a config: the trunk's facts and
-/// options, and the head after it.
+/// What OpenCLIP's adapter makes of a config: the trunk and its options,
+/// the width of its output, and the head after it.
 #[derive(Debug)]
 pub struct TimmPlan {
-    facts: &'static TimmVitFacts,
-    trunk: TrunkOptions,
+    trunk: TrunkPlan,
+    width: i64,
     head: HeadPlan,
+}
+
+#[derive(Debug)]
+enum TrunkPlan {
+    VisionTransformer(&'static TimmVitFacts, TrunkOptions),
+    ConvNeXt {
+        facts: &'static ConvNeXtFacts,
+        head_dim: i64,
+        drop_path: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,31 +129,15 @@ impl TimmPlan {
             .timm_model_name
             .as_deref()
             .context("a timm image tower needs timm_model_name")?;
-        let facts = timm_vit_facts(name)?;
+        let tower = timm_tower(name)?;
         if v.timm_model_pretrained {
             bail!(
                 "timm_model_pretrained (--pretrained-image) for the timm model `{name}`: \
                  clipflow does not load timm's ImageNet weights yet"
             );
         }
-        let (height, width) = v.image_size.height_width();
-        if [height, width] != facts.img_size {
-            bail!(
-                "the timm model `{name}` takes {}x{} images, not the {height}x{width} of the \
-                 config's image_size (or --force-image-size); timm builds its position \
-                 embedding for its own size",
-                facts.img_size[0],
-                facts.img_size[1]
-            );
-        }
         let embed_dim = config.embed_dim;
         let (pool, proj) = (v.timm_pool.as_str(), v.timm_proj.as_str());
-        let own_pool = TrunkPool::parse(&facts.global_pool).with_context(|| {
-            format!(
-                "the timm model `{name}` pools with '{}', which clipflow does not build",
-                facts.global_pool
-            )
-        })?;
         let head = match proj {
             "linear" => HeadPlan::Linear,
             "mlp" => HeadPlan::Mlp,
@@ -139,58 +145,109 @@ impl TimmPlan {
             other => bail!("timm_proj '{other}': OpenCLIP takes 'linear', 'mlp' or 'none'"),
         };
         if matches!(pool, "abs_attn" | "rot_attn") {
-            bail!(
-                "timm_pool '{pool}' pools a 2-D feature map; the timm model `{name}` is a \
-                 VisionTransformer, whose features are tokens"
-            );
+            bail!("timm_pool '{pool}': clipflow does not build OpenCLIP's attention pools yet");
         }
-        let trunk_pool = if head == HeadPlan::None {
-            // OpenCLIP creates the trunk with global_pool = timm_pool and,
-            // for timm_proj "", the trunk's own head as the projection.
-            if pool != facts.global_pool {
-                bail!(
-                    "timm_pool '{pool}' with timm_proj '{proj}': OpenCLIP creates the timm \
-                     model `{name}` with that pooling in place of its own '{}', which \
-                     clipflow does not build",
-                    facts.global_pool
-                );
-            }
-            own_pool
-        } else if pool.is_empty() {
-            // reset_classifier keeps the trunk's own pooling.
-            own_pool
-        } else {
-            // reset_classifier(0, global_pool = timm_pool).
-            let chosen = TrunkPool::parse(pool).with_context(|| {
-                format!("timm_pool '{pool}': timm's VisionTransformer takes avg, max, avgmax, token or map")
-            })?;
-            if chosen == TrunkPool::Map && facts.attn_pool.is_none() {
-                bail!("timm_pool 'map': the timm model `{name}` has no attention pool to keep");
-            }
-            if chosen == TrunkPool::Token && !facts.class_token {
-                bail!("timm_pool 'token': the timm model `{name}` has no class token");
-            }
-            chosen
-        };
+        // timm_proj "": OpenCLIP makes the trunk's own classifier the
+        // projection.
         let head_dim = if proj.is_empty() { embed_dim } else { 0 };
-        if head == HeadPlan::None && head_dim == 0 && facts.embed_dim != embed_dim {
+        let drop_path = v.timm_drop_path.unwrap_or(0.0);
+        let (trunk, features) = match tower {
+            TimmTower::VisionTransformer(facts) => {
+                let options = TrunkOptions {
+                    pool: vit_pool(name, facts, pool, proj, head)?,
+                    head_dim,
+                    patch_drop: v.patch_dropout,
+                    drop_path,
+                };
+                vit_image_size(name, facts, config)?;
+                (
+                    TrunkPlan::VisionTransformer(facts, options),
+                    facts.embed_dim,
+                )
+            }
+            TimmTower::ConvNeXt(facts) => {
+                // OpenCLIP gives a ConvNeXt its own average pooling (an empty
+                // timm_pool keeps it); timm's ConvNeXt takes no patch dropout.
+                if !(pool == "avg" || (pool.is_empty() && head != HeadPlan::None)) {
+                    bail!("timm_pool '{pool}' with timm_proj '{proj}': clipflow builds timm's ConvNeXt with its average pooling only");
+                }
+                if v.patch_dropout > 0.0 {
+                    bail!("patch_dropout (--force-patch-dropout): timm's ConvNeXt takes no patch dropout");
+                }
+                let trunk = TrunkPlan::ConvNeXt {
+                    facts,
+                    head_dim,
+                    drop_path,
+                };
+                (trunk, facts.num_features())
+            }
+            TimmTower::NotBuilt { .. } => unreachable!("timm_tower refuses it"),
+        };
+        let width = if head_dim > 0 { head_dim } else { features };
+        if head == HeadPlan::None && width != embed_dim {
             bail!(
-                "timm_proj 'none': the timm model `{name}` gives {}-wide features, not the \
-                 config's embed_dim {embed_dim}",
-                facts.embed_dim
+                "timm_proj '{proj}': the timm model `{name}` gives {width}-wide features, not the \
+                 config's embed_dim {embed_dim}"
             );
         }
-        Ok(TimmPlan {
-            facts,
-            trunk: TrunkOptions {
-                pool: trunk_pool,
-                head_dim,
-                patch_drop: v.patch_dropout,
-                drop_path: v.timm_drop_path.unwrap_or(0.0),
-            },
-            head,
-        })
+        Ok(TimmPlan { trunk, width, head })
     }
+}
+
+/// The pooling of a ViT trunk, as OpenCLIP's adapter sets it: created with
+/// `global_pool = timm_pool` when the trunk projects (`timm_proj` none or
+/// ""), else reset to it (an empty one keeps the trunk's own).
+fn vit_pool(
+    name: &str,
+    facts: &TimmVitFacts,
+    pool: &str,
+    proj: &str,
+    head: HeadPlan,
+) -> Result<TrunkPool> {
+    let own_pool = TrunkPool::parse(&facts.global_pool).with_context(|| {
+        format!(
+            "the timm model `{name}` pools with '{}', which clipflow does not build",
+            facts.global_pool
+        )
+    })?;
+    if head == HeadPlan::None {
+        if pool != facts.global_pool {
+            bail!(
+                "timm_pool '{pool}' with timm_proj '{proj}': OpenCLIP creates the timm model \
+                 `{name}` with that pooling in place of its own '{}', which clipflow does not build",
+                facts.global_pool
+            );
+        }
+        return Ok(own_pool);
+    }
+    if pool.is_empty() {
+        return Ok(own_pool);
+    }
+    let chosen = TrunkPool::parse(pool).with_context(|| {
+        format!("timm_pool '{pool}': timm's VisionTransformer takes avg, max, avgmax, token or map")
+    })?;
+    if chosen == TrunkPool::Map && facts.attn_pool.is_none() {
+        bail!("timm_pool 'map': the timm model `{name}` has no attention pool to keep");
+    }
+    if chosen == TrunkPool::Token && !facts.class_token {
+        bail!("timm_pool 'token': the timm model `{name}` has no class token");
+    }
+    Ok(chosen)
+}
+
+/// A ViT trunk's position embedding is for timm's image size only.
+fn vit_image_size(name: &str, facts: &TimmVitFacts, config: &ModelConfig) -> Result<()> {
+    let (height, width) = config.vision_cfg.image_size.height_width();
+    if [height, width] != facts.img_size {
+        bail!(
+            "the timm model `{name}` takes {}x{} images, not the {height}x{width} of the \
+             config's image_size (or --force-image-size); timm builds its position \
+             embedding for its own size",
+            facts.img_size[0],
+            facts.img_size[1]
+        );
+    }
+    Ok(())
 }
 
 impl TimmModel {
@@ -198,21 +255,28 @@ impl TimmModel {
         let plan = TimmPlan::of(config)?;
         let v = &config.vision_cfg;
         let embed_dim = config.embed_dim;
-        let trunk = TimmVisionTransformer::new(&p / "trunk", plan.facts, &plan.trunk);
-        let width = if plan.trunk.head_dim > 0 {
-            plan.trunk.head_dim
-        } else {
-            plan.facts.embed_dim
+        let trunk_path = &p / "trunk";
+        let trunk = match &plan.trunk {
+            TrunkPlan::VisionTransformer(facts, options) => Trunk::VisionTransformer(Box::new(
+                TimmVisionTransformer::new(trunk_path, facts, options),
+            )),
+            TrunkPlan::ConvNeXt {
+                facts,
+                head_dim,
+                drop_path,
+            } => Trunk::ConvNeXt(Box::new(TimmConvNeXt::new(
+                trunk_path, facts, *head_dim, *drop_path,
+            ))),
         };
         let head_path = &p / "head";
         let head = match plan.head {
             HeadPlan::Linear => TimmHead::Proj {
-                proj: timm_linear(&head_path / "proj", width, embed_dim, v.timm_proj_bias),
+                proj: timm_linear(&head_path / "proj", plan.width, embed_dim, v.timm_proj_bias),
                 drop: v.timm_drop,
             },
             HeadPlan::Mlp => TimmHead::Mlp(TimmMlp::with_output(
                 &head_path / "mlp",
-                width,
+                plan.width,
                 2 * embed_dim,
                 embed_dim,
                 Activation::Gelu,
@@ -225,12 +289,18 @@ impl TimmModel {
     }
 
     pub fn set_grad_checkpointing(&mut self, enable: bool) {
-        self.trunk.set_grad_checkpointing(enable);
+        match &mut self.trunk {
+            Trunk::VisionTransformer(vit) => vit.set_grad_checkpointing(enable),
+            Trunk::ConvNeXt(convnext) => convnext.set_grad_checkpointing(enable),
+        }
     }
 
     /// Images [N, 3, H, W] to features [N, embed_dim] (not normalised).
     pub fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
-        let x = self.trunk.forward_t(images, train);
+        let x = match &self.trunk {
+            Trunk::VisionTransformer(vit) => vit.forward_t(images, train),
+            Trunk::ConvNeXt(convnext) => convnext.forward_t(images, train),
+        };
         match &self.head {
             TimmHead::None => x,
             TimmHead::Proj { proj, drop } => proj.forward(&x.dropout(*drop, train)),
@@ -245,12 +315,22 @@ mod tests {
 
     #[test]
     fn the_siglip_towers_are_known_and_other_classes_are_named() {
-        let facts = timm_vit_facts("vit_base_patch16_siglip_224").unwrap();
+        let TimmTower::VisionTransformer(facts) =
+            timm_tower("vit_base_patch16_siglip_224").unwrap()
+        else {
+            panic!("a VisionTransformer");
+        };
         assert_eq!(facts.global_pool, "map");
         assert!(facts.attn_pool.is_some());
-        let refused = timm_vit_facts("convnext_base").unwrap_err().to_string();
-        assert!(refused.contains("ConvNeXt"), "{refused}");
-        let unknown = timm_vit_facts("no_such_model").unwrap_err().to_string();
+        assert!(matches!(
+            timm_tower("convnext_base"),
+            Ok(TimmTower::ConvNeXt(_))
+        ));
+        let refused = timm_tower("eva02_base_patch16_clip_224")
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("timm's `Eva`"), "{refused}");
+        let unknown = timm_tower("no_such_model").unwrap_err().to_string();
         assert!(unknown.contains("no_such_model"), "{unknown}");
     }
 }

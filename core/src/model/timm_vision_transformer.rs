@@ -15,7 +15,7 @@ use super::config::NormKwargs;
 use super::transformer::{
     layer_norm, linear_parameters, shallow_clone_linear, Activation, LayerNorm,
 };
-use crate::activation_checkpoint::checkpoint;
+use crate::activation_checkpoint::checkpoint_block;
 
 /// What timm's registry says of one VisionTransformer model.
 #[derive(Debug, Clone, Deserialize)]
@@ -219,7 +219,7 @@ fn scaled(ls: &Option<TimmLayerScale>, x: Tensor) -> Tensor {
 
 /// timm's `drop_path`: each sample's `x` zeroed with probability `prob`,
 /// the others scaled by 1 / (1 - prob).
-fn drop_path(x: Tensor, prob: f64, train: bool) -> Tensor {
+pub(crate) fn drop_path(x: Tensor, prob: f64, train: bool) -> Tensor {
     if !train || prob == 0.0 {
         return x;
     }
@@ -279,17 +279,13 @@ impl TimmBlock {
         &x + drop_path(mlp, self.drop_path, train)
     }
 
-    /// `forward_t` in training under [`checkpoint`] (timm's
+    /// `forward_t` in training under activation checkpointing (timm's
     /// `checkpoint_seq` of the blocks; the random draws of drop path are
     /// replayed in the recomputation).
     fn forward_checkpointed(&self, x: &Tensor) -> Tensor {
-        let block = self.shallow_clone();
-        checkpoint(&[x], &self.parameters(), move |inputs| {
-            block.forward_t(&inputs[0], true)
+        checkpoint_block(x, &self.parameters(), self.shallow_clone(), |block, x| {
+            block.forward_t(x, true)
         })
-        // The plain forward panics on the errors tch reports inside it;
-        // the checkpointed one keeps the same contract.
-        .unwrap_or_else(|error| panic!("{error:#}"))
     }
 
     /// Every tensor `forward_t` reads that may need a gradient.

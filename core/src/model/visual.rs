@@ -17,21 +17,21 @@ use super::vision_transformer::VisionTransformer;
 
 #[derive(Debug)]
 pub enum VisualTower {
-    VisionTransformer(VisionTransformer),
-    ModifiedResNet(ModifiedResNet),
-    Timm(TimmModel),
+    VisionTransformer(Box<VisionTransformer>),
+    ModifiedResNet(Box<ModifiedResNet>),
+    Timm(Box<TimmModel>),
 }
 
 impl VisualTower {
     pub fn new(p: nn::Path, config: &ModelConfig) -> Result<Self> {
         let v = &config.vision_cfg;
         if v.timm_model_name.is_some() {
-            return Ok(VisualTower::Timm(TimmModel::new(p, config)?));
+            return Ok(VisualTower::Timm(Box::new(TimmModel::new(p, config)?)));
         }
         match v.layers {
-            VisionLayers::Transformer(_) => Ok(VisualTower::VisionTransformer(
+            VisionLayers::Transformer(_) => Ok(VisualTower::VisionTransformer(Box::new(
                 VisionTransformer::new(p, config)?,
-            )),
+            ))),
             VisionLayers::ResNet(layers) => {
                 let (height, width) = v.image_size.height_width();
                 if height != width {
@@ -44,7 +44,9 @@ impl VisualTower {
                     config.embed_dim,
                     v.head_width,
                 )?;
-                Ok(VisualTower::ModifiedResNet(ModifiedResNet::new(p, &resnet)))
+                Ok(VisualTower::ModifiedResNet(Box::new(ModifiedResNet::new(
+                    p, &resnet,
+                ))))
             }
         }
     }

@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 use tch::nn::VarStore;
 
 use crate::model::config::VisionLayers;
-use crate::model::timm_model::timm_vit_facts;
+use crate::model::timm_model::{timm_tower, TimmTower};
 use crate::model::ModelConfig;
 
 /// A group: parameter names, or name prefixes when they end with `.`.
@@ -88,8 +88,14 @@ pub fn lock_image_tower(vs: &VarStore, config: &ModelConfig, unlocked_groups: us
     if let Some(name) = &config.vision_cfg.timm_model_name {
         // OpenCLIP's TimmModel locks its trunk only: the head after it
         // (`visual.head.`) stays trainable.
-        let depth = timm_vit_facts(name)?.depth;
-        let groups = timm_trunk_groups(vs, depth);
+        let groups = match timm_tower(name)? {
+            TimmTower::VisionTransformer(facts) => timm_trunk_groups(vs, facts.depth),
+            _ if unlocked_groups == 0 => Vec::new(),
+            _ => bail!(
+                "--lock-image-unlocked-groups {unlocked_groups}: clipflow locks the timm model \
+                 `{name}` whole only (--lock-image alone)"
+            ),
+        };
         lock(vs, &["visual.trunk.".into()], &groups, unlocked_groups);
         return Ok(());
     }
