@@ -132,6 +132,24 @@ pub fn topology_flags(train: &TrainArgs) -> FlagValues {
         ("workers", train.workers.max(1).to_string()),
         ("model", train.model.clone()),
         ("cache-dir", train.cache_dir.clone().unwrap_or_default()),
+        (
+            "force-image-size",
+            train
+                .force_image_size
+                .as_deref()
+                .map(|sides| {
+                    sides
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default(),
+        ),
+        (
+            "force-context-length",
+            train.force_context_length.unwrap_or(0).to_string(),
+        ),
         ("seed", train.seed.to_string()),
         ("aug-cfg", aug_cfg.join(" ")),
         (

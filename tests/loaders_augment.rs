@@ -295,3 +295,37 @@ fn bench_data_runs_with_colour_jitter_and_grey_scale() {
     assert_eq!(summary["images"], 8);
     assert_eq!(summary["batches"], 2);
 }
+
+/// `force_image_size` and `force_context_length` (from `--force-image-size`
+/// and `--force-context-length`) size the augmenter's images and token rows
+/// as they size the model.
+#[test]
+fn forced_image_size_and_context_length_shape_the_samples() {
+    let settings = augmenter_settings(&[
+        ("mode", "val".into()),
+        ("force_image_size", "40 24".into()),
+        ("force_context_length", 20.into()),
+    ]);
+    let augmenter = Augmenter::new(Arc::new(AugmenterConfig::from_settings(&settings).unwrap()));
+    let sample = noise_samples().remove(0);
+    let place = Place { epoch: 0, index: 0 };
+    let augmented = augmenter.augment(place, sample).unwrap();
+    assert_eq!(augmented.image_size(), (40, 24));
+    assert_eq!(augmented.tokens.len(), 20);
+    // Unset (0 and empty, as train-data.toml's defaults): the model's.
+    let settings = augmenter_settings(&[
+        ("mode", "val".into()),
+        ("force_image_size", "".into()),
+        ("force_context_length", 0.into()),
+    ]);
+    let augmenter = Augmenter::new(Arc::new(AugmenterConfig::from_settings(&settings).unwrap()));
+    let augmented = augmenter.augment(place, noise_samples().remove(0)).unwrap();
+    assert_eq!(augmented.image_size(), (SIDE as usize, SIDE as usize));
+    assert_eq!(augmented.tokens.len(), 77);
+    let refused = AugmenterConfig::from_settings(&augmenter_settings(&[(
+        "force_image_size",
+        "40 24 3".into(),
+    )]));
+    let message = format!("{:#}", refused.err().expect("three sizes"));
+    assert!(message.contains("force_image_size"), "{message}");
+}

@@ -370,3 +370,30 @@ fn aug_cfg_keys_only_timm_reads_are_accepted_with_open_clips_warning() {
         "{log}"
     );
 }
+
+/// `--force-image-size` and `--force-context-length` reach the loading path
+/// as well as the model: the run trains on images and captions of the
+/// forced sizes (the model's own 32x32 and 16 tokens would not fit it), and
+/// its validation pass too.
+#[test]
+fn forced_image_size_and_context_length_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = scenes(&dir.path().join("scenes"));
+    let logs = dir.path().join("logs");
+    let forced = [
+        "--precision",
+        "fp32",
+        "--force-image-size",
+        "40",
+        "24",
+        "--force-context-length",
+        "20",
+        "--val-data",
+        &shards,
+    ];
+    let out = train(&shards, &logs, "forced", &forced);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = std::fs::read_to_string(logs.join("forced/out.log")).unwrap();
+    assert!(log.contains("Train Epoch: 0"), "{log}");
+    assert!(log.contains("val_loss"), "{log}");
+}

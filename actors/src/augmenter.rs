@@ -4,7 +4,8 @@
 //! into the batch) and the caption as `context_length` token ids
 //! (the model's tokenizer: CLIP's BPE, or the HuggingFace tokenizer its
 //! config names, found in the hub cache of `cache_dir`), with the model's
-//! image size, context length and preprocessing settings
+//! image size and context length (or those `--force-image-size` and
+//! `--force-context-length` give it) and preprocessing settings
 //! (`--image-mean`, `--image-std`, `--image-interpolation`,
 //! `--image-resize-mode`, `--aug-cfg`).
 //!
@@ -30,7 +31,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use clipflow_core::hf_hub::HubCache;
-use clipflow_core::model::{ModelConfig, ModelOverrides};
+use clipflow_core::model::{ImageSize, ModelConfig, ModelOverrides};
 use clipflow_core::tokenizer::{self, TextTokenizer};
 use clipflow_core::transform::{
     AugmentationCfg, Interpolation, Normalization, ResizeMode, RgbImage, TrainTransform,
@@ -116,7 +117,8 @@ const AUGMENTATION_STREAM: u64 = 0x100 << 48;
 impl AugmenterConfig {
     /// Reads the settings of an `augmenter` component: `mode` (`train`, the
     /// default, or `val`), `model` (image size, context length),
-    /// `image_mean`, `image_std` (one value or three, separated by spaces or
+    /// `force_image_size` (one size or height and width) and
+    /// `force_context_length` (0: the model's), `cache_dir`, `image_mean`, `image_std` (one value or three, separated by spaces or
     /// commas), `image_interpolation`, `image_resize_mode`, `aug_cfg`
     /// (`key=value` items as `--aug-cfg` takes them, separated by spaces;
     /// train mode only), `seed`, `rank`. Empty values keep the defaults.
@@ -124,7 +126,15 @@ impl AugmenterConfig {
         let model = settings
             .non_empty_string("model")?
             .unwrap_or_else(|| "RN50".into());
-        let config = ModelConfig::by_name(&model, &ModelOverrides::default())?;
+        let overrides = ModelOverrides {
+            force_image_size: settings.parsed("force_image_size", parse_image_size)?,
+            force_context_length: settings
+                .u64("force_context_length")?
+                .filter(|&length| length > 0)
+                .map(|length| length as i64),
+            ..ModelOverrides::default()
+        };
+        let config = ModelConfig::by_name(&model, &overrides)?;
         let cache_dir = settings.non_empty_string("cache_dir")?.map(PathBuf::from);
         let hub = HubCache::locate(cache_dir.as_deref());
         let tokenizer = tokenizer::for_model(&model, &config.text_cfg, &hub, None)?;
@@ -191,6 +201,25 @@ impl AugmenterConfig {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(place.epoch));
         rng.set_stream(AUGMENTATION_STREAM | (self.rank << 32) | place.index);
         rng
+    }
+}
+
+/// `force_image_size`: one size for both sides, or height and width.
+fn parse_image_size(text: &str) -> Result<ImageSize> {
+    let sides = text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|side| !side.is_empty())
+        .map(|side| {
+            side.parse::<i64>()
+                .ok()
+                .filter(|&side| side > 0)
+                .with_context(|| format!("{side:?} is not a positive whole number"))
+        })
+        .collect::<Result<Vec<i64>>>()?;
+    match sides.as_slice() {
+        [side] => Ok(ImageSize::Square(*side)),
+        [height, width] => Ok(ImageSize::HeightWidth([*height, *width])),
+        other => bail!("expected one or two sizes, got {}", other.len()),
     }
 }
 

@@ -203,11 +203,14 @@ impl TrainLog {
                 })
                 .collect(),
         };
-        self.run_log.info(&format_train_step_line(&line_report))?;
+        // TensorBoard's points are flushed before the step's out.log line,
+        // so that a run stopped right after a line (a kill, a preemption)
+        // has the step's scalars too.
         let scalars = line_report.scalars();
         if let Some(tensorboard) = &mut self.tensorboard {
             tensorboard.add_scalars(report.step as i64, &scalars)?;
         }
+        self.run_log.info(&format_train_step_line(&line_report))?;
         if let Some(wandb) = &mut self.wandb {
             wandb.log_train(report.step, &scalars)?;
         }
