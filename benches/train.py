@@ -14,16 +14,16 @@ threads), sampled every 50 ms.
 
 The models are (a) a small ViT, written here as an OpenCLIP model config
 (OpenCLIP registers it with `add_model_config`; clipflow reads the same JSON
-file), (b) ViT-B-32, and (c) timm's SigLIP ViT-B/16 image tower (its MAP
-head, as ViT-B-16-SigLIP has it) beside a 4-layer text tower, also a config
-written here: clipflow builds the timm trunk natively, OpenCLIP through
-timm. The tools run interleaved (OpenCLIP, clipflow,
+file), (b) ViT-B-32, and (c) timm image towers beside a 4-layer text tower,
+also configs written here: the SigLIP ViT-B/16 tower with its MAP head
+(`timm`), EVA02-B-16's Eva tower (`eva`) and convnext_tiny (`convnext`);
+clipflow builds the timm trunk natively, OpenCLIP through timm. The tools run interleaved (OpenCLIP, clipflow,
 OpenCLIP, clipflow, ...) so that a change in the machine's load hits both.
 
 Prints one JSON line per run, then one JSON line per model with each side's
 median and spread and the ratio clipflow / OpenCLIP, then a table.
 
-usage: python benches/train.py CLIPFLOW_BIN [--models tiny,ViT-B-32,timm] [--repeats R]
+usage: python benches/train.py CLIPFLOW_BIN [--models tiny,ViT-B-32,timm,eva,convnext] [--repeats R]
        [--workers W] [--tiny-batch-size B] [--tiny-steps S] [--b32-batch-size B]
        [--b32-steps S] [--timm-batch-size B] [--timm-steps S] [--warmup-steps K]
 """
@@ -50,17 +50,26 @@ TINY_CONFIG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 4},
 }
 
-# timm's SigLIP B/16 tower as OpenCLIP's TimmModel wraps it, with a small
-# text tower (not named *siglip*: OpenCLIP would give such a name its
-# SigLIP tokenizer).
-TIMM_NAME = "bench-timm-map"
-TIMM_CONFIG = {
-    "embed_dim": 768,
-    "vision_cfg": {
+# timm image towers as OpenCLIP's TimmModel wraps them, each with a small
+# text tower (names not *siglip*: OpenCLIP would give such a name its SigLIP
+# tokenizer): --models key -> (config name, embed_dim, vision_cfg).
+SMALL_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 4}
+TIMM_TOWERS = {
+    # The SigLIP B/16 tower with its MAP head, as ViT-B-16-SigLIP has it.
+    "timm": ("bench-timm-map", 768, {
         "image_size": 224, "timm_model_name": "vit_base_patch16_siglip_224",
         "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none",
-    },
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 4},
+    }),
+    # EVA02-B-16's Eva tower (rotary embedding, SwiGLU), its own head projecting.
+    "eva": ("bench-timm-eva", 512, {
+        "image_size": 224, "timm_model_name": "eva02_base_patch16_clip_224",
+        "timm_model_pretrained": False, "timm_pool": "token", "timm_proj": None,
+    }),
+    # convnext_tiny's ConvNeXt tower with OpenCLIP's linear head.
+    "convnext": ("bench-timm-convnext", 1024, {
+        "image_size": 224, "timm_model_name": "convnext_tiny",
+        "timm_model_pretrained": False, "timm_pool": "", "timm_proj": "linear",
+    }),
 }
 
 # Runs open_clip_train.main after registering the model configs of the
@@ -143,13 +152,15 @@ def main():
         configs.mkdir()
         tiny_config = configs / f"{TINY_NAME}.json"
         tiny_config.write_text(json.dumps(TINY_CONFIG))
-        timm_config = configs / f"{TIMM_NAME}.json"
-        timm_config.write_text(json.dumps(TIMM_CONFIG))
         plans = {
             "tiny": (TINY_NAME, str(tiny_config), opts.tiny_batch_size, opts.tiny_steps),
             "ViT-B-32": ("ViT-B-32", "ViT-B-32", opts.b32_batch_size, opts.b32_steps),
-            "timm": (TIMM_NAME, str(timm_config), opts.timm_batch_size, opts.timm_steps),
         }
+        for key, (name, embed_dim, vision_cfg) in TIMM_TOWERS.items():
+            config = configs / f"{name}.json"
+            config.write_text(json.dumps(
+                {"embed_dim": embed_dim, "vision_cfg": vision_cfg, "text_cfg": SMALL_TEXT}))
+            plans[key] = (name, str(config), opts.timm_batch_size, opts.timm_steps)
         models = opts.models.split(",")
         for model in models:
             if model not in plans:

@@ -6,6 +6,8 @@
 //! are compared for exact equality. What it changes is memory, measured as
 //! the peak resident set of a child process running one training step.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,15 +24,6 @@ fn assert_same(a: &Tensor, b: &Tensor, what: &str) {
     assert_eq!(a.size(), b.size(), "{what}: shapes");
     let diff = (a - b).abs().max().double_value(&[]);
     assert_eq!(diff, 0.0, "{what}: differs by {diff}");
-}
-
-/// libtorch's random generator is one for the process: the tests that seed
-/// it and draw from it take turns, holding this.
-fn random_generator_turn() -> std::sync::MutexGuard<'static, ()> {
-    static RANDOM_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    RANDOM_GENERATOR
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn leaf(shape: &[i64]) -> Tensor {
@@ -53,7 +46,7 @@ fn block(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
 
 #[test]
 fn backward_recomputes_once_and_gradients_match() {
-    let _turn = random_generator_turn();
+    let _turn = common::random_generator_turn();
     tch::manual_seed(0);
     let x = leaf(&[4, 8]);
     let (w, b) = (leaf(&[8, 8]), leaf(&[8]));
@@ -125,7 +118,7 @@ fn without_gradients_the_function_runs_once() {
 
 #[test]
 fn recomputation_replays_the_random_draws_and_leaves_the_rng_where_it_was() {
-    let _turn = random_generator_turn();
+    let _turn = common::random_generator_turn();
     let x = leaf(&[64, 32]);
     let w = leaf(&[32, 32]);
     let dropped = |x: &Tensor, w: &Tensor| x.matmul(w).dropout(0.5, true);
@@ -227,7 +220,7 @@ fn assert_unchanged_by_checkpointing(
     config: &ModelConfig,
     step: impl Fn(&Clip) -> Tensor,
 ) -> Vec<String> {
-    let _turn = random_generator_turn();
+    let _turn = common::random_generator_turn();
     tch::manual_seed(1);
     let vs = VarStore::new(Device::Cpu);
     let mut model = Clip::new(&vs.root(), config).unwrap();

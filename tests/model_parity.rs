@@ -18,6 +18,8 @@ use std::sync::Arc;
 use clipflow_core::collective::SingleProcess;
 use clipflow_core::loss::{ClipLoss, CoCaLoss, Loss, LossInputs};
 use clipflow_core::model::load::load_strict;
+use clipflow_core::model::timm_eva::{TimmEva, TimmEvaFacts};
+use clipflow_core::model::timm_vision_transformer::{TrunkOptions, TrunkPool};
 use clipflow_core::model::{Clip, ImageSize, ModelConfig, ModelOverrides};
 use tch::{nn::VarStore, Device, Tensor};
 
@@ -57,7 +59,10 @@ fn check_model(name: &str, config_file: Option<&str>, kwargs: &str, overrides: M
     }
     .unwrap();
     let vs = VarStore::new(Device::Cpu);
-    let model = Clip::new(&vs.root(), &config).unwrap();
+    let model = {
+        let _turn = common::random_generator_turn();
+        Clip::new(&vs.root(), &config).unwrap()
+    };
     let weights = Tensor::read_safetensors(dir.path().join("weights.safetensors")).unwrap();
     load_strict(&vs, &weights, "weights.safetensors").unwrap();
 
@@ -281,4 +286,122 @@ fn a_timm_convnext_with_an_mlp_head_matches_open_clip() {
         "{}",
         ModelOverrides::default(),
     );
+}
+
+/// Runs the trunk oracle for timm model `name` created with `kwargs` and
+/// compares clipflow's trunk, built from the facts the oracle's copy of
+/// scripts/gen_timm_configs.py reads off the model: features in eval mode,
+/// features in training mode (patch dropout and drop path drawn from the
+/// same seeded generator on both sides), and every parameter's gradient,
+/// with and without activation checkpointing.
+fn check_eva_trunk(name: &str, kwargs: &str) {
+    let _turn = common::random_generator_turn();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let gen_script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gen_timm_configs.py");
+    let train_seed = 3;
+    common::run_oracle(
+        include_str!("oracle/timm_trunk_parity.py"),
+        &[name, out, gen_script, kwargs, &train_seed.to_string()],
+    );
+    let facts: TimmEvaFacts =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("facts.json")).unwrap())
+            .unwrap();
+    let kwargs: serde_json::Value = serde_json::from_str(kwargs).unwrap();
+    let options = TrunkOptions {
+        pool: TrunkPool::parse(&facts.global_pool).unwrap(),
+        head_dim: kwargs["num_classes"].as_i64().unwrap(),
+        patch_drop: kwargs["patch_drop_rate"].as_f64().unwrap_or(0.0),
+        drop_path: kwargs["drop_path_rate"].as_f64().unwrap_or(0.0),
+    };
+    let vs = VarStore::new(Device::Cpu);
+    let mut trunk = TimmEva::new(vs.root(), &facts, &options);
+    let weights = Tensor::read_safetensors(dir.path().join("weights.safetensors")).unwrap();
+    load_strict(&vs, &weights, "weights.safetensors").unwrap();
+    let inputs = read(&dir.path().join("inputs.safetensors"));
+    let expected = read(&dir.path().join("outputs.safetensors"));
+
+    let eval = tch::no_grad(|| trunk.forward_t(&inputs["images"], false));
+    let diff = max_abs_diff(&eval, &expected["eval"]);
+    assert!(diff <= TOLERANCE, "{name}: eval features differ by {diff}");
+    for checkpointed in [false, true] {
+        trunk.set_grad_checkpointing(checkpointed);
+        for (_, value) in vs.variables() {
+            value.grad().defined().then(|| value.grad().zero_());
+        }
+        tch::manual_seed(train_seed);
+        let train = trunk.forward_t(&inputs["images"], true);
+        let diff = max_abs_diff(&train, &expected["train"]);
+        assert!(
+            diff <= TOLERANCE,
+            "{name} (checkpointed: {checkpointed}): training features differ by {diff}"
+        );
+        (train * &inputs["weights"]).sum(None).backward();
+        for (param, value) in vs.variables() {
+            let diff = max_abs_diff(&value.grad(), &expected[&format!("grad.{param}")]);
+            assert!(
+                diff <= TOLERANCE,
+                "{name} (checkpointed: {checkpointed}): gradient of {param} differs by {diff}"
+            );
+        }
+    }
+    let oracle_params = expected.keys().filter(|k| k.starts_with("grad.")).count();
+    assert_eq!(
+        vs.variables().len(),
+        oracle_params,
+        "{name}: same parameters"
+    );
+}
+
+/// timm's Eva trunk of each EVA, EVA02 and PE-Core config, as OpenCLIP
+/// creates it (its `global_pool`, and the trunk's own head projecting to
+/// the embedding), shrunk to 64 wide, 2 blocks and a 4x3 patch grid (not
+/// square, so the row-major and column-major rotary grids differ), with
+/// patch dropout and drop path while training: EVA01's packed qkv with q/v
+/// biases, EVA02's split projections, inner attention norm, SwiGLU and
+/// rotary embedding, EVA02-E's post-norm blocks, PE-Core's `norm_pre`,
+/// offset column-major rotary grid and MAP head over every token.
+#[test]
+fn timm_eva_trunks_match_timm() {
+    for (name, pool) in [
+        ("eva_giant_patch14_224", "token"),
+        ("eva02_base_patch16_clip_224", "token"),
+        ("eva02_large_patch14_clip_224", "token"),
+        ("eva02_large_patch14_clip_336", "token"),
+        ("eva02_enormous_patch14_clip_224", "token"),
+        ("vit_pe_core_tiny_patch16_384", "map"),
+        ("vit_pe_core_small_patch16_384", "map"),
+        ("vit_pe_core_base_patch16_224", "map"),
+        ("vit_pe_core_large_patch14_336", "map"),
+        ("vit_pe_core_gigantic_patch14_448", "map"),
+    ] {
+        let grid = if name.contains("patch14") {
+            [56, 42]
+        } else {
+            [64, 48]
+        };
+        let kwargs = format!(
+            r#"{{"embed_dim": 64, "depth": 2, "num_heads": 4, "img_size": {grid:?},
+                "num_classes": 32, "global_pool": "{pool}",
+                "patch_drop_rate": 0.5, "drop_path_rate": 0.2}}"#
+        );
+        check_eva_trunk(name, &kwargs);
+    }
+}
+
+/// EVA02-B-16 by its OpenCLIP name: timm's Eva trunk with split q/v-biased
+/// projections, the inner attention norm, SwiGLU with its norm, the rotary
+/// embedding rescaled to a 16x16 reference grid, class-token pooling and
+/// the trunk's own head as the projection.
+#[test]
+fn eva02_b_16_matches_open_clip() {
+    check_model("EVA02-B-16", None, "{}", ModelOverrides::default());
+}
+
+/// PE-Core-T-16-384 by its OpenCLIP name: timm's Eva trunk as Perception
+/// Encoder builds it (no patch bias, `norm_pre`, packed biased qkv, an
+/// offset column-major rotary grid, the MAP head over every token).
+#[test]
+fn pe_core_t_16_384_matches_open_clip() {
+    check_model("PE-Core-T-16-384", None, "{}", ModelOverrides::default());
 }

@@ -97,4 +97,10 @@ fn a_locked_timm_tower_leaves_openclip_s_parameters_trainable() {
         "timm-mlp-head.json",
         &[(Some(0), None, false), (Some(1), None, false)],
     );
+    // An Eva trunk (PE-Core's: `norm_pre` in the embeddings group, the MAP
+    // head and the trunk's own `head` after the blocks).
+    compare_with_open_clip(
+        "timm-pe-tower.json",
+        &[0, 1, 2, 12, 13, 14].map(|groups| (Some(groups), None, false)),
+    );
 }

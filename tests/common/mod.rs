@@ -36,6 +36,16 @@ pub fn run_oracle(script: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("oracle output is utf-8")
 }
 
+/// libtorch's random generator is one for the process: the tests of a
+/// binary that seed it and draw from it (building a model draws its initial
+/// weights) take turns, holding this.
+pub fn random_generator_turn() -> std::sync::MutexGuard<'static, ()> {
+    static RANDOM_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RANDOM_GENERATOR
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The clipflow binary built for these tests.
 pub fn clipflow_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_clipflow"))

@@ -12,6 +12,7 @@ pub mod precision;
 pub mod pretrained;
 pub mod text_transformer;
 pub mod timm_convnext;
+pub mod timm_eva;
 pub mod timm_model;
 pub mod timm_vision_transformer;
 pub mod transformer;

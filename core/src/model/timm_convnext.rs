@@ -226,10 +226,7 @@ impl TimmConvNeXt {
     /// The trunk, with a classifier `head.fc` of `head_dim` outputs when
     /// that is not 0; `drop_path` is timm's `drop_path_rate`.
     pub fn new(p: nn::Path, facts: &ConvNeXtFacts, head_dim: i64, drop_path: f64) -> Self {
-        let act = match facts.act.as_str() {
-            "gelu_tanh" => Activation::GeluTanh,
-            _ => Activation::Gelu,
-        };
+        let act = Activation::named(&facts.act);
         let first = facts.stages[0].dim;
         let patch = facts.patch_size;
         let stem_conv = patch_conv(&p / "stem" / "0", 3, first, patch, facts.conv_bias);

@@ -1,6 +1,6 @@
 //! OpenCLIP's `TimmModel`, the image tower under `visual.` of a config with
-//! a `timm_model_name`: timm's model as `trunk` (a VisionTransformer or a
-//! ConvNeXt), then OpenCLIP's `head` (`head.proj`, or `head.mlp.fc1`/`fc2`,
+//! a `timm_model_name`: timm's model as `trunk` (a VisionTransformer, an
+//! Eva or a ConvNeXt), then OpenCLIP's `head` (`head.proj`, or `head.mlp.fc1`/`fc2`,
 //! or nothing). The trunk is built natively from what timm's registry says
 //! of the named model
 //! (`timm_configs.json`, written by `scripts/gen_timm_configs.py` from the
@@ -18,6 +18,7 @@ use tch::Tensor;
 
 use super::config::ModelConfig;
 use super::timm_convnext::{ConvNeXtFacts, TimmConvNeXt};
+use super::timm_eva::{TimmEva, TimmEvaFacts};
 use super::timm_vision_transformer::{
     timm_linear, TimmMlp, TimmVisionTransformer, TimmVitFacts, TrunkOptions, TrunkPool,
 };
@@ -25,23 +26,40 @@ use super::transformer::Activation;
 
 const TIMM_CONFIGS_JSON: &str = include_str!("timm_configs.json");
 
-/// One timm model of OpenCLIP's configs: one clipflow builds (with its
-/// facts), or the class of one it does not.
+/// A timm model clipflow builds, with its facts, by timm class.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "class")]
 pub enum TimmTower {
     VisionTransformer(TimmVitFacts),
+    Eva(TimmEvaFacts),
     ConvNeXt(ConvNeXtFacts),
-    #[serde(untagged)]
-    NotBuilt {
-        class: String,
-    },
+}
+
+impl TimmTower {
+    /// The number of blocks of a ViT-like trunk (its lock groups), or None
+    /// for a ConvNeXt.
+    pub fn transformer_depth(&self) -> Option<i64> {
+        match self {
+            TimmTower::VisionTransformer(facts) => Some(facts.depth),
+            TimmTower::Eva(facts) => Some(facts.depth),
+            TimmTower::ConvNeXt(_) => None,
+        }
+    }
+}
+
+/// One timm model of OpenCLIP's configs: one clipflow builds, or the class
+/// of one it does not.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TimmConfigEntry {
+    Built(Box<TimmTower>),
+    NotBuilt { class: String },
 }
 
 #[derive(Debug, Deserialize)]
 struct TimmConfigs {
     timm_version: String,
-    towers: BTreeMap<String, TimmTower>,
+    towers: BTreeMap<String, TimmConfigEntry>,
 }
 
 fn timm_configs() -> &'static TimmConfigs {
@@ -61,12 +79,12 @@ pub fn timm_tower(name: &str) -> Result<&'static TimmTower> {
             configs.timm_version
         )
     })?;
-    if let TimmTower::NotBuilt { class } = tower {
-        bail!(
+    match tower {
+        TimmConfigEntry::Built(tower) => Ok(tower.as_ref()),
+        TimmConfigEntry::NotBuilt { class } => bail!(
             "its image tower is the timm model `{name}` (timm's `{class}`), which clipflow does not build yet"
-        );
+        ),
     }
-    Ok(tower)
 }
 
 /// OpenCLIP's head after the trunk.
@@ -84,6 +102,7 @@ enum TimmHead {
 #[derive(Debug)]
 enum Trunk {
     VisionTransformer(Box<TimmVisionTransformer>),
+    Eva(Box<TimmEva>),
     ConvNeXt(Box<TimmConvNeXt>),
 }
 
@@ -106,6 +125,7 @@ pub struct TimmPlan {
 #[derive(Debug)]
 enum TrunkPlan {
     VisionTransformer(&'static TimmVitFacts, TrunkOptions),
+    Eva(&'static TimmEvaFacts, TrunkOptions),
     ConvNeXt {
         facts: &'static ConvNeXtFacts,
         head_dim: i64,
@@ -153,17 +173,27 @@ impl TimmPlan {
         let drop_path = v.timm_drop_path.unwrap_or(0.0);
         let (trunk, features) = match tower {
             TimmTower::VisionTransformer(facts) => {
-                let options = TrunkOptions {
-                    pool: vit_pool(name, facts, pool, proj, head)?,
-                    head_dim,
-                    patch_drop: v.patch_dropout,
-                    drop_path,
+                let trunk = VitTrunk {
+                    own_pool: &facts.global_pool,
+                    attn_pool: facts.attn_pool.is_some(),
+                    class_token: facts.class_token,
+                    img_size: facts.img_size,
                 };
-                vit_image_size(name, facts, config)?;
+                let options = trunk.options(name, config, head, head_dim)?;
                 (
                     TrunkPlan::VisionTransformer(facts, options),
                     facts.embed_dim,
                 )
+            }
+            TimmTower::Eva(facts) => {
+                let trunk = VitTrunk {
+                    own_pool: &facts.global_pool,
+                    attn_pool: facts.attn_pool.is_some(),
+                    class_token: facts.class_token,
+                    img_size: facts.img_size,
+                };
+                let options = trunk.options(name, config, head, head_dim)?;
+                (TrunkPlan::Eva(facts, options), facts.embed_dim)
             }
             TimmTower::ConvNeXt(facts) => {
                 // OpenCLIP gives a ConvNeXt its own average pooling (an empty
@@ -181,7 +211,6 @@ impl TimmPlan {
                 };
                 (trunk, facts.num_features())
             }
-            TimmTower::NotBuilt { .. } => unreachable!("timm_tower refuses it"),
         };
         let width = if head_dim > 0 { head_dim } else { features };
         if head == HeadPlan::None && width != embed_dim {
@@ -194,60 +223,83 @@ impl TimmPlan {
     }
 }
 
-/// The pooling of a ViT trunk, as OpenCLIP's adapter sets it: created with
-/// `global_pool = timm_pool` when the trunk projects (`timm_proj` none or
-/// ""), else reset to it (an empty one keeps the trunk's own).
-fn vit_pool(
-    name: &str,
-    facts: &TimmVitFacts,
-    pool: &str,
-    proj: &str,
-    head: HeadPlan,
-) -> Result<TrunkPool> {
-    let own_pool = TrunkPool::parse(&facts.global_pool).with_context(|| {
-        format!(
-            "the timm model `{name}` pools with '{}', which clipflow does not build",
-            facts.global_pool
-        )
-    })?;
-    if head == HeadPlan::None {
-        if pool != facts.global_pool {
-            bail!(
-                "timm_pool '{pool}' with timm_proj '{proj}': OpenCLIP creates the timm model \
-                 `{name}` with that pooling in place of its own '{}', which clipflow does not build",
-                facts.global_pool
-            );
-        }
-        return Ok(own_pool);
-    }
-    if pool.is_empty() {
-        return Ok(own_pool);
-    }
-    let chosen = TrunkPool::parse(pool).with_context(|| {
-        format!("timm_pool '{pool}': timm's VisionTransformer takes avg, max, avgmax, token or map")
-    })?;
-    if chosen == TrunkPool::Map && facts.attn_pool.is_none() {
-        bail!("timm_pool 'map': the timm model `{name}` has no attention pool to keep");
-    }
-    if chosen == TrunkPool::Token && !facts.class_token {
-        bail!("timm_pool 'token': the timm model `{name}` has no class token");
-    }
-    Ok(chosen)
+/// What OpenCLIP's adapter asks of a ViT-like trunk (a VisionTransformer
+/// or an Eva).
+struct VitTrunk<'a> {
+    own_pool: &'a str,
+    attn_pool: bool,
+    class_token: bool,
+    img_size: [i64; 2],
 }
 
-/// A ViT trunk's position embedding is for timm's image size only.
-fn vit_image_size(name: &str, facts: &TimmVitFacts, config: &ModelConfig) -> Result<()> {
-    let (height, width) = config.vision_cfg.image_size.height_width();
-    if [height, width] != facts.img_size {
-        bail!(
-            "the timm model `{name}` takes {}x{} images, not the {height}x{width} of the \
-             config's image_size (or --force-image-size); timm builds its position \
-             embedding for its own size",
-            facts.img_size[0],
-            facts.img_size[1]
-        );
+impl VitTrunk<'_> {
+    /// What OpenCLIP's adapter makes of the trunk for `config`.
+    fn options(
+        &self,
+        name: &str,
+        config: &ModelConfig,
+        head: HeadPlan,
+        head_dim: i64,
+    ) -> Result<TrunkOptions> {
+        let v = &config.vision_cfg;
+        self.check_image_size(name, config)?;
+        Ok(TrunkOptions {
+            pool: self.pool(name, &v.timm_pool, &v.timm_proj, head)?,
+            head_dim,
+            patch_drop: v.patch_dropout,
+            drop_path: v.timm_drop_path.unwrap_or(0.0),
+        })
     }
-    Ok(())
+
+    /// The trunk's pooling, as OpenCLIP's adapter sets it: created with
+    /// `global_pool = timm_pool` when the trunk projects (`timm_proj` none
+    /// or ""), else reset to it (an empty one keeps the trunk's own).
+    fn pool(&self, name: &str, pool: &str, proj: &str, head: HeadPlan) -> Result<TrunkPool> {
+        let own_pool = TrunkPool::parse(self.own_pool).with_context(|| {
+            format!(
+                "the timm model `{name}` pools with '{}', which clipflow does not build",
+                self.own_pool
+            )
+        })?;
+        if head == HeadPlan::None {
+            if pool != self.own_pool {
+                bail!(
+                    "timm_pool '{pool}' with timm_proj '{proj}': OpenCLIP creates the timm model \
+                     `{name}` with that pooling in place of its own '{}', which clipflow does not build",
+                    self.own_pool
+                );
+            }
+            return Ok(own_pool);
+        }
+        if pool.is_empty() {
+            return Ok(own_pool);
+        }
+        let chosen = TrunkPool::parse(pool).with_context(|| {
+            format!("timm_pool '{pool}': timm's ViTs take avg, max, avgmax, token or map")
+        })?;
+        if chosen == TrunkPool::Map && !self.attn_pool {
+            bail!("timm_pool 'map': the timm model `{name}` has no attention pool to keep");
+        }
+        if chosen == TrunkPool::Token && !self.class_token {
+            bail!("timm_pool 'token': the timm model `{name}` has no class token");
+        }
+        Ok(chosen)
+    }
+
+    /// The trunk's position embeddings are for timm's image size only.
+    fn check_image_size(&self, name: &str, config: &ModelConfig) -> Result<()> {
+        let (height, width) = config.vision_cfg.image_size.height_width();
+        if [height, width] != self.img_size {
+            bail!(
+                "the timm model `{name}` takes {}x{} images, not the {height}x{width} of the \
+                 config's image_size (or --force-image-size); timm builds its position \
+                 embeddings for its own size",
+                self.img_size[0],
+                self.img_size[1]
+            );
+        }
+        Ok(())
+    }
 }
 
 impl TimmModel {
@@ -260,6 +312,9 @@ impl TimmModel {
             TrunkPlan::VisionTransformer(facts, options) => Trunk::VisionTransformer(Box::new(
                 TimmVisionTransformer::new(trunk_path, facts, options),
             )),
+            TrunkPlan::Eva(facts, options) => {
+                Trunk::Eva(Box::new(TimmEva::new(trunk_path, facts, options)))
+            }
             TrunkPlan::ConvNeXt {
                 facts,
                 head_dim,
@@ -291,6 +346,7 @@ impl TimmModel {
     pub fn set_grad_checkpointing(&mut self, enable: bool) {
         match &mut self.trunk {
             Trunk::VisionTransformer(vit) => vit.set_grad_checkpointing(enable),
+            Trunk::Eva(eva) => eva.set_grad_checkpointing(enable),
             Trunk::ConvNeXt(convnext) => convnext.set_grad_checkpointing(enable),
         }
     }
@@ -299,6 +355,7 @@ impl TimmModel {
     pub fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
         let x = match &self.trunk {
             Trunk::VisionTransformer(vit) => vit.forward_t(images, train),
+            Trunk::Eva(eva) => eva.forward_t(images, train),
             Trunk::ConvNeXt(convnext) => convnext.forward_t(images, train),
         };
         match &self.head {
@@ -326,10 +383,12 @@ mod tests {
             timm_tower("convnext_base"),
             Ok(TimmTower::ConvNeXt(_))
         ));
-        let refused = timm_tower("eva02_base_patch16_clip_224")
-            .unwrap_err()
-            .to_string();
-        assert!(refused.contains("timm's `Eva`"), "{refused}");
+        assert!(matches!(
+            timm_tower("eva02_base_patch16_clip_224"),
+            Ok(TimmTower::Eva(_))
+        ));
+        let refused = timm_tower("fastvit_mci0").unwrap_err().to_string();
+        assert!(refused.contains("timm's `FastVit`"), "{refused}");
         let unknown = timm_tower("no_such_model").unwrap_err().to_string();
         assert!(unknown.contains("no_such_model"), "{unknown}");
     }

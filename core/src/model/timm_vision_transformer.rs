@@ -49,6 +49,7 @@ pub struct AttentionPoolFacts {
     pub latent_len: i64,
     pub mlp_hidden: i64,
     pub qkv_bias: bool,
+    pub act: String,
     pub pool: String,
 }
 
@@ -112,7 +113,7 @@ pub fn timm_linear(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> nn::Li
     )
 }
 
-fn norm(p: nn::Path, dim: i64, eps: f64) -> LayerNorm {
+pub(super) fn norm(p: nn::Path, dim: i64, eps: f64) -> LayerNorm {
     layer_norm(p, dim, Some(&NormKwargs { eps: Some(eps) }))
 }
 
@@ -127,7 +128,7 @@ pub struct TimmMlp {
 }
 
 impl TimmMlp {
-    fn new(p: nn::Path, dim: i64, hidden: i64, act: Activation) -> Self {
+    pub(super) fn new(p: nn::Path, dim: i64, hidden: i64, act: Activation) -> Self {
         Self::with_output(p, dim, hidden, dim, act, true, 0.0)
     }
 
@@ -156,11 +157,11 @@ impl TimmMlp {
         self.fc2.forward(&hidden.dropout(self.drop, train))
     }
 
-    fn parameters(&self) -> impl Iterator<Item = &Tensor> {
+    pub(super) fn parameters(&self) -> impl Iterator<Item = &Tensor> {
         linear_parameters(&self.fc1).chain(linear_parameters(&self.fc2))
     }
 
-    fn shallow_clone(&self) -> Self {
+    pub(super) fn shallow_clone(&self) -> Self {
         TimmMlp {
             fc1: shallow_clone_linear(&self.fc1),
             fc2: shallow_clone_linear(&self.fc2),
@@ -171,18 +172,18 @@ impl TimmMlp {
 }
 
 /// [batch, tokens, heads * head_dim] to [batch, heads, tokens, head_dim].
-fn split_heads(x: &Tensor, heads: i64) -> Tensor {
+pub(super) fn split_heads(x: &Tensor, heads: i64) -> Tensor {
     let (n, l, c) = x.size3().expect("[batch, tokens, width]");
     x.reshape([n, l, heads, c / heads]).transpose(1, 2)
 }
 
 /// [batch, heads, tokens, head_dim] to [batch, tokens, heads * head_dim].
-fn merge_heads(x: &Tensor) -> Tensor {
+pub(super) fn merge_heads(x: &Tensor) -> Tensor {
     let (n, h, l, d) = x.size4().expect("[batch, heads, tokens, dim]");
     x.transpose(1, 2).reshape([n, l, h * d])
 }
 
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
     Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None::<f64>, false)
 }
 
@@ -344,7 +345,7 @@ fn truncated_normal(shape: &[i64], std: f64) -> Tensor {
 /// attend over the tokens, then a residual MLP; the first latent (or their
 /// mean) is the pooled vector.
 #[derive(Debug)]
-struct AttentionPoolLatent {
+pub(super) struct AttentionPoolLatent {
     latent: Tensor,
     q: nn::Linear,
     kv: nn::Linear,
@@ -356,7 +357,7 @@ struct AttentionPoolLatent {
 }
 
 impl AttentionPoolLatent {
-    fn new(p: nn::Path, dim: i64, facts: &AttentionPoolFacts, eps: f64, act: Activation) -> Self {
+    pub(super) fn new(p: nn::Path, dim: i64, facts: &AttentionPoolFacts, eps: f64) -> Self {
         let latent = p.var_copy(
             "latent",
             &truncated_normal(&[1, facts.latent_len, dim], (dim as f64).powf(-0.5)),
@@ -367,13 +368,18 @@ impl AttentionPoolLatent {
             kv: timm_linear(&p / "kv", dim, 2 * dim, facts.qkv_bias),
             proj: timm_linear(&p / "proj", dim, dim, true),
             norm: norm(&p / "norm", dim, eps),
-            mlp: TimmMlp::new(&p / "mlp", dim, facts.mlp_hidden, act),
+            mlp: TimmMlp::new(
+                &p / "mlp",
+                dim,
+                facts.mlp_hidden,
+                Activation::named(&facts.act),
+            ),
             heads: facts.num_heads,
             average: facts.pool == "avg",
         }
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    pub(super) fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let batch = x.size()[0];
         let latent = self.latent.to_kind(x.kind()).expand([batch, -1, -1], false);
         let q = split_heads(&self.q.forward(&latent), self.heads);
@@ -393,15 +399,21 @@ impl AttentionPoolLatent {
 /// Drops a random subset of the patch tokens while training, keeping the
 /// prefix (class and register) tokens: timm's `PatchDropout`.
 #[derive(Debug)]
-struct PatchDropout {
-    prob: f64,
-    prefix_tokens: i64,
+pub(super) struct PatchDropout {
+    pub(super) prob: f64,
+    pub(super) prefix_tokens: i64,
 }
 
 impl PatchDropout {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_with_indices(x, train).0
+    }
+
+    /// The kept tokens, and (while training) which patches were kept,
+    /// [batch, kept] indices into the patch tokens.
+    pub(super) fn forward_with_indices(&self, x: &Tensor, train: bool) -> (Tensor, Option<Tensor>) {
         if !train || self.prob == 0.0 {
-            return x.shallow_clone();
+            return (x.shallow_clone(), None);
         }
         let (batch, tokens, width) = x.size3().expect("[batch, tokens, width]");
         let patches = tokens - self.prefix_tokens;
@@ -413,74 +425,233 @@ impl PatchDropout {
             &indices.unsqueeze(-1).expand([batch, keep, width], false),
             false,
         );
-        Tensor::cat(&[x.narrow(1, 0, self.prefix_tokens), kept], 1)
+        let x = Tensor::cat(&[x.narrow(1, 0, self.prefix_tokens), kept], 1);
+        (x, Some(indices))
     }
 }
 
-/// timm's `VisionTransformer` with the module tree of its checkpoints.
+/// timm's `global_pool_nlc`: the class token, or the mean, maximum or both
+/// of the tokens after the `prefix_tokens` (the MAP head pools on its own).
+pub(super) fn pool_tokens(x: &Tensor, pool: TrunkPool, prefix_tokens: i64) -> Tensor {
+    let patches = || x.narrow(1, prefix_tokens, x.size()[1] - prefix_tokens);
+    match pool {
+        TrunkPool::Token => x.select(1, 0),
+        TrunkPool::Max => patches().amax([1], false),
+        TrunkPool::AvgMax => {
+            let patches = patches();
+            (patches.amax([1], false) + patches.mean_dim(1, false, None)) * 0.5
+        }
+        TrunkPool::Avg | TrunkPool::Map => patches().mean_dim(1, false, None),
+    }
+}
+
+/// How a ViT-like trunk (a VisionTransformer or an Eva) makes its tokens.
+pub(super) struct TokenLayout {
+    pub(super) img_size: [i64; 2],
+    pub(super) patch_size: [i64; 2],
+    pub(super) patch_bias: bool,
+    pub(super) dim: i64,
+    pub(super) class_token: bool,
+    pub(super) reg_tokens: i64,
+    /// The position embedding covers the patches only.
+    pub(super) no_embed_class: bool,
+    /// A learned absolute position embedding (`pos_embed`).
+    pub(super) pos_embed: bool,
+    /// The initial standard deviation of `cls_token` and `reg_token`.
+    pub(super) token_std: f64,
+}
+
+/// A ViT-like trunk's token sequence: `patch_embed.proj`, then `cls_token`
+/// and `reg_token` before the patches, and `pos_embed` added to the patches
+/// or to every token.
 #[derive(Debug)]
-pub struct TimmVisionTransformer {
-    patch_embed_proj: nn::Conv2D,
+pub(super) struct PatchTokens {
+    proj: nn::Conv2D,
     cls_token: Option<Tensor>,
     reg_token: Option<Tensor>,
-    pos_embed: Tensor,
+    pos_embed: Option<Tensor>,
     no_embed_class: bool,
-    patch_drop: PatchDropout,
-    norm_pre: Option<LayerNorm>,
-    blocks: Vec<TimmBlock>,
+    /// The class and register tokens before the patches.
+    pub(super) prefix_tokens: i64,
+    /// Patches down and across.
+    pub(super) grid: [i64; 2],
+}
+
+impl PatchTokens {
+    pub(super) fn new(p: &nn::Path, layout: &TokenLayout) -> Self {
+        let dim = layout.dim;
+        let [patch_h, patch_w] = layout.patch_size;
+        let grid = [layout.img_size[0] / patch_h, layout.img_size[1] / patch_w];
+        let proj = nn::conv(
+            p / "patch_embed" / "proj",
+            3,
+            dim,
+            [patch_h, patch_w],
+            nn::ConvConfigND {
+                stride: [patch_h, patch_w],
+                bias: layout.patch_bias,
+                ..Default::default()
+            },
+        );
+        let prefix_tokens = i64::from(layout.class_token) + layout.reg_tokens;
+        let patches = grid[0] * grid[1];
+        let embed_len = if layout.no_embed_class {
+            patches
+        } else {
+            patches + prefix_tokens
+        };
+        let token_init = Init::Randn {
+            mean: 0.0,
+            stdev: layout.token_std,
+        };
+        let pos_init = Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        PatchTokens {
+            proj,
+            cls_token: layout
+                .class_token
+                .then(|| p.var("cls_token", &[1, 1, dim], token_init)),
+            reg_token: (layout.reg_tokens > 0)
+                .then(|| p.var("reg_token", &[1, layout.reg_tokens, dim], token_init)),
+            pos_embed: layout
+                .pos_embed
+                .then(|| p.var("pos_embed", &[1, embed_len, dim], pos_init)),
+            no_embed_class: layout.no_embed_class,
+            prefix_tokens,
+            grid,
+        }
+    }
+
+    /// Images [N, 3, H, W] to tokens [N, prefix + patches, dim].
+    pub(super) fn forward(&self, images: &Tensor) -> Tensor {
+        let x = self.proj.forward(images);
+        let (n, c, _, _) = x.size4().expect("patch embedding is [N, C, H, W]");
+        let x = x.flatten(2, 3).transpose(1, 2);
+        let kind = x.kind();
+        let mut tokens: Vec<Tensor> = [&self.cls_token, &self.reg_token]
+            .into_iter()
+            .flatten()
+            .map(|token| token.to_kind(kind).expand([n, -1, c], false))
+            .collect();
+        let with_position = |x: Tensor| match &self.pos_embed {
+            Some(pos_embed) => x + pos_embed.to_kind(kind),
+            None => x,
+        };
+        if self.no_embed_class {
+            tokens.push(with_position(x));
+            Tensor::cat(&tokens, 1)
+        } else {
+            tokens.push(x);
+            with_position(Tensor::cat(&tokens, 1))
+        }
+    }
+}
+
+/// What follows a ViT-like trunk's blocks: `norm`, the pooling (the MAP
+/// head `attn_pool`, or timm's global pool), `fc_norm`, then the trunk's
+/// own `head` where it projects.
+#[derive(Debug)]
+pub(super) struct TrunkHead {
     norm: Option<LayerNorm>,
     attn_pool: Option<AttentionPoolLatent>,
     fc_norm: Option<LayerNorm>,
     head: Option<nn::Linear>,
     pool: TrunkPool,
     prefix_tokens: i64,
+    /// The MAP head attends over the prefix tokens too (an Eva's does, a
+    /// VisionTransformer's does not).
+    map_over_prefix: bool,
+}
+
+/// Which of a [`TrunkHead`]'s layers a trunk has.
+pub(super) struct HeadLayout<'a> {
+    pub(super) dim: i64,
+    pub(super) eps: f64,
+    pub(super) norm: bool,
+    pub(super) fc_norm: bool,
+    pub(super) attn_pool: Option<&'a AttentionPoolFacts>,
+    pub(super) prefix_tokens: i64,
+    pub(super) map_over_prefix: bool,
+}
+
+impl TrunkHead {
+    pub(super) fn new(p: &nn::Path, layout: &HeadLayout, options: &TrunkOptions) -> Self {
+        let (dim, eps) = (layout.dim, layout.eps);
+        let attn_pool = match (layout.attn_pool, options.pool) {
+            (Some(pool), TrunkPool::Map) => {
+                Some(AttentionPoolLatent::new(p / "attn_pool", dim, pool, eps))
+            }
+            _ => None,
+        };
+        TrunkHead {
+            norm: layout.norm.then(|| norm(p / "norm", dim, eps)),
+            attn_pool,
+            fc_norm: layout.fc_norm.then(|| norm(p / "fc_norm", dim, eps)),
+            head: (options.head_dim > 0)
+                .then(|| timm_linear(p / "head", dim, options.head_dim, true)),
+            pool: options.pool,
+            prefix_tokens: layout.prefix_tokens,
+            map_over_prefix: layout.map_over_prefix,
+        }
+    }
+
+    /// The blocks' output [N, tokens, dim] to the trunk's features.
+    pub(super) fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let x = match &self.norm {
+            Some(norm) => norm.forward(x),
+            None => x.shallow_clone(),
+        };
+        let pooled = match &self.attn_pool {
+            Some(attn_pool) if self.map_over_prefix => attn_pool.forward_t(&x, train),
+            Some(attn_pool) => {
+                let patches = x.narrow(1, self.prefix_tokens, x.size()[1] - self.prefix_tokens);
+                attn_pool.forward_t(&patches, train)
+            }
+            None => pool_tokens(&x, self.pool, self.prefix_tokens),
+        };
+        let pooled = match &self.fc_norm {
+            Some(norm) => norm.forward(&pooled),
+            None => pooled,
+        };
+        match &self.head {
+            Some(head) => head.forward(&pooled),
+            None => pooled,
+        }
+    }
+}
+
+/// timm's `VisionTransformer` with the module tree of its checkpoints.
+#[derive(Debug)]
+pub struct TimmVisionTransformer {
+    tokens: PatchTokens,
+    patch_drop: PatchDropout,
+    norm_pre: Option<LayerNorm>,
+    blocks: Vec<TimmBlock>,
+    head: TrunkHead,
     grad_checkpointing: bool,
 }
 
 impl TimmVisionTransformer {
     pub fn new(p: nn::Path, facts: &TimmVitFacts, options: &TrunkOptions) -> Self {
         let dim = facts.embed_dim;
-        let act = match facts.act.as_str() {
-            "gelu_tanh" => Activation::GeluTanh,
-            _ => Activation::Gelu,
-        };
-        let [patch_h, patch_w] = facts.patch_size;
-        let [img_h, img_w] = facts.img_size;
-        let patch_embed_proj = nn::conv(
-            &p / "patch_embed" / "proj",
-            3,
-            dim,
-            [patch_h, patch_w],
-            nn::ConvConfigND {
-                stride: [patch_h, patch_w],
-                bias: facts.patch_bias,
-                ..Default::default()
+        let act = Activation::named(&facts.act);
+        let tokens = PatchTokens::new(
+            &p,
+            &TokenLayout {
+                img_size: facts.img_size,
+                patch_size: facts.patch_size,
+                patch_bias: facts.patch_bias,
+                dim,
+                class_token: facts.class_token,
+                reg_tokens: facts.reg_tokens,
+                no_embed_class: facts.no_embed_class,
+                pos_embed: true,
+                token_std: 1e-6,
             },
         );
-        let prefix_tokens = i64::from(facts.class_token) + facts.reg_tokens;
-        let patches = (img_h / patch_h) * (img_w / patch_w);
-        let embed_len = if facts.no_embed_class {
-            patches
-        } else {
-            patches + prefix_tokens
-        };
-        let small = Init::Randn {
-            mean: 0.0,
-            stdev: 1e-6,
-        };
-        let cls_token = facts
-            .class_token
-            .then(|| p.var("cls_token", &[1, 1, dim], small));
-        let reg_token =
-            (facts.reg_tokens > 0).then(|| p.var("reg_token", &[1, facts.reg_tokens, dim], small));
-        let pos_embed = p.var(
-            "pos_embed",
-            &[1, embed_len, dim],
-            Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-        );
+        let prefix_tokens = tokens.prefix_tokens;
         // timm's linspace(0, drop_path_rate, depth).
         let rate = |i: i64| match facts.depth {
             1 => 0.0,
@@ -489,22 +660,8 @@ impl TimmVisionTransformer {
         let blocks = (0..facts.depth)
             .map(|i| TimmBlock::new(&p / "blocks" / i, facts, act, rate(i)))
             .collect();
-        let attn_pool = match (&facts.attn_pool, options.pool) {
-            (Some(pool), TrunkPool::Map) => Some(AttentionPoolLatent::new(
-                &p / "attn_pool",
-                dim,
-                pool,
-                facts.norm_eps,
-                act,
-            )),
-            _ => None,
-        };
         TimmVisionTransformer {
-            patch_embed_proj,
-            cls_token,
-            reg_token,
-            pos_embed,
-            no_embed_class: facts.no_embed_class,
+            tokens,
             patch_drop: PatchDropout {
                 prob: options.patch_drop,
                 prefix_tokens,
@@ -513,15 +670,19 @@ impl TimmVisionTransformer {
                 .pre_norm
                 .then(|| norm(&p / "norm_pre", dim, facts.norm_eps)),
             blocks,
-            norm: facts.norm.then(|| norm(&p / "norm", dim, facts.norm_eps)),
-            attn_pool,
-            fc_norm: facts
-                .fc_norm
-                .then(|| norm(&p / "fc_norm", dim, facts.norm_eps)),
-            head: (options.head_dim > 0)
-                .then(|| timm_linear(&p / "head", dim, options.head_dim, true)),
-            pool: options.pool,
-            prefix_tokens,
+            head: TrunkHead::new(
+                &p,
+                &HeadLayout {
+                    dim,
+                    eps: facts.norm_eps,
+                    norm: facts.norm,
+                    fc_norm: facts.fc_norm,
+                    attn_pool: facts.attn_pool.as_ref(),
+                    prefix_tokens,
+                    map_over_prefix: false,
+                },
+                options,
+            ),
             grad_checkpointing: false,
         }
     }
@@ -535,23 +696,7 @@ impl TimmVisionTransformer {
     /// Images [N, 3, H, W] to the pooled features (through `head`, if the
     /// trunk has one).
     pub fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
-        let x = self.patch_embed_proj.forward(images);
-        let (n, c, _, _) = x.size4().expect("patch embedding is [N, C, H, W]");
-        let x = x.flatten(2, 3).transpose(1, 2);
-        let kind = x.kind();
-        let mut tokens: Vec<Tensor> = [&self.cls_token, &self.reg_token]
-            .into_iter()
-            .flatten()
-            .map(|token| token.to_kind(kind).expand([n, -1, c], false))
-            .collect();
-        let pos_embed = self.pos_embed.to_kind(kind);
-        let x = if self.no_embed_class {
-            tokens.push(x + pos_embed);
-            Tensor::cat(&tokens, 1)
-        } else {
-            tokens.push(x);
-            Tensor::cat(&tokens, 1) + pos_embed
-        };
+        let x = self.tokens.forward(images);
         let x = self.patch_drop.forward_t(&x, train);
         let mut x = match &self.norm_pre {
             Some(norm) => norm.forward(&x),
@@ -564,28 +709,6 @@ impl TimmVisionTransformer {
                 block.forward_t(&x, train)
             };
         }
-        let x = match &self.norm {
-            Some(norm) => norm.forward(&x),
-            None => x,
-        };
-        let patches = || x.narrow(1, self.prefix_tokens, x.size()[1] - self.prefix_tokens);
-        let pooled = match (&self.attn_pool, self.pool) {
-            (Some(attn_pool), _) => attn_pool.forward_t(&patches(), train),
-            (None, TrunkPool::Token) => x.select(1, 0),
-            (None, TrunkPool::Max) => patches().amax([1], false),
-            (None, TrunkPool::AvgMax) => {
-                let patches = patches();
-                (patches.amax([1], false) + patches.mean_dim(1, false, None)) * 0.5
-            }
-            (None, _) => patches().mean_dim(1, false, None),
-        };
-        let pooled = match &self.fc_norm {
-            Some(norm) => norm.forward(&pooled),
-            None => pooled,
-        };
-        match &self.head {
-            Some(head) => head.forward(&pooled),
-            None => pooled,
-        }
+        self.head.forward_t(&x, train)
     }
 }

@@ -31,6 +31,15 @@ impl Activation {
         }
     }
 
+    /// timm's activation by the name `timm_configs.json` gives it
+    /// (`gelu_tanh`, else exact GELU).
+    pub fn named(name: &str) -> Self {
+        match name {
+            "gelu_tanh" => Activation::GeluTanh,
+            _ => Activation::Gelu,
+        }
+    }
+
     pub fn apply(self, x: &Tensor) -> Tensor {
         match self {
             Activation::Gelu => x.gelu("none"),

@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 use tch::nn::VarStore;
 
 use crate::model::config::VisionLayers;
-use crate::model::timm_model::{timm_tower, TimmTower};
+use crate::model::timm_model::timm_tower;
 use crate::model::ModelConfig;
 
 /// A group: parameter names, or name prefixes when they end with `.`.
@@ -47,8 +47,8 @@ fn lock(vs: &VarStore, tower_prefixes: &[String], groups: &[Group], unlocked: us
     }
 }
 
-/// The groups of a timm trunk (`visual.trunk.`), as timm's
-/// `group_parameters` makes them from the VisionTransformer's
+/// The groups of a ViT-like timm trunk (`visual.trunk.`), as timm's
+/// `group_parameters` makes them from the VisionTransformer's (or Eva's)
 /// `group_matcher`: the embeddings ([cls_token, reg_token, pos_embed,
 /// patch_embed, norm_pre]), one group per block with `norm` joining the
 /// last, then whatever no pattern names (attn_pool, fc_norm, head) as one
@@ -88,9 +88,9 @@ pub fn lock_image_tower(vs: &VarStore, config: &ModelConfig, unlocked_groups: us
     if let Some(name) = &config.vision_cfg.timm_model_name {
         // OpenCLIP's TimmModel locks its trunk only: the head after it
         // (`visual.head.`) stays trainable.
-        let groups = match timm_tower(name)? {
-            TimmTower::VisionTransformer(facts) => timm_trunk_groups(vs, facts.depth),
-            _ if unlocked_groups == 0 => Vec::new(),
+        let groups = match timm_tower(name)?.transformer_depth() {
+            Some(depth) => timm_trunk_groups(vs, depth),
+            None if unlocked_groups == 0 => Vec::new(),
             _ => bail!(
                 "--lock-image-unlocked-groups {unlocked_groups}: clipflow locks the timm model \
                  `{name}` whole only (--lock-image alone)"
