@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clipflow_core::hf_hub::HubCache;
+use clipflow_core::model::hf_text;
 use clipflow_core::model::load::load_strict;
 use clipflow_core::model::precision::convert_weights_to_low_precision;
 use clipflow_core::model::pretrained::{self, PretrainedTag};
@@ -163,15 +164,27 @@ pub fn load_model(
 /// model that has one a bias of 0.
 pub fn build_model(
     name: &str,
-    config: ModelConfig,
+    mut config: ModelConfig,
     pretrained: Option<&str>,
     hub: &HubCache,
     device: Device,
 ) -> Result<LoadedModel> {
+    // OpenCLIP's create_model, whatever the config says: a HuggingFace text
+    // tower starts from the model's own weights, a timm image tower from
+    // random ones (--pretrained-image is refused), unless --pretrained
+    // weights replace them.
+    if config.text_cfg.hf_model_name.is_some() {
+        config.text_cfg.hf_model_pretrained = pretrained.is_none();
+    }
+    config.vision_cfg.timm_model_pretrained = false;
     config.ensure_buildable(name)?;
+    config
+        .read_hf_text_config(hub)
+        .with_context(|| format!("building --model {name}"))?;
     let vs = VarStore::new(device);
     let model =
         Clip::new(&vs.root(), &config).with_context(|| format!("building --model {name}"))?;
+    hf_text::load_pretrained(&vs, &config, hub)?;
     let mut tag = None;
     if let Some(text) = pretrained {
         let (path, pretrained_tag) = resolve_pretrained(name, text, hub)?;

@@ -630,7 +630,7 @@ impl TrainArgs {
         if self.pretrained_image {
             found.push(unsupported(
                 "--pretrained-image",
-                "it loads timm ImageNet weights and clipflow has no timm image towers; start from --pretrained instead",
+                "it loads timm's ImageNet weights into a timm image tower, which clipflow does not do yet; start from --pretrained instead",
             ));
         }
         if self.augmentation_cfg().use_timm {

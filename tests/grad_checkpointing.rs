@@ -16,6 +16,10 @@ use std::sync::Arc;
 use clipflow_core::activation_checkpoint::checkpoint;
 use clipflow_core::collective::SingleProcess;
 use clipflow_core::loss::{ClipLoss, ClipLossOptions, CoCaLoss, Loss, LossInputs};
+use clipflow_core::model::hf_m2m100::M2M100Config;
+use clipflow_core::model::hf_roberta::RobertaConfig;
+use clipflow_core::model::hf_t5::T5Config;
+use clipflow_core::model::hf_text::HfTextModelConfig;
 use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};
 use clipflow_core::shim::AutocastGuard;
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -30,10 +34,14 @@ fn leaf(shape: &[i64]) -> Tensor {
     Tensor::randn(shape, (Kind::Float, Device::Cpu)).set_requires_grad(true)
 }
 
-/// A copy of `tensor`'s gradient, which is then zeroed for the next run.
+/// A copy of `tensor`'s gradient, which is then zeroed for the next run;
+/// zeros where no gradient reached it (a layer LayerDrop skipped), so that
+/// a gradient lost on one side only still differs.
 fn take_grad(tensor: &Tensor) -> Tensor {
     let mut grad = tensor.grad();
-    assert!(grad.defined(), "a gradient reached the tensor");
+    if !grad.defined() {
+        return tensor.zeros_like();
+    }
     let copy = grad.copy();
     let _ = grad.zero_();
     copy
@@ -77,6 +85,7 @@ fn backward_recomputes_once_and_gradients_match() {
 
 #[test]
 fn parameters_get_gradients_when_no_input_requires_grad() {
+    let _turn = common::random_generator_turn();
     // As after a partially locked tower: the block's input is constant.
     let x = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
     let (w, b) = (leaf(&[8, 8]), leaf(&[8]));
@@ -101,6 +110,7 @@ fn parameters_get_gradients_when_no_input_requires_grad() {
 
 #[test]
 fn without_gradients_the_function_runs_once() {
+    let _turn = common::random_generator_turn();
     let x = leaf(&[2, 8]);
     let w = leaf(&[8, 8]);
     let calls = Arc::new(AtomicUsize::new(0));
@@ -141,6 +151,7 @@ fn recomputation_replays_the_random_draws_and_leaves_the_rng_where_it_was() {
 
 #[test]
 fn recomputation_runs_under_the_forwards_autocast_state() {
+    let _turn = common::random_generator_turn();
     let x = leaf(&[4, 16]);
     let w = leaf(&[16, 16]);
     let step = |checkpointed: bool, backward_inside_autocast: bool| -> Tensor {
@@ -173,6 +184,7 @@ fn recomputation_runs_under_the_forwards_autocast_state() {
 
 #[test]
 fn a_panic_in_the_function_becomes_an_error() {
+    let _turn = common::random_generator_turn();
     let x = leaf(&[2, 4]);
     let error = checkpoint(&[&x], &[], |_| panic!("bad block on the forward call")).unwrap_err();
     assert!(
@@ -288,6 +300,88 @@ fn a_timm_convnext_with_drop_path_is_unchanged() {
     assert!(names
         .iter()
         .any(|n| n.starts_with("visual.trunk.stages.3.blocks.2.")));
+}
+
+/// A HuggingFace roberta text tower's layers, with its dropouts on (0.1 in
+/// the embeddings, the attention probabilities and after each dense
+/// layer): unchanged too.
+#[test]
+fn a_huggingface_text_tower_with_dropout_is_unchanged() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/hf-roberta.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut config = ModelConfig::from_json(&text, path, &ModelOverrides::default()).unwrap();
+    config.text_cfg.hf_model_config = Some(HfTextModelConfig::Roberta(RobertaConfig {
+        vocab_size: 1000,
+        hidden_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 128,
+        hidden_act: "gelu".into(),
+        hidden_dropout_prob: 0.1,
+        attention_probs_dropout_prob: 0.1,
+        max_position_embeddings: 80,
+        type_vocab_size: 1,
+        layer_norm_eps: 1e-5,
+        pad_token_id: 1,
+        position_embedding_type: "absolute".into(),
+    }));
+    let names = assert_unchanged_by_checkpointing(&config, |model| clip_step(model, &config, 2));
+    assert!(names
+        .iter()
+        .any(|n| n.starts_with("text.transformer.encoder.layer.1.")));
+}
+
+/// An mt5 text tower's blocks, with its dropout on: unchanged too, the
+/// relative position bias (computed once, from block 0's table, and fed to
+/// every checkpointed block) included.
+#[test]
+fn a_huggingface_mt5_text_tower_with_dropout_is_unchanged() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/hf-mt5.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut config = ModelConfig::from_json(&text, path, &ModelOverrides::default()).unwrap();
+    config.text_cfg.hf_model_config = Some(HfTextModelConfig::Mt5(T5Config {
+        vocab_size: 1000,
+        d_model: 64,
+        d_kv: 16,
+        d_ff: 128,
+        num_layers: 2,
+        num_heads: 4,
+        relative_attention_num_buckets: 32,
+        relative_attention_max_distance: 128,
+        dropout_rate: 0.1,
+        layer_norm_epsilon: 1e-6,
+        feed_forward_proj: "gated-gelu".into(),
+        pad_token_id: 0,
+    }));
+    let names = assert_unchanged_by_checkpointing(&config, |model| clip_step(model, &config, 2));
+    assert!(names.iter().any(|n| n.contains("relative_attention_bias")));
+}
+
+/// An nllb text tower's layers, with dropout and LayerDrop on (the skip
+/// draws come before each layer, outside its recomputation): unchanged too.
+#[test]
+fn a_huggingface_nllb_text_tower_with_layer_drop_is_unchanged() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/hf-nllb.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut config = ModelConfig::from_json(&text, path, &ModelOverrides::default()).unwrap();
+    config.text_cfg.hf_model_config = Some(HfTextModelConfig::M2M100(M2M100Config {
+        vocab_size: 1000,
+        d_model: 64,
+        encoder_layers: 4,
+        encoder_attention_heads: 4,
+        encoder_ffn_dim: 128,
+        activation_function: "relu".into(),
+        dropout: 0.1,
+        attention_dropout: 0.1,
+        activation_dropout: 0.1,
+        encoder_layerdrop: 0.3,
+        scale_embedding: true,
+        pad_token_id: 1,
+    }));
+    let names = assert_unchanged_by_checkpointing(&config, |model| clip_step(model, &config, 2));
+    assert!(names
+        .iter()
+        .any(|n| n.starts_with("text.transformer.layers.3.")));
 }
 
 /// CoCa: the text decoder's self- and cross-attention blocks checkpointed

@@ -16,7 +16,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use clipflow_core::collective::SingleProcess;
+use clipflow_core::hf_hub::HubCache;
 use clipflow_core::loss::{ClipLoss, CoCaLoss, Loss, LossInputs};
+use clipflow_core::model::hf_text;
 use clipflow_core::model::load::load_strict;
 use clipflow_core::model::timm_eva::{TimmEva, TimmEvaFacts};
 use clipflow_core::model::timm_vision_transformer::{TrunkOptions, TrunkPool};
@@ -41,6 +43,20 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// `create_model` keyword arguments `kwargs` mirroring `overrides`) and
 /// compares clipflow's features, loss and gradients with it.
 fn check_model(name: &str, config_file: Option<&str>, kwargs: &str, overrides: ModelOverrides) {
+    check_model_in(name, config_file, kwargs, overrides, None);
+}
+
+/// `check_model` with a HuggingFace hub cache (`hub`) holding the model's
+/// HuggingFace text tower: its config.json, and its weights when the config
+/// starts the tower from them, which clipflow must load as OpenCLIP does
+/// (the same tensors under `text.transformer.`, exactly).
+fn check_model_in(
+    name: &str,
+    config_file: Option<&str>,
+    kwargs: &str,
+    overrides: ModelOverrides,
+    hub: Option<&Path>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
     let script = include_str!("oracle/model_parity.py");
@@ -49,21 +65,45 @@ fn check_model(name: &str, config_file: Option<&str>, kwargs: &str, overrides: M
     if let Some(path) = &config_path {
         args.extend(["--config", path]);
     }
+    let hub_arg = hub.map(|hub| hub.to_str().unwrap().to_string());
+    if let Some(hub) = &hub_arg {
+        args.extend(["--hf-cache", hub]);
+    }
     common::run_oracle(script, &args);
 
-    let config = match &config_path {
+    let mut config = match &config_path {
         Some(path) => {
             ModelConfig::from_json(&std::fs::read_to_string(path).unwrap(), path, &overrides)
         }
         None => ModelConfig::by_name(name, &overrides),
     }
     .unwrap();
+    let hub = HubCache::locate(hub);
+    config.read_hf_text_config(&hub).unwrap();
     let vs = VarStore::new(Device::Cpu);
     let model = {
         let _turn = common::random_generator_turn();
         Clip::new(&vs.root(), &config).unwrap()
     };
     let weights = Tensor::read_safetensors(dir.path().join("weights.safetensors")).unwrap();
+    if config.text_cfg.hf_model_pretrained && config.text_cfg.hf_model_name.is_some() {
+        hf_text::load_pretrained(&vs, &config, &hub).unwrap();
+        let variables = vs.variables();
+        let mut compared = 0;
+        // A pooler the file lacks (a masked-LM checkpoint has none) starts
+        // from random weights on both sides.
+        let from_file =
+            |key: &str| key.starts_with("text.transformer.") && !key.contains(".pooler.");
+        for (key, expected) in weights.iter().filter(|(key, _)| from_file(key)) {
+            let ours = variables
+                .get(key)
+                .unwrap_or_else(|| panic!("{name}: clipflow's tower has no {key}"));
+            let diff = max_abs_diff(ours, expected);
+            assert_eq!(diff, 0.0, "{name}: the pretrained {key} differs by {diff}");
+            compared += 1;
+        }
+        assert!(compared > 0, "{name}: the tower has pretrained weights");
+    }
     load_strict(&vs, &weights, "weights.safetensors").unwrap();
 
     let inputs = read(&dir.path().join("inputs.safetensors"));
@@ -404,4 +444,83 @@ fn eva02_b_16_matches_open_clip() {
 #[test]
 fn pe_core_t_16_384_matches_open_clip() {
     check_model("PE-Core-T-16-384", None, "{}", ModelOverrides::default());
+}
+
+/// A hub cache (the layout huggingface_hub writes) holding small models of
+/// `repos` ((repo, model_type, with weights)), written by transformers.
+fn hf_text_cache(repos: &[(&str, &str, bool)]) -> tempfile::TempDir {
+    let cache = tempfile::tempdir().unwrap();
+    for (repo, model_type, weights) in repos {
+        let mut args = vec![cache.path().to_str().unwrap(), repo, model_type];
+        if *weights {
+            args.push("--weights");
+        }
+        common::run_oracle(include_str!("oracle/hf_text_cache.py"), &args);
+    }
+    cache
+}
+
+/// HuggingFace roberta as OpenCLIP's HFTextEncoder wraps it (`text.`:
+/// `transformer` with HuggingFace's names, the mean of the real tokens,
+/// OpenCLIP's default mlp projection `proj.0`/`proj.2`), built from the
+/// config.json in the hub cache with random weights (`pretrained_hf=False`
+/// in OpenCLIP, `hf_model_pretrained` false here); the second caption is
+/// padded, so positions and masking count.
+#[test]
+fn a_huggingface_roberta_text_tower_matches_open_clip() {
+    let cache = hf_text_cache(&[("roberta-base", "roberta", false)]);
+    let overrides = ModelOverrides::default();
+    let config = Some("hf-roberta.json");
+    let kwargs = r#"{"pretrained_hf": false}"#;
+    check_model_in("hf-roberta", config, kwargs, overrides, Some(cache.path()));
+}
+
+/// xlm-roberta pooled by OpenCLIP's `cls_pooler` (the model's own
+/// `pooler.dense` and tanh on the first token) with a linear `proj`,
+/// starting from the model's weights in the hub cache (a masked-LM
+/// checkpoint: `roberta.`-prefixed names and an `lm_head`, as the hub's
+/// files have), which land where OpenCLIP's `from_pretrained` puts them.
+#[test]
+fn a_pretrained_huggingface_xlm_roberta_text_tower_matches_open_clip() {
+    let repo = "FacebookAI/xlm-roberta-base";
+    let cache = hf_text_cache(&[(repo, "xlm-roberta", true)]);
+    let overrides = ModelOverrides::default();
+    let config = Some("hf-xlm-roberta.json");
+    check_model_in(
+        "hf-xlm-roberta",
+        config,
+        "{}",
+        overrides,
+        Some(cache.path()),
+    );
+}
+
+/// mt5 as OpenCLIP's HFTextEncoder wraps it (the encoder of `MT5Model`:
+/// `embed_tokens`, `block.N` with T5's root-mean-square norms, unscaled
+/// attention with the relative position bias of block 0 added in every
+/// block, the gated-GELU feed-forward), mean-pooled with the mlp
+/// projection, starting from a generation checkpoint's weights in the hub
+/// cache (`shared` as `embed_tokens`, the encoder's, not the decoder's).
+#[test]
+fn a_pretrained_huggingface_mt5_text_tower_matches_open_clip() {
+    let repo = "google/mt5-base";
+    let cache = hf_text_cache(&[(repo, "mt5", true)]);
+    let overrides = ModelOverrides::default();
+    let config = Some("hf-mt5.json");
+    check_model_in("hf-mt5", config, "{}", overrides, Some(cache.path()));
+}
+
+/// nllb as OpenCLIP's HFTextEncoder wraps it (the encoder of
+/// `M2M100Model`: embeddings scaled by the square root of the width,
+/// sinusoidal positions from the padding token, pre-norm layers with ReLU),
+/// pooled on the first token with a linear projection, as the nllb-clip
+/// configs have it, starting from a generation checkpoint's weights in the
+/// hub cache (`model.`-prefixed, `shared` as `embed_tokens`).
+#[test]
+fn a_pretrained_huggingface_nllb_text_tower_matches_open_clip() {
+    let repo = "facebook/nllb-200-distilled-600M";
+    let cache = hf_text_cache(&[(repo, "m2m_100", true)]);
+    let overrides = ModelOverrides::default();
+    let config = Some("hf-nllb.json");
+    check_model_in("hf-nllb", config, "{}", overrides, Some(cache.path()));
 }

@@ -1,11 +1,12 @@
 //! `--lock-image` (`--lock-image-unlocked-groups`) and `--lock-text`
 //! (`--lock-text-unlocked-layers`): the parameters left trainable equal those
 //! OpenCLIP's `lock_image_tower` / `lock_text_tower` leave, for a ViT with
-//! LayerScale, the `text.` (CustomTextCLIP) layout, a ModifiedResNet and
-//! timm towers.
+//! LayerScale, the `text.` (CustomTextCLIP) layout, a ModifiedResNet, timm
+//! towers and a HuggingFace text tower.
 
 mod common;
 
+use clipflow_core::hf_hub::HubCache;
 use clipflow_core::model::{Clip, ModelConfig, ModelOverrides};
 use clipflow_core::train::lock::{lock_image_tower, lock_text_tower};
 use common::run_oracle;
@@ -32,8 +33,13 @@ fn trainable_after_lock(config_path: &str, case: Case) -> Vec<String> {
         lock_image_tower(&vs, &config, groups).unwrap();
     }
     if let Some(layers) = text_layers {
-        lock_text_tower(&vs, &config, layers);
+        lock_text_tower(&vs, &config, layers, true).unwrap();
     }
+    trainable(&vs)
+}
+
+/// The names of the trainable variables, sorted.
+fn trainable(vs: &VarStore) -> Vec<String> {
     let mut names: Vec<String> = vs
         .variables()
         .into_iter()
@@ -103,4 +109,70 @@ fn a_locked_timm_tower_leaves_openclip_s_parameters_trainable() {
         "timm-pe-tower.json",
         &[0, 1, 2, 12, 13, 14].map(|groups| (Some(groups), None, false)),
     );
+}
+
+/// A HuggingFace text tower locks as OpenCLIP's `HFTextEncoder.lock` does:
+/// the whole transformer, or its embeddings and all but the last layers,
+/// with or without the weights named LayerNorm (roberta's; mt5's and
+/// nllb's norms are named otherwise, which OpenCLIP's rule does not spare),
+/// never the projection; nllb whole only.
+#[test]
+fn a_locked_huggingface_text_tower_leaves_openclip_s_parameters_trainable() {
+    // (unlocked layers, freeze_layer_norm); each tower has 2 layers after
+    // its embeddings. OpenCLIP locks nllb whole only (its architecture
+    // table names no layers).
+    let partial = [
+        (0, true),
+        (0, false),
+        (1, true),
+        (1, false),
+        (2, true),
+        (3, true),
+    ];
+    let whole = [(0, true), (0, false)];
+    for (config_file, repo, model_type, cases) in [
+        ("hf-roberta.json", "roberta-base", "roberta", &partial[..]),
+        ("hf-mt5.json", "google/mt5-base", "mt5", &partial[..]),
+        (
+            "hf-nllb.json",
+            "facebook/nllb-200-distilled-600M",
+            "m2m_100",
+            &whole[..],
+        ),
+    ] {
+        let cache = tempfile::tempdir().unwrap();
+        let cache_dir = cache.path().to_str().unwrap();
+        run_oracle(
+            include_str!("oracle/hf_text_cache.py"),
+            &[cache_dir, repo, model_type],
+        );
+        let config_path = format!("{}/tests/data/{config_file}", env!("CARGO_MANIFEST_DIR"));
+        let cases_json: Vec<serde_json::Value> = cases
+            .iter()
+            .map(|(layers, freeze)| serde_json::json!([null, layers, false, freeze]))
+            .collect();
+        let cases_json = serde_json::to_string(&cases_json).unwrap();
+        let expected = run_oracle(ORACLE, &[&config_path, &cases_json, cache_dir]);
+        let text = std::fs::read_to_string(&config_path).unwrap();
+        for ((layers, freeze), line) in cases.iter().zip(expected.lines()) {
+            let expected: Vec<String> = serde_json::from_str(line).unwrap();
+            let mut config =
+                ModelConfig::from_json(&text, &config_path, &ModelOverrides::default()).unwrap();
+            config
+                .read_hf_text_config(&HubCache::locate(Some(cache.path())))
+                .unwrap();
+            let vs = VarStore::new(Device::Cpu);
+            let _model = Clip::new(&vs.root(), &config).unwrap();
+            lock_text_tower(&vs, &config, *layers, *freeze).unwrap();
+            assert_eq!(
+                trainable(&vs),
+                expected,
+                "{model_type}: unlocked layers {layers}, freeze_layer_norm {freeze}"
+            );
+            if cases.len() == whole.len() {
+                let refused = lock_text_tower(&vs, &config, 1, true).unwrap_err();
+                assert!(refused.to_string().contains("whole only"), "{refused}");
+            }
+        }
+    }
 }

@@ -317,10 +317,12 @@ pub fn prepare(
         lock_image_tower(&vs, &config, args.lock_image_unlocked_groups)?;
     }
     if args.lock_text {
-        if !args.lock_text_freeze_layer_norm {
-            bail!("--lock-text without --lock-text-freeze-layer-norm: OpenCLIP does not support unfreezing layer norms (they are locked like other weights)");
-        }
-        lock_text_tower(&vs, &config, args.lock_text_unlocked_layers);
+        lock_text_tower(
+            &vs,
+            &config,
+            args.lock_text_unlocked_layers,
+            args.lock_text_freeze_layer_norm,
+        )?;
     }
 
     let epoch_size = args

@@ -9,12 +9,21 @@ Builds an OpenCLIP model with random weights and writes, into OUT_DIR:
                         2), summed, and its terms and the decoder's logits
                         are written too
 
-usage: model_parity.py MODEL OUT_DIR [--config FILE] [--kwargs JSON]
+usage: model_parity.py MODEL OUT_DIR [--config FILE] [--kwargs JSON] [--hf-cache DIR]
 --config registers MODEL from that file first (for tiny test configs);
---kwargs are passed to open_clip.create_model (e.g. {"force_custom_text": true}).
+--kwargs are passed to open_clip.create_model (e.g. {"force_custom_text": true});
+--hf-cache is the HuggingFace hub cache a HuggingFace text tower's config and
+weights are read from, offline.
 """
 import argparse
 import json
+import os
+import sys
+
+if "--hf-cache" in sys.argv:
+    # Before transformers is imported, which reads them once.
+    os.environ["HF_HUB_CACHE"] = sys.argv[sys.argv.index("--hf-cache") + 1]
+    os.environ["HF_HUB_OFFLINE"] = "1"
 
 import open_clip
 import torch
@@ -26,6 +35,7 @@ parser.add_argument("model")
 parser.add_argument("out_dir")
 parser.add_argument("--config")
 parser.add_argument("--kwargs", default="{}")
+parser.add_argument("--hf-cache")
 args = parser.parse_args()
 model_name, out_dir = args.model, args.out_dir
 if args.config:
@@ -35,7 +45,15 @@ torch.manual_seed(0)
 model = open_clip.create_model(model_name, **json.loads(args.kwargs))
 model.eval()
 text_cfg = open_clip.get_model_config(model_name)["text_cfg"]
-if text_cfg.get("hf_tokenizer_name"):
+if text_cfg.get("hf_model_name"):
+    # A HuggingFace text tower: random ids, the second caption padded after
+    # 10 tokens with the model's pad_token_id, at the config's context
+    # length (the tower's own is its max_position_embeddings).
+    def tokenizer(captions):
+        ids = torch.randint(3, text_cfg["vocab_size"], (len(captions), text_cfg["context_length"]))
+        ids[1, 10:] = model.text.config.pad_token_id
+        return ids
+elif text_cfg.get("hf_tokenizer_name"):
     # A HuggingFace tokenizer is not what this compares (tests/tokenizer_parity.rs
     # does) and need not be in this machine's hub cache: random ids of the
     # model's vocabulary stand in for the two captions.

@@ -12,15 +12,24 @@ use tch::nn;
 use tch::Tensor;
 
 use super::config::{ModelConfig, VisionLayers};
+use super::hf_text::HfTextEncoder;
 use super::multimodal_transformer::MultimodalTransformer;
 use super::text_transformer::TextTransformer;
 use super::visual::VisualTower;
 use crate::distributed::ProcessGroup;
 
+/// The text tower: OpenCLIP's own `TextTransformer`, or a HuggingFace
+/// model in OpenCLIP's `HFTextEncoder`.
+#[derive(Debug)]
+pub enum TextTower {
+    Native(TextTransformer),
+    HuggingFace(HfTextEncoder),
+}
+
 #[derive(Debug)]
 pub struct Clip {
     pub visual: VisualTower,
-    pub text: TextTransformer,
+    pub text: TextTower,
     /// CoCa's decoder; `None` for CLIP models.
     pub text_decoder: Option<MultimodalTransformer>,
     pub logit_scale: Tensor,
@@ -60,7 +69,11 @@ impl Clip {
         } else {
             root.clone()
         };
-        let text = TextTransformer::new(text_root, config)?;
+        let text = if config.text_cfg.hf_model_name.is_some() {
+            TextTower::HuggingFace(HfTextEncoder::new(text_root, config)?)
+        } else {
+            TextTower::Native(TextTransformer::new(text_root, config)?)
+        };
         let init_logit_scale = config.init_logit_scale.unwrap_or(INIT_LOGIT_SCALE);
         let logit_scale = root.var("logit_scale", &[], nn::Init::Const(init_logit_scale));
         let logit_bias = config
@@ -98,7 +111,10 @@ impl Clip {
     /// decoder checkpoints its blocks too.
     pub fn set_grad_checkpointing(&mut self, enable: bool) {
         self.visual.set_grad_checkpointing(enable);
-        self.text.set_grad_checkpointing(enable);
+        match &mut self.text {
+            TextTower::Native(text) => text.set_grad_checkpointing(enable),
+            TextTower::HuggingFace(text) => text.set_grad_checkpointing(enable),
+        }
         if let Some(decoder) = &mut self.text_decoder {
             decoder.set_grad_checkpointing(enable);
         }
@@ -116,9 +132,19 @@ impl Clip {
         self.visual.forward(images, train)
     }
 
-    /// Text features [N, embed_dim], not normalised (OpenCLIP's `encode_text`).
+    /// Text features [N, embed_dim], not normalised (OpenCLIP's `encode_text`
+    /// in eval mode).
     pub fn encode_text(&self, text: &Tensor) -> Tensor {
-        self.text.forward(text)
+        self.encode_text_t(text, false)
+    }
+
+    /// `encode_text`; `train` puts a HuggingFace tower's dropout in training
+    /// mode (OpenCLIP's own text tower has none).
+    pub fn encode_text_t(&self, text: &Tensor, train: bool) -> Tensor {
+        match &self.text {
+            TextTower::Native(tower) => tower.forward(text),
+            TextTower::HuggingFace(tower) => tower.forward_t(text, train),
+        }
     }
 
     /// The forward pass; `train` puts the image tower's batch norms and
@@ -127,12 +153,15 @@ impl Clip {
         let (image_features, text_features, caption) = match &self.text_decoder {
             None => (
                 self.encode_image(images, train)?,
-                self.encode_text(text),
+                self.encode_text_t(text, train),
                 None,
             ),
             Some(decoder) => {
                 let (image_latent, image_embs) = self.visual.forward_with_tokens(images, train)?;
-                let (text_latent, token_embs) = self.text.forward_with_tokens(text);
+                let TextTower::Native(tower) = &self.text else {
+                    anyhow::bail!("CoCa with a HuggingFace text tower is not built");
+                };
+                let (text_latent, token_embs) = tower.forward_with_tokens(text);
                 // Teacher forcing: the outputs of tokens 0..L-1 predict
                 // tokens 1..L.
                 let length = text.size()[1];

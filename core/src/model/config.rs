@@ -9,6 +9,9 @@ use std::sync::OnceLock;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use super::hf_text::HfTextModelConfig;
+use crate::hf_hub::HubCache;
+
 const CONFIGS_JSON: &str = include_str!("configs.json");
 
 /// One architecture as OpenCLIP's model_configs describe it.
@@ -237,6 +240,32 @@ pub struct TextConfig {
     pub norm_kwargs: Option<NormKwargs>,
     #[serde(default)]
     pub hf_model_name: Option<String>,
+    /// `proj` after a HuggingFace text tower's pooler: linear, mlp (the
+    /// default), or null for none.
+    #[serde(default = "default_hf_proj_type")]
+    pub hf_proj_type: Option<String>,
+    #[serde(default = "default_hf_pooler_type")]
+    pub hf_pooler_type: String,
+    /// A HuggingFace text tower starts from the model's own weights. As in
+    /// OpenCLIP's `create_model`, building a model for a command sets this
+    /// (true unless `--pretrained` weights replace them), whatever the
+    /// config file says.
+    #[serde(default = "default_true")]
+    pub hf_model_pretrained: bool,
+    /// The HuggingFace model's `config.json`, once read from the hub cache
+    /// ([`ModelConfig::read_hf_text_config`]).
+    #[serde(skip)]
+    pub hf_model_config: Option<HfTextModelConfig>,
+}
+
+fn default_hf_proj_type() -> Option<String> {
+    Some("mlp".into())
+}
+fn default_hf_pooler_type() -> String {
+    "mean_pooler".into()
+}
+fn default_true() -> bool {
+    true
 }
 
 /// The `--force-*` model flags of `open_clip_train.main`.
@@ -269,9 +298,18 @@ pub fn unsupported_reason(config: &ModelConfig) -> Option<String> {
         }
     }
     if let Some(hf) = &config.text_cfg.hf_model_name {
-        return Some(format!(
-            "its text tower is the HuggingFace model `{hf}`, which clipflow does not build yet"
-        ));
+        if config.multimodal_cfg.is_some() {
+            return Some(format!(
+                "CoCa with the HuggingFace text tower `{hf}`: clipflow builds CoCa with its own \
+                 text tower only"
+            ));
+        }
+        if config.text_cfg.hf_model_config.is_none() && !super::hf_text::builds_model_named(hf) {
+            return Some(format!(
+                "its text tower is the HuggingFace model `{hf}`, which clipflow does not build yet \
+                 (it builds roberta and xlm-roberta)"
+            ));
+        }
     }
     None
 }
@@ -302,11 +340,26 @@ impl ModelConfig {
         config.with_overrides(overrides)
     }
 
+    /// Reads the `config.json` of the config's HuggingFace text tower, if it
+    /// has one, from the hub cache (offline), as OpenCLIP's
+    /// `AutoConfig.from_pretrained` does; a model type clipflow does not
+    /// build is an error naming it.
+    pub fn read_hf_text_config(&mut self, hub: &HubCache) -> Result<()> {
+        if let Some(name) = &self.text_cfg.hf_model_name {
+            if self.text_cfg.hf_model_config.is_none() {
+                self.text_cfg.hf_model_config = Some(HfTextModelConfig::read(hub, name)?);
+            }
+        }
+        Ok(())
+    }
+
     fn with_overrides(mut self, overrides: &ModelOverrides) -> Result<Self> {
         if overrides.force_quick_gelu {
             self.quick_gelu = true;
         }
-        if overrides.force_custom_text {
+        // A HuggingFace text tower makes the model a CustomTextCLIP in
+        // OpenCLIP (its tower sits under `text.`).
+        if overrides.force_custom_text || self.text_cfg.hf_model_name.is_some() {
             self.custom_text = true;
         }
         if let Some(p) = overrides.force_patch_dropout {
@@ -383,10 +436,25 @@ mod tests {
     fn unknown_and_unsupported_models_are_clear_errors() {
         let err = ModelConfig::by_name("ViT-Q-99", &Default::default()).unwrap_err();
         assert!(err.to_string().contains("unknown model `ViT-Q-99`"));
-        let eva = ModelConfig::by_name("EVA02-B-16", &Default::default()).unwrap();
-        let err = eva.ensure_buildable("EVA02-B-16").unwrap_err();
-        assert!(err.to_string().contains("timm's `Eva`"), "{err}");
-        let siglip = ModelConfig::by_name("ViT-B-16-SigLIP", &Default::default()).unwrap();
-        siglip.ensure_buildable("ViT-B-16-SigLIP").unwrap();
+        let refused = |name: &str| {
+            let config = ModelConfig::by_name(name, &Default::default()).unwrap();
+            config.ensure_buildable(name).unwrap_err().to_string()
+        };
+        let err = refused("MobileCLIP-S1");
+        assert!(err.contains("timm's `FastVit`"), "{err}");
+        let err = refused("coca_roberta-ViT-B-32");
+        assert!(
+            err.contains("CoCa with the HuggingFace text tower"),
+            "{err}"
+        );
+        for buildable in [
+            "ViT-B-16-SigLIP",
+            "EVA02-B-16",
+            "roberta-ViT-B-32",
+            "nllb-clip-base",
+        ] {
+            let config = ModelConfig::by_name(buildable, &Default::default()).unwrap();
+            config.ensure_buildable(buildable).unwrap();
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Strict loading of named tensors into a model's VarStore: every variable
 //! must be present with the same shape, and nothing may be left over, the way
-//! `load_state_dict(strict=True)` behaves. Errors name the offending tensors.
+//! `load_state_dict(strict=True)` behaves, or of a named part of them.
+//! Errors name the offending tensors.
 
 use std::collections::BTreeSet;
 
@@ -32,6 +33,25 @@ pub fn load_strict(vs: &VarStore, tensors: &[(String, Tensor)], source: &str) ->
             preview(&unexpected)
         );
     }
+    copy_into(vs, tensors, source)
+}
+
+/// Copies `tensors`, each of them a variable of `vs`, into it, leaving the
+/// other variables as they are (HuggingFace weights for a text tower
+/// inside a freshly built model).
+pub fn load_subset(vs: &VarStore, tensors: &[(String, Tensor)], source: &str) -> Result<()> {
+    let variables = vs.variables();
+    if let Some((name, _)) = tensors
+        .iter()
+        .find(|(name, _)| !variables.contains_key(name))
+    {
+        bail!("{source}: tensor `{name}` is not one of the model's");
+    }
+    copy_into(vs, tensors, source)
+}
+
+fn copy_into(vs: &VarStore, tensors: &[(String, Tensor)], source: &str) -> Result<()> {
+    let variables = vs.variables();
     for (name, value) in tensors {
         let target = &variables[name];
         if target.size() != value.size() {

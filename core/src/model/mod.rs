@@ -5,6 +5,10 @@
 mod batch_norm;
 pub mod clip;
 pub mod config;
+pub mod hf_m2m100;
+pub mod hf_roberta;
+pub mod hf_t5;
+pub mod hf_text;
 pub mod load;
 pub mod modified_resnet;
 pub mod multimodal_transformer;

@@ -12,9 +12,9 @@ use tch::nn::{self, Init, Module};
 use tch::Tensor;
 
 use super::config::NormKwargs;
-use super::timm_vision_transformer::{drop_path, timm_linear};
+use super::timm_vision_transformer::drop_path;
 use super::transformer::{
-    layer_norm, linear_parameters, shallow_clone_linear, Activation, LayerNorm,
+    layer_norm, linear_parameters, normal_linear, shallow_clone_linear, Activation, LayerNorm,
 };
 use crate::activation_checkpoint::checkpoint_block;
 
@@ -155,8 +155,8 @@ impl ConvNeXtBlock {
                     eps: Some(facts.norm_eps),
                 }),
             ),
-            fc1: timm_linear(&p / "mlp" / "fc1", dim, stage.mlp_hidden, true),
-            fc2: timm_linear(&p / "mlp" / "fc2", stage.mlp_hidden, dim, true),
+            fc1: normal_linear(&p / "mlp" / "fc1", dim, stage.mlp_hidden, true),
+            fc2: normal_linear(&p / "mlp" / "fc2", stage.mlp_hidden, dim, true),
             // timm's ls_init_value; a checkpoint's values replace it.
             gamma: p.var("gamma", &[dim], Init::Const(1e-6)),
             act,
@@ -270,7 +270,7 @@ impl TimmConvNeXt {
             stages,
             head_norm: LayerNorm2d::new(&p / "head" / "norm", previous, facts.norm_eps),
             head_fc: (head_dim > 0)
-                .then(|| timm_linear(&p / "head" / "fc", previous, head_dim, true)),
+                .then(|| normal_linear(&p / "head" / "fc", previous, head_dim, true)),
             grad_checkpointing: false,
         }
     }

@@ -17,10 +17,12 @@ use tch::nn::{self, Init, Module};
 use tch::{Device, Kind, Tensor};
 
 use super::timm_vision_transformer::{
-    attention, drop_path, merge_heads, norm, split_heads, timm_linear, AttentionPoolFacts,
-    HeadLayout, PatchDropout, PatchTokens, TimmMlp, TokenLayout, TrunkHead, TrunkOptions,
+    attention, drop_path, merge_heads, norm, split_heads, AttentionPoolFacts, HeadLayout,
+    PatchDropout, PatchTokens, TimmMlp, TokenLayout, TrunkHead, TrunkOptions,
 };
-use super::transformer::{linear_parameters, shallow_clone_linear, Activation, LayerNorm};
+use super::transformer::{
+    linear_parameters, normal_linear, shallow_clone_linear, Activation, LayerNorm,
+};
 use crate::activation_checkpoint::checkpoint_block;
 
 /// What timm's registry says of one Eva model.
@@ -204,7 +206,7 @@ impl QkvProjection {
                         .then(|| p.var(name, &[dim], Init::Const(0.0)))
                 };
                 QkvProjection::Packed {
-                    qkv: timm_linear(p / "qkv", dim, 3 * dim, facts.qkv_bias),
+                    qkv: normal_linear(p / "qkv", dim, 3 * dim, facts.qkv_bias),
                     q_bias: bias("q_bias"),
                     v_bias: bias("v_bias"),
                 }
@@ -212,9 +214,9 @@ impl QkvProjection {
             QkvLayout::Split => {
                 let [q, k, v] = facts.split_bias;
                 QkvProjection::Split {
-                    q_proj: timm_linear(p / "q_proj", dim, dim, q),
-                    k_proj: timm_linear(p / "k_proj", dim, dim, k),
-                    v_proj: timm_linear(p / "v_proj", dim, dim, v),
+                    q_proj: normal_linear(p / "q_proj", dim, dim, q),
+                    k_proj: normal_linear(p / "k_proj", dim, dim, k),
+                    v_proj: normal_linear(p / "v_proj", dim, dim, v),
                 }
             }
         }
@@ -364,10 +366,10 @@ impl EvaMlp {
                 Activation::named(&facts.act),
             )),
             EvaMlpKind::Swiglu => EvaMlp::SwiGlu {
-                fc1_g: timm_linear(&p / "fc1_g", dim, facts.hidden, true),
-                fc1_x: timm_linear(&p / "fc1_x", dim, facts.hidden, true),
+                fc1_g: normal_linear(&p / "fc1_g", dim, facts.hidden, true),
+                fc1_x: normal_linear(&p / "fc1_x", dim, facts.hidden, true),
                 norm: facts.norm.then(|| norm(&p / "norm", facts.hidden, eps)),
-                fc2: timm_linear(&p / "fc2", facts.hidden, dim, true),
+                fc2: normal_linear(&p / "fc2", facts.hidden, dim, true),
             },
         }
     }
@@ -461,7 +463,7 @@ impl EvaBlock {
             attn: EvaAttention {
                 qkv: QkvProjection::new(&attn_path, dim, &facts.attn),
                 norm: facts.attn.norm.then(|| norm(&attn_path / "norm", dim, eps)),
-                proj: timm_linear(&attn_path / "proj", dim, dim, true),
+                proj: normal_linear(&attn_path / "proj", dim, dim, true),
                 heads: facts.num_heads,
                 prefix_tokens,
                 rotate_half: facts.rope.as_ref().is_some_and(|rope| rope.rotate_half),

@@ -20,9 +20,9 @@ use super::config::ModelConfig;
 use super::timm_convnext::{ConvNeXtFacts, TimmConvNeXt};
 use super::timm_eva::{TimmEva, TimmEvaFacts};
 use super::timm_vision_transformer::{
-    timm_linear, TimmMlp, TimmVisionTransformer, TimmVitFacts, TrunkOptions, TrunkPool,
+    TimmMlp, TimmVisionTransformer, TimmVitFacts, TrunkOptions, TrunkPool,
 };
-use super::transformer::Activation;
+use super::transformer::{normal_linear, Activation};
 
 const TIMM_CONFIGS_JSON: &str = include_str!("timm_configs.json");
 
@@ -326,7 +326,7 @@ impl TimmModel {
         let head_path = &p / "head";
         let head = match plan.head {
             HeadPlan::Linear => TimmHead::Proj {
-                proj: timm_linear(&head_path / "proj", plan.width, embed_dim, v.timm_proj_bias),
+                proj: normal_linear(&head_path / "proj", plan.width, embed_dim, v.timm_proj_bias),
                 drop: v.timm_drop,
             },
             HeadPlan::Mlp => TimmHead::Mlp(TimmMlp::with_output(

@@ -13,7 +13,7 @@ use tch::{Kind, Tensor};
 
 use super::config::NormKwargs;
 use super::transformer::{
-    layer_norm, linear_parameters, shallow_clone_linear, Activation, LayerNorm,
+    layer_norm, linear_parameters, normal_linear, shallow_clone_linear, Activation, LayerNorm,
 };
 use crate::activation_checkpoint::checkpoint_block;
 
@@ -94,25 +94,6 @@ pub struct TrunkOptions {
     pub drop_path: f64,
 }
 
-/// A linear layer initialised as timm initialises a ViT's: weights normal
-/// with std 0.02 (timm's truncation at ±2 is 100 standard deviations out,
-/// so never reached), biases zero.
-pub fn timm_linear(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> nn::Linear {
-    nn::linear(
-        p,
-        in_dim,
-        out_dim,
-        nn::LinearConfig {
-            ws_init: Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-            bs_init: Some(Init::Const(0.0)),
-            bias,
-        },
-    )
-}
-
 pub(super) fn norm(p: nn::Path, dim: i64, eps: f64) -> LayerNorm {
     layer_norm(p, dim, Some(&NormKwargs { eps: Some(eps) }))
 }
@@ -145,8 +126,8 @@ impl TimmMlp {
         drop: f64,
     ) -> Self {
         TimmMlp {
-            fc1: timm_linear(&p / "fc1", dim, hidden, true),
-            fc2: timm_linear(&p / "fc2", hidden, out, fc2_bias),
+            fc1: normal_linear(&p / "fc1", dim, hidden, true),
+            fc2: normal_linear(&p / "fc2", hidden, out, fc2_bias),
             act,
             drop,
         }
@@ -258,8 +239,8 @@ impl TimmBlock {
         TimmBlock {
             norm1: norm(&p / "norm1", dim, facts.norm_eps),
             attn: TimmAttention {
-                qkv: timm_linear(&p / "attn" / "qkv", dim, 3 * dim, facts.qkv_bias),
-                proj: timm_linear(&p / "attn" / "proj", dim, dim, facts.proj_bias),
+                qkv: normal_linear(&p / "attn" / "qkv", dim, 3 * dim, facts.qkv_bias),
+                proj: normal_linear(&p / "attn" / "proj", dim, dim, facts.proj_bias),
                 heads: facts.num_heads,
             },
             ls1: layer_scale("ls1"),
@@ -364,9 +345,9 @@ impl AttentionPoolLatent {
         );
         AttentionPoolLatent {
             latent,
-            q: timm_linear(&p / "q", dim, dim, facts.qkv_bias),
-            kv: timm_linear(&p / "kv", dim, 2 * dim, facts.qkv_bias),
-            proj: timm_linear(&p / "proj", dim, dim, true),
+            q: normal_linear(&p / "q", dim, dim, facts.qkv_bias),
+            kv: normal_linear(&p / "kv", dim, 2 * dim, facts.qkv_bias),
+            proj: normal_linear(&p / "proj", dim, dim, true),
             norm: norm(&p / "norm", dim, eps),
             mlp: TimmMlp::new(
                 &p / "mlp",
@@ -590,7 +571,7 @@ impl TrunkHead {
             attn_pool,
             fc_norm: layout.fc_norm.then(|| norm(p / "fc_norm", dim, eps)),
             head: (options.head_dim > 0)
-                .then(|| timm_linear(p / "head", dim, options.head_dim, true)),
+                .then(|| normal_linear(p / "head", dim, options.head_dim, true)),
             pool: options.pool,
             prefix_tokens: layout.prefix_tokens,
             map_over_prefix: layout.map_over_prefix,

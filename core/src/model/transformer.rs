@@ -101,21 +101,43 @@ pub fn layer_norm(p: nn::Path, dim: i64, norm_kwargs: Option<&NormKwargs>) -> La
 /// A linear layer initialised like `torch.nn.Linear` (kaiming-uniform weight,
 /// uniform bias in ±1/sqrt(fan_in)).
 pub fn linear(p: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
+    torch_linear(p, in_dim, out_dim, true)
+}
+
+/// `torch.nn.Linear(in_dim, out_dim, bias)` with its initialisation.
+pub fn torch_linear(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> nn::Linear {
     let bound = 1.0 / (in_dim as f64).sqrt();
+    let uniform = Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
     nn::linear(
         p,
         in_dim,
         out_dim,
         nn::LinearConfig {
-            ws_init: Init::Uniform {
-                lo: -bound,
-                up: bound,
+            ws_init: uniform,
+            bs_init: Some(uniform),
+            bias,
+        },
+    )
+}
+
+/// A linear layer initialised as timm and HuggingFace initialise their
+/// transformers: weights normal with std 0.02 (timm's truncation at ±2 is
+/// 100 standard deviations out, so never reached), biases zero.
+pub fn normal_linear(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> nn::Linear {
+    nn::linear(
+        p,
+        in_dim,
+        out_dim,
+        nn::LinearConfig {
+            ws_init: Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
             },
-            bs_init: Some(Init::Uniform {
-                lo: -bound,
-                up: bound,
-            }),
-            bias: true,
+            bs_init: Some(Init::Const(0.0)),
+            bias,
         },
     )
 }

@@ -9,7 +9,8 @@
 //! timm's groups (embeddings, each block, then the pooling head), never
 //! OpenCLIP's head after it. Text tower: [token_embedding,
 //! positional_embedding, cls_emb], one group per block but the last, [last
-//! block, ln_final], text_projection.
+//! block, ln_final], text_projection; a HuggingFace text tower locks as
+//! OpenCLIP's `HFTextEncoder` does.
 
 use anyhow::{bail, Result};
 use tch::nn::VarStore;
@@ -131,9 +132,72 @@ pub fn lock_image_tower(vs: &VarStore, config: &ModelConfig, unlocked_groups: us
     Ok(())
 }
 
-/// `model.lock_text_tower(unlocked_layers)`; OpenCLIP requires
-/// `freeze_layer_norm` (layer norms are locked like any other weight).
-pub fn lock_text_tower(vs: &VarStore, config: &ModelConfig, unlocked_layers: usize) {
+/// `model.lock_text_tower(unlocked_layers, freeze_layer_norm)` for a
+/// HuggingFace text tower (OpenCLIP's `HFTextEncoder.lock`): with no
+/// unlocked layers the whole `text.transformer.` is frozen; otherwise
+/// `modules` (its embeddings, then each layer) but the last
+/// `unlocked_layers` are (a pooler and the later layers stay trainable).
+/// Weights named `LayerNorm` are frozen only with `freeze_layer_norm`. The
+/// projection after the pooler is never locked.
+fn lock_hf_text_tower(
+    vs: &VarStore,
+    modules: &[String],
+    unlocked_layers: usize,
+    freeze_layer_norm: bool,
+) {
+    let transformer = "text.transformer.";
+    let frozen: Vec<String> = if unlocked_layers == 0 {
+        vec![transformer.to_string()]
+    } else {
+        let kept = modules.len().saturating_sub(unlocked_layers);
+        modules[..kept]
+            .iter()
+            .map(|module| format!("{transformer}{module}"))
+            .collect()
+    };
+    for (name, tensor) in vs.variables() {
+        if !frozen
+            .iter()
+            .any(|prefix| name.starts_with(prefix.as_str()))
+        {
+            continue;
+        }
+        let layer_norm = name.split('.').any(|part| part == "LayerNorm");
+        let _ = tensor.set_requires_grad(layer_norm && !freeze_layer_norm);
+    }
+}
+
+/// `model.lock_text_tower(unlocked_layers, freeze_layer_norm)`. For
+/// OpenCLIP's own text tower OpenCLIP requires `freeze_layer_norm` (layer
+/// norms are locked like any other weight); a HuggingFace tower takes
+/// either.
+pub fn lock_text_tower(
+    vs: &VarStore,
+    config: &ModelConfig,
+    unlocked_layers: usize,
+    freeze_layer_norm: bool,
+) -> Result<()> {
+    if let Some(hf) = &config.text_cfg.hf_model_config {
+        let modules = match (hf.lock_modules(), unlocked_layers) {
+            (Some(modules), _) => modules,
+            (None, 0) => Vec::new(),
+            (None, _) => bail!(
+                "--lock-text-unlocked-layers {unlocked_layers}: OpenCLIP locks the HuggingFace \
+                 text tower `{}` whole only (--lock-text alone)",
+                config.text_cfg.hf_model_name.as_deref().unwrap_or_default()
+            ),
+        };
+        lock_hf_text_tower(vs, &modules, unlocked_layers, freeze_layer_norm);
+        return Ok(());
+    }
+    if !freeze_layer_norm {
+        bail!("--lock-text without --lock-text-freeze-layer-norm: OpenCLIP does not support unfreezing layer norms (they are locked like other weights)");
+    }
+    lock_native_text_tower(vs, config, unlocked_layers);
+    Ok(())
+}
+
+fn lock_native_text_tower(vs: &VarStore, config: &ModelConfig, unlocked_layers: usize) {
     let root = if config.custom_text { "text." } else { "" };
     let layers = config.text_cfg.layers as usize;
     let name = |suffix: &str| format!("{root}{suffix}");
