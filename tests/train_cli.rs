@@ -397,3 +397,88 @@ fn forced_image_size_and_context_length_train() {
     assert!(log.contains("Train Epoch: 0"), "{log}");
     assert!(log.contains("val_loss"), "{log}");
 }
+
+/// A HuggingFace text tower trains from the command line with everything
+/// it needs read offline from the hub cache given by `--cache-dir`: the
+/// model's config.json, its weights (the tower's starting point) and its
+/// tokenizer. OpenCLIP then loads the checkpoint clipflow wrote, strictly,
+/// and its `encode_text` with the model's own tokenizer equals `clipflow
+/// embed`'s on that checkpoint (fp32 on both sides: within 1e-4).
+#[test]
+fn a_huggingface_text_tower_trains_from_the_hub_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = scenes(&dir.path().join("scenes"));
+    let cache = dir.path().join("hub");
+    let cache_dir = cache.to_str().unwrap();
+    common::run_oracle(
+        include_str!("oracle/hf_text_cache.py"),
+        &[
+            cache_dir,
+            "roberta-base",
+            "roberta",
+            "--weights",
+            "--tokenizer",
+        ],
+    );
+    let logs = dir.path().join("logs");
+    let flags = [
+        "--cache-dir",
+        cache_dir,
+        "--precision",
+        "fp32",
+        "--save-frequency",
+        "1",
+    ];
+    let out = train_model("tests/data/hf-roberta.json", &shards, &logs, "hf", &flags);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = std::fs::read_to_string(logs.join("hf/out.log")).unwrap();
+    assert!(log.contains("Train Epoch: 0"), "{log}");
+    let checkpoint = logs.join("hf/checkpoints/epoch_1.pt");
+
+    let texts = dir.path().join("texts.txt");
+    std::fs::write(
+        &texts,
+        "a photo of a red circle\ngreen square on the left\n",
+    )
+    .unwrap();
+    let config = model("tests/data/hf-roberta.json");
+    let expected = dir.path().join("expected.safetensors");
+    common::run_oracle(
+        include_str!("oracle/hf_checkpoint_features.py"),
+        &[
+            config.to_str().unwrap(),
+            cache_dir,
+            checkpoint.to_str().unwrap(),
+            texts.to_str().unwrap(),
+            expected.to_str().unwrap(),
+        ],
+    );
+    let ours = dir.path().join("ours.safetensors");
+    common::run_clipflow(&[
+        "embed".as_ref(),
+        "--model".as_ref(),
+        config.as_os_str(),
+        "--pretrained".as_ref(),
+        checkpoint.as_os_str(),
+        "--cache-dir".as_ref(),
+        cache.as_os_str(),
+        "--texts".as_ref(),
+        texts.as_os_str(),
+        "--output".as_ref(),
+        ours.as_os_str(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+    ]);
+    let read = |path: &Path| -> std::collections::HashMap<String, tch::Tensor> {
+        tch::Tensor::read_safetensors(path)
+            .unwrap()
+            .into_iter()
+            .collect()
+    };
+    let (ours, expected) = (read(&ours), read(&expected));
+    let diff = (&ours["text_features"] - &expected["text_features"])
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(diff <= 1e-4, "text features differ by {diff}");
+}

@@ -9,7 +9,11 @@ masked-LM roberta, whose names carry the `roberta.` prefix and an `lm_head`;
 an mt5 or nllb for generation, with its `shared` embedding, encoder and
 decoder), saved by transformers' save_pretrained.
 
-usage: hf_text_cache.py CACHE_DIR REPO MODEL_TYPE [--weights]
+With --tokenizer (roberta only), also a byte-level BPE tokenizer of the
+model's 1000 ids with RoBERTa's <s> ... </s> and <pad> = 1, trained on a few
+captions with the `tokenizers` library and saved as transformers saves it.
+
+usage: hf_text_cache.py CACHE_DIR REPO MODEL_TYPE [--weights] [--tokenizer]
 """
 import pathlib
 import sys
@@ -79,3 +83,20 @@ config.save_pretrained(snapshot)
 if weights:
     torch.manual_seed(1)
     task_model.from_config(config).save_pretrained(snapshot)
+if "--tokenizer" in sys.argv[4:]:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    words = ["a photo of a", "red", "green", "blue", "circle", "square", "triangle", "on", "the", "left"]
+    tokenizer.train_from_iterator([" ".join(words[i:] + words[:i]) for i in range(len(words))] * 20, trainer)
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        unk_token="<unk>", mask_token="<mask>",
+    ).save_pretrained(snapshot)
