@@ -29,7 +29,7 @@ enum Command {
     /// small CLIP on it (CPU, a few minutes), report zero-shot accuracy.
     Quickstart(quickstart::QuickstartArgs),
     /// Train a model with open_clip_train.main's flags.
-    Train(train::TrainCommand),
+    Train(Box<train::TrainCommand>),
     /// Images and captions to OpenCLIP's encode_image / encode_text features.
     Embed(embed::EmbedArgs),
     /// Captions on stdin to token ids on stdout, one line each.
@@ -83,7 +83,7 @@ impl Command {
     fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Quickstart(args) => quickstart::run(&args),
-            Command::Train(args) => train::run(args),
+            Command::Train(args) => train::run(*args),
             Command::Embed(args) => embed::run(&args),
             Command::Tokenize(args) => tokenize::run(&args),
             Command::Convert(args) => convert::run(&args),
