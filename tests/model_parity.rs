@@ -446,20 +446,6 @@ fn pe_core_t_16_384_matches_open_clip() {
     check_model("PE-Core-T-16-384", None, "{}", ModelOverrides::default());
 }
 
-/// A hub cache (the layout huggingface_hub writes) holding small models of
-/// `repos` ((repo, model_type, with weights)), written by transformers.
-fn hf_text_cache(repos: &[(&str, &str, bool)]) -> tempfile::TempDir {
-    let cache = tempfile::tempdir().unwrap();
-    for (repo, model_type, weights) in repos {
-        let mut args = vec![cache.path().to_str().unwrap(), repo, model_type];
-        if *weights {
-            args.push("--weights");
-        }
-        common::run_oracle(include_str!("oracle/hf_text_cache.py"), &args);
-    }
-    cache
-}
-
 /// HuggingFace roberta as OpenCLIP's HFTextEncoder wraps it (`text.`:
 /// `transformer` with HuggingFace's names, the mean of the real tokens,
 /// OpenCLIP's default mlp projection `proj.0`/`proj.2`), built from the
@@ -468,7 +454,7 @@ fn hf_text_cache(repos: &[(&str, &str, bool)]) -> tempfile::TempDir {
 /// padded, so positions and masking count.
 #[test]
 fn a_huggingface_roberta_text_tower_matches_open_clip() {
-    let cache = hf_text_cache(&[("roberta-base", "roberta", false)]);
+    let cache = common::hf_text_cache("roberta-base", "roberta", &[]);
     let overrides = ModelOverrides::default();
     let config = Some("hf-roberta.json");
     let kwargs = r#"{"pretrained_hf": false}"#;
@@ -483,7 +469,7 @@ fn a_huggingface_roberta_text_tower_matches_open_clip() {
 #[test]
 fn a_pretrained_huggingface_xlm_roberta_text_tower_matches_open_clip() {
     let repo = "FacebookAI/xlm-roberta-base";
-    let cache = hf_text_cache(&[(repo, "xlm-roberta", true)]);
+    let cache = common::hf_text_cache(repo, "xlm-roberta", &["--weights"]);
     let overrides = ModelOverrides::default();
     let config = Some("hf-xlm-roberta.json");
     check_model_in(
@@ -504,7 +490,7 @@ fn a_pretrained_huggingface_xlm_roberta_text_tower_matches_open_clip() {
 #[test]
 fn a_pretrained_huggingface_mt5_text_tower_matches_open_clip() {
     let repo = "google/mt5-base";
-    let cache = hf_text_cache(&[(repo, "mt5", true)]);
+    let cache = common::hf_text_cache(repo, "mt5", &["--weights"]);
     let overrides = ModelOverrides::default();
     let config = Some("hf-mt5.json");
     check_model_in("hf-mt5", config, "{}", overrides, Some(cache.path()));
@@ -519,7 +505,7 @@ fn a_pretrained_huggingface_mt5_text_tower_matches_open_clip() {
 #[test]
 fn a_pretrained_huggingface_nllb_text_tower_matches_open_clip() {
     let repo = "facebook/nllb-200-distilled-600M";
-    let cache = hf_text_cache(&[(repo, "m2m_100", true)]);
+    let cache = common::hf_text_cache(repo, "m2m_100", &["--weights"]);
     let overrides = ModelOverrides::default();
     let config = Some("hf-nllb.json");
     check_model_in("hf-nllb", config, "{}", overrides, Some(cache.path()));

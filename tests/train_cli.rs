@@ -408,18 +408,9 @@ fn forced_image_size_and_context_length_train() {
 fn a_huggingface_text_tower_trains_from_the_hub_cache() {
     let dir = tempfile::tempdir().unwrap();
     let shards = scenes(&dir.path().join("scenes"));
-    let cache = dir.path().join("hub");
+    let hub = common::hf_text_cache("roberta-base", "roberta", &["--weights", "--tokenizer"]);
+    let cache = hub.path();
     let cache_dir = cache.to_str().unwrap();
-    common::run_oracle(
-        include_str!("oracle/hf_text_cache.py"),
-        &[
-            cache_dir,
-            "roberta-base",
-            "roberta",
-            "--weights",
-            "--tokenizer",
-        ],
-    );
     let logs = dir.path().join("logs");
     let flags = [
         "--cache-dir",

@@ -140,12 +140,8 @@ fn a_locked_huggingface_text_tower_leaves_openclip_s_parameters_trainable() {
             &whole[..],
         ),
     ] {
-        let cache = tempfile::tempdir().unwrap();
+        let cache = common::hf_text_cache(repo, model_type, &[]);
         let cache_dir = cache.path().to_str().unwrap();
-        run_oracle(
-            include_str!("oracle/hf_text_cache.py"),
-            &[cache_dir, repo, model_type],
-        );
         let config_path = format!("{}/tests/data/{config_file}", env!("CARGO_MANIFEST_DIR"));
         let cases_json: Vec<serde_json::Value> = cases
             .iter()

@@ -46,6 +46,18 @@ pub fn random_generator_turn() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A HuggingFace hub cache (the layout huggingface_hub writes) holding a
+/// small text model `repo` of `model_type`, written by transformers:
+/// config.json, and with `extra` flags its weights (`--weights`) and a
+/// tokenizer (`--tokenizer`); see tests/oracle/hf_text_cache.py.
+pub fn hf_text_cache(repo: &str, model_type: &str, extra: &[&str]) -> tempfile::TempDir {
+    let cache = tempfile::tempdir().unwrap();
+    let mut args = vec![cache.path().to_str().unwrap(), repo, model_type];
+    args.extend(extra);
+    run_oracle(include_str!("../oracle/hf_text_cache.py"), &args);
+    cache
+}
+
 /// The clipflow binary built for these tests.
 pub fn clipflow_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_clipflow"))
