@@ -26,7 +26,9 @@ from timm.layers import (
 from timm.layers.activations import GELU, GELUTanh
 from timm.layers import AttentionRope, GluMlp, RotaryEmbeddingCat, SwiGLU
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock
+from timm.layers.pos_embed_rel import RelPosMlp
 from timm.models.eva import Eva, EvaAttention, EvaBlock, EvaBlockPostNorm
+from timm.models.vision_transformer_relpos import RelPosAttention, RelPosBlock, VisionTransformerRelPos
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
@@ -60,6 +62,31 @@ def plain_mlp(mlp):
     )
 
 
+def block_facts(model, blocks, eps, act):
+    """What a VisionTransformer and a VisionTransformerRelPos say alike of
+    their patch embedding, blocks, final norms and pooling."""
+    first = blocks[0]
+    return {
+        "img_size": list(model.patch_embed.img_size),
+        "patch_size": list(model.patch_embed.patch_size),
+        "patch_bias": model.patch_embed.proj.bias is not None,
+        "embed_dim": model.embed_dim,
+        "depth": len(blocks),
+        "num_heads": first.attn.num_heads,
+        "mlp_hidden": first.mlp.fc1.out_features,
+        "qkv_bias": first.attn.qkv.bias is not None,
+        "proj_bias": first.attn.proj.bias is not None,
+        "layer_scale": not identity(first.ls1),
+        "class_token": model.cls_token is not None,
+        "norm": not identity(model.norm),
+        "fc_norm": not identity(model.fc_norm),
+        "norm_eps": eps,
+        "act": act,
+        "global_pool": model.global_pool,
+        "attn_pool": None,
+    }
+
+
 def vision_transformer(model):
     """The facts of a timm VisionTransformer built of plain layers, or None."""
     if type(model) is not VisionTransformer or type(model.patch_embed) is not PatchEmbed:
@@ -69,7 +96,6 @@ def vision_transformer(model):
     if model.pos_embed is None or model.dynamic_img_size:
         return None
     blocks = list(model.blocks)
-    first = blocks[0]
     for block in blocks:
         attn = block.attn
         if type(block) is not Block or type(attn) is not Attention:
@@ -95,32 +121,65 @@ def vision_transformer(model):
         return None
     facts = {
         "class": "VisionTransformer",
-        "img_size": list(model.patch_embed.img_size),
-        "patch_size": list(model.patch_embed.patch_size),
-        "patch_bias": model.patch_embed.proj.bias is not None,
-        "embed_dim": model.embed_dim,
-        "depth": len(blocks),
-        "num_heads": first.attn.num_heads,
-        "mlp_hidden": first.mlp.fc1.out_features,
-        "qkv_bias": first.attn.qkv.bias is not None,
-        "proj_bias": first.attn.proj.bias is not None,
-        "layer_scale": not identity(first.ls1),
-        "class_token": model.cls_token is not None,
+        **block_facts(model, blocks, eps.pop(), acts.pop()),
         "reg_tokens": model.num_reg_tokens,
         "no_embed_class": model.no_embed_class,
         "pre_norm": not identity(model.norm_pre),
-        "norm": not identity(model.norm),
-        "fc_norm": not identity(model.fc_norm),
-        "norm_eps": eps.pop(),
-        "act": acts.pop(),
-        "global_pool": model.global_pool,
-        "attn_pool": None,
     }
     if model.attn_pool is not None:
         facts["attn_pool"] = attention_pool(model.attn_pool, model.embed_dim, facts["norm_eps"])
         if facts["attn_pool"] is None:
             return None
     return facts
+
+
+def vision_transformer_relpos(model):
+    """The facts of a timm VisionTransformerRelPos whose blocks each have
+    their own log-coordinate relative position MLP (timm's 'cr' mode), in
+    the VisionTransformer's terms plus `rel_pos`, or None."""
+    if type(model) is not VisionTransformerRelPos or type(model.patch_embed) is not PatchEmbed:
+        return None
+    if not identity(model.patch_embed.norm) or model.shared_rel_pos is not None:
+        return None
+    blocks = list(model.blocks)
+    rel_pos = []
+    for block in blocks:
+        attn = block.attn
+        if type(block) is not RelPosBlock or type(attn) is not RelPosAttention or not plain_mlp(block.mlp):
+            return None
+        if not identity(attn.q_norm) or not identity(attn.k_norm):
+            return None
+        if layer_norm_eps(block.norm1) is None or layer_norm_eps(block.norm2) is None:
+            return None
+        for scale in (block.ls1, block.ls2):
+            if not identity(scale) and type(scale) is not LayerScale:
+                return None
+        pos = attn.rel_pos
+        if type(pos) is not RelPosMlp or pos.mode != "cr" or tuple(pos.pretrained_window_size) != (0, 0):
+            return None
+        if pos.prefix_tokens != model.num_prefix_tokens or list(pos.window_size) != list(model.patch_embed.grid_size):
+            return None
+        mlp = pos.mlp
+        if type(mlp.act) is not nn.ReLU or not identity(mlp.norm) or mlp.fc1.bias is None or mlp.fc2.bias is None:
+            return None
+        rel_pos.append({"hidden": mlp.fc1.out_features, "dropout": mlp.drop1.p})
+    if any(r != rel_pos[0] for r in rel_pos):
+        return None
+    norms = [block.norm1 for block in blocks] + [block.norm2 for block in blocks]
+    norms += [m for m in (model.norm, model.fc_norm) if not identity(m)]
+    eps = {layer_norm_eps(m) for m in norms}
+    acts = {activation(block.mlp.act) for block in blocks}
+    if len(eps) != 1 or None in eps or len(acts) != 1:
+        return None
+    return {
+        "class": "VisionTransformerRelPos",
+        **block_facts(model, blocks, eps.pop(), acts.pop()),
+        "reg_tokens": 0,
+        "no_embed_class": False,
+        "pre_norm": False,
+        "pos_embed": False,
+        "rel_pos": rel_pos[0],
+    }
 
 
 def attention_pool(pool, dim, eps):
@@ -362,7 +421,8 @@ def main():
         with torch.device("meta"):
             model = timm.create_model(name, pretrained=False, **kwargs)
         towers[name] = (
-            vision_transformer(model) or convnext(model) or eva(model) or {"class": type(model).__name__}
+            vision_transformer(model) or vision_transformer_relpos(model) or convnext(model) or eva(model)
+            or {"class": type(model).__name__}
         )
     json.dump({"timm_version": timm.__version__, "towers": towers}, sys.stdout, indent=1, sort_keys=True)
     sys.stdout.write("\n")

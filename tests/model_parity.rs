@@ -21,7 +21,9 @@ use clipflow_core::loss::{ClipLoss, CoCaLoss, Loss, LossInputs};
 use clipflow_core::model::hf_text;
 use clipflow_core::model::load::load_strict;
 use clipflow_core::model::timm_eva::{TimmEva, TimmEvaFacts};
-use clipflow_core::model::timm_vision_transformer::{TrunkOptions, TrunkPool};
+use clipflow_core::model::timm_vision_transformer::{
+    TimmVisionTransformer, TimmVitFacts, TrunkOptions, TrunkPool,
+};
 use clipflow_core::model::{Clip, ImageSize, ModelConfig, ModelOverrides};
 use tch::{nn::VarStore, Device, Tensor};
 
@@ -334,7 +336,41 @@ fn a_timm_convnext_with_an_mlp_head_matches_open_clip() {
 /// features in training mode (patch dropout and drop path drawn from the
 /// same seeded generator on both sides), and every parameter's gradient,
 /// with and without activation checkpointing.
+/// What the trunk test drives of a timm trunk.
+trait TestTrunk {
+    fn forward_t(&self, images: &Tensor, train: bool) -> Tensor;
+    fn set_grad_checkpointing(&mut self, enable: bool);
+}
+
+impl TestTrunk for TimmEva {
+    fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+        TimmEva::forward_t(self, images, train)
+    }
+    fn set_grad_checkpointing(&mut self, enable: bool) {
+        TimmEva::set_grad_checkpointing(self, enable)
+    }
+}
+
+impl TestTrunk for TimmVisionTransformer {
+    fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+        TimmVisionTransformer::forward_t(self, images, train)
+    }
+    fn set_grad_checkpointing(&mut self, enable: bool) {
+        TimmVisionTransformer::set_grad_checkpointing(self, enable)
+    }
+}
+
 fn check_eva_trunk(name: &str, kwargs: &str) {
+    check_timm_trunk(name, kwargs, |p, facts: &TimmEvaFacts, options| {
+        Box::new(TimmEva::new(p, facts, options))
+    });
+}
+
+fn check_timm_trunk<F: serde::de::DeserializeOwned>(
+    name: &str,
+    kwargs: &str,
+    build: impl Fn(tch::nn::Path, &F, &TrunkOptions) -> Box<dyn TestTrunk>,
+) {
     let _turn = common::random_generator_turn();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
@@ -344,18 +380,18 @@ fn check_eva_trunk(name: &str, kwargs: &str) {
         include_str!("oracle/timm_trunk_parity.py"),
         &[name, out, gen_script, kwargs, &train_seed.to_string()],
     );
-    let facts: TimmEvaFacts =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("facts.json")).unwrap())
-            .unwrap();
+    let text = std::fs::read_to_string(dir.path().join("facts.json")).unwrap();
+    let facts: F = serde_json::from_str(&text).unwrap();
+    let own_pool: serde_json::Value = serde_json::from_str(&text).unwrap();
     let kwargs: serde_json::Value = serde_json::from_str(kwargs).unwrap();
     let options = TrunkOptions {
-        pool: TrunkPool::parse(&facts.global_pool).unwrap(),
+        pool: TrunkPool::parse(own_pool["global_pool"].as_str().unwrap()).unwrap(),
         head_dim: kwargs["num_classes"].as_i64().unwrap(),
         patch_drop: kwargs["patch_drop_rate"].as_f64().unwrap_or(0.0),
         drop_path: kwargs["drop_path_rate"].as_f64().unwrap_or(0.0),
     };
     let vs = VarStore::new(Device::Cpu);
-    let mut trunk = TimmEva::new(vs.root(), &facts, &options);
+    let mut trunk = build(vs.root(), &facts, &options);
     let weights = Tensor::read_safetensors(dir.path().join("weights.safetensors")).unwrap();
     load_strict(&vs, &weights, "weights.safetensors").unwrap();
     let inputs = read(&dir.path().join("inputs.safetensors"));
@@ -509,4 +545,33 @@ fn a_pretrained_huggingface_nllb_text_tower_matches_open_clip() {
     let overrides = ModelOverrides::default();
     let config = Some("hf-nllb.json");
     check_model_in("hf-nllb", config, "{}", overrides, Some(cache.path()));
+}
+
+/// timm's VisionTransformerRelPos as `vit_relpos_medium_patch16_cls_224`
+/// builds it, shrunk like the Eva trunks above: no position embedding, a
+/// relative position MLP in every block (log-spaced row and column offsets
+/// to a bias per head, none for the class token, dropout while training),
+/// layer scale, class-token pooling.
+#[test]
+fn a_timm_relpos_trunk_matches_timm() {
+    let kwargs = r#"{"embed_dim": 64, "depth": 2, "num_heads": 4, "img_size": [64, 48],
+        "num_classes": 32, "global_pool": "token", "rel_pos_dim": 32,
+        "drop_path_rate": 0.2}"#;
+    check_timm_trunk(
+        "vit_relpos_medium_patch16_cls_224",
+        kwargs,
+        |p, facts: &TimmVitFacts, options| Box::new(TimmVisionTransformer::new(p, facts, options)),
+    );
+}
+
+/// vit_relpos_medium_patch16_cls_224 by its OpenCLIP name: the relpos
+/// trunk reset to no head, then OpenCLIP's `head.proj`.
+#[test]
+fn vit_relpos_medium_patch16_cls_224_matches_open_clip() {
+    check_model(
+        "vit_relpos_medium_patch16_cls_224",
+        None,
+        "{}",
+        ModelOverrides::default(),
+    );
 }

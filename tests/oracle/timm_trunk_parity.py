@@ -34,7 +34,7 @@ model = timm.create_model(name, pretrained=False, **json.loads(kwargs))
 with torch.no_grad():
     for param in model.parameters():
         param.add_(torch.randn_like(param) * 0.05)
-facts = gen.vision_transformer(model) or gen.convnext(model) or gen.eva(model)
+facts = gen.vision_transformer(model) or gen.vision_transformer_relpos(model) or gen.eva(model)
 assert facts is not None, f"{name} with {kwargs}: not a model clipflow builds"
 with open(f"{out_dir}/facts.json", "w") as f:
     json.dump(facts, f)

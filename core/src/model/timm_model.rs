@@ -1,6 +1,7 @@
 //! OpenCLIP's `TimmModel`, the image tower under `visual.` of a config with
-//! a `timm_model_name`: timm's model as `trunk` (a VisionTransformer, an
-//! Eva or a ConvNeXt), then OpenCLIP's `head` (`head.proj`, or `head.mlp.fc1`/`fc2`,
+//! a `timm_model_name`: timm's model as `trunk` (a VisionTransformer, with
+//! or without relative positions, an Eva or a ConvNeXt), then OpenCLIP's
+//! `head` (`head.proj`, or `head.mlp.fc1`/`fc2`,
 //! or nothing). The trunk is built natively from what timm's registry says
 //! of the named model
 //! (`timm_configs.json`, written by `scripts/gen_timm_configs.py` from the
@@ -30,6 +31,7 @@ const TIMM_CONFIGS_JSON: &str = include_str!("timm_configs.json");
 #[derive(Debug, Deserialize)]
 #[serde(tag = "class")]
 pub enum TimmTower {
+    #[serde(alias = "VisionTransformerRelPos")]
     VisionTransformer(TimmVitFacts),
     Eva(TimmEvaFacts),
     ConvNeXt(ConvNeXtFacts),
@@ -173,6 +175,9 @@ impl TimmPlan {
         let drop_path = v.timm_drop_path.unwrap_or(0.0);
         let (trunk, features) = match tower {
             TimmTower::VisionTransformer(facts) => {
+                if facts.rel_pos.is_some() && v.patch_dropout > 0.0 {
+                    bail!("patch_dropout (--force-patch-dropout): timm's VisionTransformerRelPos takes no patch dropout");
+                }
                 let trunk = VitTrunk {
                     own_pool: &facts.global_pool,
                     attn_pool: facts.attn_pool.is_some(),

@@ -1,11 +1,14 @@
-//! timm's `VisionTransformer`, the trunk of a timm image tower
-//! (`visual.trunk.` in OpenCLIP's checkpoints): `patch_embed.proj`,
-//! `cls_token` and `reg_token` where the model has them, `pos_embed`,
+//! timm's `VisionTransformer` (and `VisionTransformerRelPos`), the trunk of
+//! a timm image tower (`visual.trunk.` in OpenCLIP's checkpoints):
+//! `patch_embed.proj`, `cls_token` and `reg_token` where the model has them,
+//! `pos_embed` (or, in a relpos model, each block's `attn.rel_pos.mlp`),
 //! patch dropout, `norm_pre`, `blocks.N` (`norm1`, `attn.qkv`, `attn.proj`,
 //! `ls1`, `norm2`, `mlp.fc1`, `mlp.fc2`, `ls2`), `norm`, the MAP head
 //! `attn_pool` (`latent`, `q`, `kv`, `proj`, `norm`, `mlp`), `fc_norm` and
 //! `head`. Which of these a model has, and their sizes, come from
-//! [`TimmVitFacts`] (timm's registry, read into `timm_configs.json`).
+//! [`TimmVitFacts`] (timm's registry, read into `timm_configs.json`). The
+//! pieces a ViT-like trunk shares with an Eva ([`PatchTokens`],
+//! [`TrunkHead`], the MAP head, patch dropout) live here too.
 
 use serde::Deserialize;
 use tch::nn::{self, Init, Module};
@@ -40,6 +43,26 @@ pub struct TimmVitFacts {
     pub act: String,
     pub global_pool: String,
     pub attn_pool: Option<AttentionPoolFacts>,
+    /// A learned absolute position embedding (`pos_embed`); a
+    /// VisionTransformerRelPos has none.
+    #[serde(default = "yes")]
+    pub pos_embed: bool,
+    /// A VisionTransformerRelPos's per-block relative position MLP.
+    #[serde(default)]
+    pub rel_pos: Option<RelPosFacts>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// timm's `RelPosMlp` in its 'cr' mode: an MLP from the log-spaced (row,
+/// column) offset of two patches to a bias per head.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RelPosFacts {
+    pub hidden: i64,
+    /// Dropout after the MLP's ReLU, while training.
+    pub dropout: f64,
 }
 
 /// What timm's registry says of a model's MAP head (`AttentionPoolLatent`).
@@ -168,21 +191,139 @@ pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
     Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None::<f64>, false)
 }
 
-/// timm's `Attention`: a packed `qkv` projection and `proj`.
+/// timm's `Attention` (or `RelPosAttention`): a packed `qkv` projection
+/// and `proj`, with the block's relative position bias where it has one.
 #[derive(Debug)]
 struct TimmAttention {
     qkv: nn::Linear,
+    rel_pos: Option<RelPosMlp>,
     proj: nn::Linear,
     heads: i64,
 }
 
 impl TimmAttention {
-    fn forward(&self, x: &Tensor) -> Tensor {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let qkv = self.qkv.forward(x).chunk(3, -1);
         let q = split_heads(&qkv[0], self.heads);
         let k = split_heads(&qkv[1], self.heads);
         let v = split_heads(&qkv[2], self.heads);
-        self.proj.forward(&merge_heads(&attention(&q, &k, &v)))
+        let attended = match &self.rel_pos {
+            None => attention(&q, &k, &v),
+            Some(rel_pos) => {
+                let bias = rel_pos.bias_t(train).to_kind(q.kind());
+                Tensor::scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    Some(bias),
+                    0.0,
+                    false,
+                    None::<f64>,
+                    false,
+                )
+            }
+        };
+        self.proj.forward(&merge_heads(&attended))
+    }
+
+    fn parameters(&self) -> Vec<&Tensor> {
+        let mut params: Vec<&Tensor> = linear_parameters(&self.qkv).collect();
+        if let Some(rel_pos) = &self.rel_pos {
+            params.extend(linear_parameters(&rel_pos.fc1));
+            params.extend(linear_parameters(&rel_pos.fc2));
+        }
+        params.extend(linear_parameters(&self.proj));
+        params
+    }
+
+    fn shallow_clone(&self) -> Self {
+        TimmAttention {
+            qkv: shallow_clone_linear(&self.qkv),
+            rel_pos: self.rel_pos.as_ref().map(RelPosMlp::shallow_clone),
+            proj: shallow_clone_linear(&self.proj),
+            heads: self.heads,
+        }
+    }
+}
+
+/// timm's `RelPosMlp` ('cr' mode) under `attn.rel_pos.mlp`: `fc1`, ReLU,
+/// dropout, `fc2` from each pair of patches' (row, column) offset, as
+/// sign(d) ln(1 + |d|), to a bias per head; the pairs with a prefix token
+/// get none.
+#[derive(Debug)]
+struct RelPosMlp {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    dropout: f64,
+    /// The log-spaced offsets, [(2H - 1) * (2W - 1), 2].
+    offsets: Tensor,
+    /// For each (query patch, key patch), its row of `offsets`, [P * P].
+    index: Tensor,
+    patches: i64,
+    prefix_tokens: i64,
+}
+
+impl RelPosMlp {
+    fn new(
+        p: nn::Path,
+        facts: &RelPosFacts,
+        heads: i64,
+        grid: [i64; 2],
+        prefix_tokens: i64,
+    ) -> Self {
+        let cpu = (Kind::Float, tch::Device::Cpu);
+        let [rows, cols] = grid;
+        let span = |n: i64| Tensor::arange_start(-(n - 1), n, cpu);
+        let grid_offsets = Tensor::meshgrid_indexing(&[span(rows), span(cols)], "ij");
+        let offsets = Tensor::stack(&grid_offsets, -1).reshape([-1, 2]);
+        let offsets = offsets.sign() * (offsets.abs() + 1.0).log();
+        // Patch (r, c) to patch (r', c'): row (r - r' + H - 1) * (2W - 1)
+        // + (c - c' + W - 1) of the offset table.
+        let long = (Kind::Int64, tch::Device::Cpu);
+        let r = Tensor::arange(rows, long).repeat_interleave_self_int(cols, 0, None);
+        let c = Tensor::arange(cols, long).repeat([rows]);
+        let dr = r.unsqueeze(1) - r.unsqueeze(0) + (rows - 1);
+        let dc = c.unsqueeze(1) - c.unsqueeze(0) + (cols - 1);
+        let index = (dr * (2 * cols - 1) + dc).flatten(0, 1);
+        let mlp = &p / "mlp";
+        RelPosMlp {
+            fc1: normal_linear(&mlp / "fc1", 2, facts.hidden, true),
+            fc2: normal_linear(&mlp / "fc2", facts.hidden, heads, true),
+            dropout: facts.dropout,
+            offsets: offsets.to_device(p.device()),
+            index: index.to_device(p.device()),
+            patches: rows * cols,
+            prefix_tokens,
+        }
+    }
+
+    /// The additive attention bias [1, heads, tokens, tokens].
+    fn bias_t(&self, train: bool) -> Tensor {
+        let hidden = self
+            .fc1
+            .forward(&self.offsets)
+            .relu()
+            .dropout(self.dropout, train);
+        let per_offset = self.fc2.forward(&hidden);
+        let heads = per_offset.size()[1];
+        let bias = per_offset
+            .index_select(0, &self.index)
+            .view([self.patches, self.patches, heads])
+            .permute([2, 0, 1]);
+        let prefix = self.prefix_tokens;
+        bias.constant_pad_nd([prefix, 0, prefix, 0]).unsqueeze(0)
+    }
+
+    fn shallow_clone(&self) -> Self {
+        RelPosMlp {
+            fc1: shallow_clone_linear(&self.fc1),
+            fc2: shallow_clone_linear(&self.fc2),
+            dropout: self.dropout,
+            offsets: self.offsets.shallow_clone(),
+            index: self.index.shallow_clone(),
+            patches: self.patches,
+            prefix_tokens: self.prefix_tokens,
+        }
     }
 }
 
@@ -227,8 +368,24 @@ struct TimmBlock {
 }
 
 impl TimmBlock {
-    fn new(p: nn::Path, facts: &TimmVitFacts, act: Activation, drop_path: f64) -> Self {
+    fn new(
+        p: nn::Path,
+        facts: &TimmVitFacts,
+        tokens: &PatchTokens,
+        act: Activation,
+        drop_path: f64,
+    ) -> Self {
         let dim = facts.embed_dim;
+        let rel_pos = facts.rel_pos.as_ref().map(|rel_pos| {
+            let path = &p / "attn" / "rel_pos";
+            RelPosMlp::new(
+                path,
+                rel_pos,
+                facts.num_heads,
+                tokens.grid,
+                tokens.prefix_tokens,
+            )
+        });
         let layer_scale = |name: &str| {
             // timm's ViTs with layer scale start it at 1e-6 or 1e-5; a
             // checkpoint's values replace it in any case.
@@ -240,6 +397,7 @@ impl TimmBlock {
             norm1: norm(&p / "norm1", dim, facts.norm_eps),
             attn: TimmAttention {
                 qkv: normal_linear(&p / "attn" / "qkv", dim, 3 * dim, facts.qkv_bias),
+                rel_pos,
                 proj: normal_linear(&p / "attn" / "proj", dim, dim, facts.proj_bias),
                 heads: facts.num_heads,
             },
@@ -252,7 +410,10 @@ impl TimmBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let attended = scaled(&self.ls1, self.attn.forward(&self.norm1.forward(x)));
+        let attended = scaled(
+            &self.ls1,
+            self.attn.forward_t(&self.norm1.forward(x), train),
+        );
         let x = x + drop_path(attended, self.drop_path, train);
         let mlp = scaled(
             &self.ls2,
@@ -276,8 +437,7 @@ impl TimmBlock {
         self.norm1
             .parameters()
             .into_iter()
-            .chain(linear_parameters(&self.attn.qkv))
-            .chain(linear_parameters(&self.attn.proj))
+            .chain(self.attn.parameters())
             .chain(self.norm2.parameters())
             .chain(self.mlp.parameters())
             .chain(layer_scales.into_iter().flatten().map(|ls| &ls.gamma))
@@ -294,11 +454,7 @@ impl TimmBlock {
         };
         TimmBlock {
             norm1: self.norm1.shallow_clone(),
-            attn: TimmAttention {
-                qkv: shallow_clone_linear(&self.attn.qkv),
-                proj: shallow_clone_linear(&self.attn.proj),
-                heads: self.attn.heads,
-            },
+            attn: self.attn.shallow_clone(),
             ls1: ls(&self.ls1),
             norm2: self.norm2.shallow_clone(),
             mlp: self.mlp.shallow_clone(),
@@ -628,7 +784,7 @@ impl TimmVisionTransformer {
                 class_token: facts.class_token,
                 reg_tokens: facts.reg_tokens,
                 no_embed_class: facts.no_embed_class,
-                pos_embed: true,
+                pos_embed: facts.pos_embed,
                 token_std: 1e-6,
             },
         );
@@ -639,7 +795,7 @@ impl TimmVisionTransformer {
             depth => options.drop_path * i as f64 / (depth - 1) as f64,
         };
         let blocks = (0..facts.depth)
-            .map(|i| TimmBlock::new(&p / "blocks" / i, facts, act, rate(i)))
+            .map(|i| TimmBlock::new(&p / "blocks" / i, facts, &tokens, act, rate(i)))
             .collect();
         TimmVisionTransformer {
             tokens,
