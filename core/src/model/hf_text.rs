@@ -24,7 +24,9 @@ use super::hf_m2m100::{M2M100Config, M2M100Encoder};
 use super::hf_roberta::{RobertaConfig, RobertaModel, RobertaOutput};
 use super::hf_t5::{T5Config, T5Encoder};
 use super::load::load_subset;
-use super::transformer::{linear_parameters, normal_linear, shallow_clone_linear, torch_linear};
+use super::transformer::{
+    linear_parameters, merge_heads, normal_linear, shallow_clone_linear, split_heads, torch_linear,
+};
 use crate::hf_hub::HubCache;
 use crate::weights::read_weights;
 
@@ -190,14 +192,9 @@ impl HfSelfAttention {
     /// `mask` [N or 1, 1 or heads, L, L]-broadcastable: true where a key may
     /// be attended to, or a float bias added to the scores.
     pub(super) fn forward_t(&self, x: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let heads = |t: Tensor| {
-            let (n, l, c) = t.size3().expect("[batch, tokens, width]");
-            t.reshape([n, l, self.heads, c / self.heads])
-                .transpose(1, 2)
-        };
-        let q = heads(self.q.forward(x));
-        let k = heads(self.k.forward(x));
-        let v = heads(self.v.forward(x));
+        let q = split_heads(&self.q.forward(x), self.heads);
+        let k = split_heads(&self.k.forward(x), self.heads);
+        let v = split_heads(&self.v.forward(x), self.heads);
         let mask = if mask.kind() == Kind::Bool {
             mask.shallow_clone()
         } else {
@@ -214,9 +211,7 @@ impl HfSelfAttention {
             self.scale,
             false,
         );
-        let (n, h, l, d) = attended.size4().expect("[batch, heads, tokens, dim]");
-        self.out
-            .forward(&attended.transpose(1, 2).reshape([n, l, h * d]))
+        self.out.forward(&merge_heads(&attended))
     }
 
     pub(super) fn parameters(&self) -> Vec<&Tensor> {

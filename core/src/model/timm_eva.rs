@@ -17,11 +17,12 @@ use tch::nn::{self, Init, Module};
 use tch::{Device, Kind, Tensor};
 
 use super::timm_vision_transformer::{
-    attention, drop_path, merge_heads, norm, split_heads, AttentionPoolFacts, HeadLayout,
-    PatchDropout, PatchTokens, TimmMlp, TokenLayout, TrunkHead, TrunkOptions,
+    attention, drop_path, norm, AttentionPoolFacts, HeadLayout, PatchDropout, PatchTokens, TimmMlp,
+    TokenLayout, TrunkHead, TrunkOptions,
 };
 use super::transformer::{
-    linear_parameters, normal_linear, shallow_clone_linear, Activation, LayerNorm,
+    linear_parameters, merge_heads, normal_linear, shallow_clone_linear, split_heads, Activation,
+    LayerNorm,
 };
 use crate::activation_checkpoint::checkpoint_block;
 

@@ -16,7 +16,8 @@ use tch::{Kind, Tensor};
 
 use super::config::NormKwargs;
 use super::transformer::{
-    layer_norm, linear_parameters, normal_linear, shallow_clone_linear, Activation, LayerNorm,
+    layer_norm, linear_parameters, merge_heads, normal_linear, shallow_clone_linear, split_heads,
+    Activation, LayerNorm,
 };
 use crate::activation_checkpoint::checkpoint_block;
 
@@ -173,18 +174,6 @@ impl TimmMlp {
             drop: self.drop,
         }
     }
-}
-
-/// [batch, tokens, heads * head_dim] to [batch, heads, tokens, head_dim].
-pub(super) fn split_heads(x: &Tensor, heads: i64) -> Tensor {
-    let (n, l, c) = x.size3().expect("[batch, tokens, width]");
-    x.reshape([n, l, heads, c / heads]).transpose(1, 2)
-}
-
-/// [batch, heads, tokens, head_dim] to [batch, tokens, heads * head_dim].
-pub(super) fn merge_heads(x: &Tensor) -> Tensor {
-    let (n, h, l, d) = x.size4().expect("[batch, heads, tokens, dim]");
-    x.transpose(1, 2).reshape([n, l, h * d])
 }
 
 pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {

@@ -154,7 +154,7 @@ pub(crate) fn linear_parameters(linear: &nn::Linear) -> impl Iterator<Item = &Te
 }
 
 /// Splits [N, L, heads*head_dim] into [N, heads, L, head_dim].
-fn split_heads(x: &Tensor, heads: i64) -> Tensor {
+pub(crate) fn split_heads(x: &Tensor, heads: i64) -> Tensor {
     let (n, l, c) = x
         .size3()
         .expect("attention input is [batch, tokens, width]");
@@ -168,7 +168,7 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, attn_mask: Option<Tensor>) -> T
 }
 
 /// Merges [N, heads, L, head_dim] back into [N, L, heads*head_dim].
-fn merge_heads(x: &Tensor) -> Tensor {
+pub(crate) fn merge_heads(x: &Tensor) -> Tensor {
     let (n, h, l, d) = x
         .size4()
         .expect("attention output is [batch, heads, tokens, dim]");
